@@ -1,0 +1,70 @@
+# pocketml developer entry points. Every target creates or reuses .venv and
+# installs what it needs once (stamp files), so each works on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+NATIVE_BUILD := build/native
+SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
+
+# PyPI's Linux torch is a CUDA build of several GB. Where the machine ships a
+# CPU-only wheel in a local wheel directory, use it; otherwise take PyPI's.
+PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
+TORCH_CPU_WHEEL := $(firstword $(wildcard /opt/wheels/torch-*+cpu-$(PY_TAG)-*.whl))
+TORCH_REQUIREMENT := $(if $(TORCH_CPU_WHEEL),$(TORCH_CPU_WHEEL),torch>=2.4)
+
+# The editable install rebuilds with the venv's cmake and ninja on import.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+STAMP_DEPS := $(VENV)/.stamp-deps
+STAMP_INSTALL := $(VENV)/.stamp-install
+
+.PHONY: demo test test-python test-swift bench dev native clean
+
+demo: $(STAMP_INSTALL)
+	$(VENV)/bin/pocketml info
+	$(VENV)/bin/pocketml selftest
+
+# pytest runs last so its summary closes the log.
+test: test-swift test-python
+
+test-python: $(STAMP_INSTALL)
+	$(PY) -m pytest -q tests
+
+test-swift: native
+	$(SWIFT) test --package-path swift --disable-swift-testing \
+	  -Xcc -I$(CURDIR)/csrc/include \
+	  -Xlinker -L$(CURDIR)/$(NATIVE_BUILD) -Xlinker -rpath -Xlinker $(CURDIR)/$(NATIVE_BUILD)
+
+bench: $(STAMP_INSTALL)
+	$(PY) benches/compare.py --out bench-results
+	$(PY) -m pytest -q benches --benchmark-only --benchmark-json=bench-results/pytest-benchmark.json
+
+dev: $(STAMP_INSTALL)
+
+# The C ABI library (and native test programs) without Python, for Swift.
+native: $(STAMP_DEPS)
+	$(VENV)/bin/cmake -S . -B $(NATIVE_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja \
+	  -DCMAKE_BUILD_TYPE=Release -DPOCKETML_BUILD_TESTS=ON > /dev/null
+	$(VENV)/bin/cmake --build $(NATIVE_BUILD)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP_DEPS): pyproject.toml Makefile | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_REQUIREMENT)"
+	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.13" cmake ninja
+	$(PY) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	  print("\n".join(d["dependencies"] + d["optional-dependencies"]["dev"]))' > $(VENV)/requirements-dev.txt
+	$(PIP) install -q -r $(VENV)/requirements-dev.txt
+	touch $@
+
+# Editable install: importing pocketml rebuilds the extension when C++ changed.
+$(STAMP_INSTALL): $(STAMP_DEPS) CMakeLists.txt
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf build swift/.build bench-results $(STAMP_INSTALL)

@@ -1,0 +1,1 @@
+"""Benchmark suites for compare.py: each module has `run(report, quick)`."""

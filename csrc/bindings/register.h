@@ -1,0 +1,10 @@
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace pocketml::bindings {
+
+void register_tensor_args(pybind11::module_& m);
+void register_runtime(pybind11::module_& m);
+void register_convert(pybind11::module_& m);
+
+}  // namespace pocketml::bindings

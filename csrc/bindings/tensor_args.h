@@ -1,0 +1,31 @@
+#pragma once
+// Zero-copy views of NumPy arrays, torch CPU tensors and any other producer of
+// the DLPack protocol (__dlpack__ / __dlpack_device__). bf16 works because the
+// protocol carries it even where NumPy cannot.
+#include <pybind11/pybind11.h>
+
+#include "runtime/tensor.h"
+
+namespace pocketml::bindings {
+
+namespace py = pybind11;
+
+// A view of `obj` and the capsule that keeps the producer's export alive.
+// The view is valid while this object lives (and the caller holds `obj`).
+class TensorArg {
+ public:
+  TensorArg(py::handle obj, const char* arg_name);
+  ~TensorArg();
+  TensorArg(const TensorArg&) = delete;
+  TensorArg& operator=(const TensorArg&) = delete;
+
+  const TensorView& view() const { return view_; }
+  operator const TensorView&() const { return view_; }
+
+ private:
+  py::object capsule_;
+  TensorView view_;
+};
+
+
+}  // namespace pocketml::bindings

@@ -1,0 +1,90 @@
+#include "runtime/tensor.h"
+
+#include "runtime/error.h"
+
+namespace pocketml {
+namespace {
+
+std::string tuple_string(const int64_t* values, int n) {
+  std::string s = "(";
+  for (int i = 0; i < n; ++i) {
+    if (i) s += ", ";
+    s += std::to_string(values[i]);
+  }
+  if (n == 1) s += ",";
+  return s + ")";
+}
+
+}  // namespace
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  if (numel() == 0) return true;  // nothing to address, whatever the strides say
+  int64_t expected = 1;
+  for (int i = ndim - 1; i >= 0; --i) {
+    if (shape[i] != 1 && strides[i] != expected) return false;
+    expected *= shape[i];
+  }
+  return true;
+}
+
+std::string TensorView::shape_string() const { return tuple_string(shape, ndim); }
+std::string TensorView::strides_string() const { return tuple_string(strides, ndim); }
+
+TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, bool writable) {
+  TensorView t;
+  t.data = data;
+  t.dtype = dtype;
+  t.writable = writable;
+  if (shape.size() > kMaxDims) fail(ErrorKind::InvalidArgument, "too many dimensions");
+  for (int64_t extent : shape) t.shape[t.ndim++] = extent;
+  int64_t stride = 1;
+  for (int i = t.ndim - 1; i >= 0; --i) {
+    t.strides[i] = stride;
+    stride *= t.shape[i];
+  }
+  return t;
+}
+
+void require_dtype(const TensorView& t, std::string_view arg, std::initializer_list<DType> allowed) {
+  std::string expected;
+  for (DType d : allowed) {
+    if (d == t.dtype) return;
+    if (!expected.empty()) expected += ", ";
+    expected += dtype_name(d);
+  }
+  fail_argument(ErrorKind::Type, arg, "dtype " + expected, dtype_name(t.dtype));
+}
+
+void require_contiguous(const TensorView& t, std::string_view arg) {
+  if (!t.is_contiguous())
+    fail_argument(ErrorKind::InvalidArgument, arg, "contiguous memory (call .contiguous() or np.ascontiguousarray)",
+                  "shape " + t.shape_string() + " with element strides " + t.strides_string());
+}
+
+void require_ndim(const TensorView& t, std::string_view arg, int min_ndim, int max_ndim) {
+  if (t.ndim >= min_ndim && t.ndim <= max_ndim) return;
+  std::string expected = min_ndim == max_ndim ? std::to_string(min_ndim) + " dimensions"
+                                              : std::to_string(min_ndim) + " to " + std::to_string(max_ndim) +
+                                                    " dimensions";
+  fail_argument(ErrorKind::InvalidArgument, arg, expected, std::to_string(t.ndim) + " (shape " + t.shape_string() + ")");
+}
+
+void require_writable(const TensorView& t, std::string_view arg) {
+  if (!t.writable) fail_argument(ErrorKind::InvalidArgument, arg, "a writable array", "a read-only one");
+}
+
+void require_same_shape(const TensorView& a, std::string_view arg_a, const TensorView& b, std::string_view arg_b) {
+  bool same = a.ndim == b.ndim;
+  for (int i = 0; same && i < a.ndim; ++i) same = a.shape[i] == b.shape[i];
+  if (!same)
+    fail_argument(ErrorKind::InvalidArgument, arg_b, "the shape of '" + std::string(arg_a) + "' " + a.shape_string(),
+                  b.shape_string());
+}
+
+}  // namespace pocketml

@@ -1,0 +1,64 @@
+#pragma once
+// One persistent pool for every kernel. Work is split into chunks; each thread
+// takes the chunk of its own index first, then claims the rest from an atomic
+// counter, so uneven chunks balance themselves without a scheduler.
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace pocketml {
+
+class ThreadPool {
+ public:
+  using RangeFn = std::function<void(int64_t begin, int64_t end)>;
+
+  static ThreadPool& global();
+
+  int num_threads() const { return num_threads_.load(); }  // including the calling thread
+  void set_num_threads(int n);
+
+  // Calls fn(begin, end) for consecutive ranges of at most `grain` items covering
+  // [0, n). Runs inline when there is one chunk, one thread, or when called from
+  // inside a pool task. Rethrows the first exception a task threw.
+  void parallel_for(int64_t n, int64_t grain, const RangeFn& fn);
+
+  ~ThreadPool();
+
+ private:
+  ThreadPool();
+  void start_workers(int count);
+  void stop_workers();
+  void worker_loop(int index, uint64_t seen_generation);
+  void run_chunks(int thread_index);
+
+  std::vector<std::thread> workers_;
+  std::atomic<int> num_threads_{1};
+
+  std::mutex run_mutex_;  // one parallel_for at a time; callers from several threads queue here
+  std::mutex state_mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+  int busy_workers_ = 0;
+
+  const RangeFn* fn_ = nullptr;
+  int64_t n_ = 0, grain_ = 1, num_chunks_ = 0;
+  int participants_ = 1;
+  std::atomic<int64_t> next_chunk_{0};
+  std::exception_ptr error_;
+  std::mutex error_mutex_;
+};
+
+int default_num_threads();  // POCKETML_NUM_THREADS, else the cores this process may run on
+
+inline void parallel_for(int64_t n, int64_t grain, const ThreadPool::RangeFn& fn) {
+  ThreadPool::global().parallel_for(n, grain, fn);
+}
+
+}  // namespace pocketml

@@ -1,0 +1,5 @@
+import sys
+
+from pocketml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""What the Python layer needs to know about NumPy arrays and torch tensors.
+
+torch is optional: it is only imported when the caller already passed a torch object.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+ALL_DTYPES = ("fp32", "fp16", "bf16", "int8", "uint8", "int32", "int64")
+
+_ALIASES = {
+    "fp32": "fp32", "float32": "fp32", "float": "fp32", "f32": "fp32",
+    "fp16": "fp16", "float16": "fp16", "half": "fp16", "f16": "fp16",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "int8": "int8", "i8": "int8",
+    "uint8": "uint8", "u8": "uint8",
+    "int32": "int32", "i32": "int32",
+    "int64": "int64", "i64": "int64",
+}
+_NUMPY = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "uint8": np.uint8,
+          "int32": np.int32, "int64": np.int64}
+
+
+def _torch():
+    return sys.modules.get("torch")
+
+
+def is_torch_tensor(x) -> bool:
+    torch = _torch()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def describe_type(x) -> str:
+    return type(x).__module__ + "." + type(x).__qualname__ if not isinstance(x, (list, tuple)) else type(x).__name__
+
+
+def canonical_dtype(dtype, arg: str = "dtype") -> str:
+    """'fp32', 'fp16', 'bf16', ... from a name, a NumPy dtype or a torch dtype."""
+    torch = _torch()
+    if torch is not None and isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    elif isinstance(dtype, str):
+        name = dtype.lower()
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = None
+    if name not in _ALIASES:
+        raise TypeError(f"argument '{arg}': expected one of {', '.join(ALL_DTYPES)}, got {dtype!r}")
+    return _ALIASES[name]
+
+
+def dtype_of(x) -> str:
+    return canonical_dtype(x.dtype, "x")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8,
+            "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64}[name]
+
+
+def empty_like(x, shape, dtype: str, arg: str = "x"):
+    """An uninitialised array of the same kind as `x` (NumPy or torch, on the CPU)."""
+    if is_torch_tensor(x):
+        import torch
+
+        return torch.empty(tuple(shape), dtype=torch_dtype(dtype))
+    if isinstance(x, np.ndarray):
+        if dtype == "bf16":
+            raise TypeError(f"argument '{arg}': NumPy has no bfloat16 dtype; pass a torch tensor to get bf16 results")
+        return np.empty(tuple(shape), dtype=_NUMPY[dtype])
+    raise TypeError(f"argument '{arg}': expected a NumPy array or torch tensor, got {describe_type(x)}")

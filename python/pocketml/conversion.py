@@ -1,0 +1,22 @@
+"""Floating-point conversion between fp32, fp16 and bf16 on the native kernels."""
+
+from __future__ import annotations
+
+from pocketml._arrays import FLOAT_DTYPES, canonical_dtype, empty_like
+from pocketml._native import core
+
+
+def convert(x, dtype):
+    """Return `x` converted to `dtype` ('fp32', 'fp16', 'bf16' or a NumPy/torch dtype).
+
+    Rounds to nearest, ties to even; denormals are kept; equal to torch's ``.to()``
+    bit for bit for every non-NaN value. NaN stays NaN (quieted, sign and upper
+    payload kept). NumPy in gives NumPy out, torch in gives torch out; `x` must be
+    contiguous and on the CPU. The result does not track gradients.
+    """
+    target = canonical_dtype(dtype)
+    if target not in FLOAT_DTYPES:
+        raise TypeError(f"argument 'dtype': expected one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    out = empty_like(x, tuple(getattr(x, "shape", ())), target)
+    core.convert(x, out)
+    return out

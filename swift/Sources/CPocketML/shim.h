@@ -1,0 +1,2 @@
+// The header lives with the C++ core; -Xcc -I<repo>/csrc/include finds it.
+#include <pocketml/pocketml.h>

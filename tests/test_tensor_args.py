@@ -1,0 +1,100 @@
+"""Zero-copy views of NumPy arrays and torch tensors, and the errors for what kernels cannot take."""
+
+import numpy as np
+import pytest
+import torch
+
+from pocketml._native import core
+
+NUMPY_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "uint8": np.uint8,
+                "int32": np.int32, "int64": np.int64}
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8,
+                "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64}
+
+
+@pytest.mark.parametrize("name", NUMPY_DTYPES)
+def test_numpy_arrays_are_viewed_without_copy(name):
+    a = np.zeros((3, 5), dtype=NUMPY_DTYPES[name])
+    d = core.describe_tensor(a)
+    assert d["dtype"] == name
+    assert d["shape"] == (3, 5) and d["strides"] == (5, 1)
+    assert d["data_ptr"] == a.ctypes.data
+    assert d["contiguous"] and d["writable"]
+
+
+@pytest.mark.parametrize("name", TORCH_DTYPES)
+def test_torch_tensors_are_viewed_without_copy(name):
+    t = torch.zeros(4, 6, dtype=TORCH_DTYPES[name])
+    d = core.describe_tensor(t)
+    assert d["dtype"] == name
+    assert d["data_ptr"] == t.data_ptr()
+
+
+def test_strided_views_keep_their_strides():
+    t = torch.zeros(2, 8, 4).transpose(1, 2)
+    d = core.describe_tensor(t)
+    assert d["shape"] == (2, 4, 8) and d["strides"] == (32, 1, 4)
+    assert not d["contiguous"]
+    a = np.zeros((6, 10), np.float32)[1:, ::3]
+    d = core.describe_tensor(a)
+    assert d["shape"] == (5, 4) and d["strides"] == (10, 3)
+    assert d["data_ptr"] == a.ctypes.data
+
+
+def test_tensor_requiring_grad_is_viewed_without_copy():
+    t = torch.ones(3, requires_grad=True)
+    assert core.describe_tensor(t)["data_ptr"] == t.data_ptr()
+
+
+def test_read_only_numpy_array_is_marked_read_only():
+    a = np.arange(4, dtype=np.float32)
+    a.flags.writeable = False
+    d = core.describe_tensor(a)
+    assert d["writable"] is False
+
+
+def test_zero_dim_and_empty():
+    assert core.describe_tensor(np.array(1.0, np.float32))["shape"] == ()
+    assert core.describe_tensor(torch.empty(0, 3))["shape"] == (0, 3)
+
+
+@pytest.mark.parametrize("value, got", [
+    (np.zeros(3, np.float64), "float64"),
+    (np.zeros(3, np.bool_), "bool8"),
+    (torch.zeros(3, dtype=torch.complex64), "complex64"),
+    (np.zeros(3, np.uint16), "uint16"),
+])
+def test_unsupported_dtype_names_argument_expected_and_given(value, got):
+    with pytest.raises(TypeError, match=rf"argument 'w': expected dtype fp32, fp16, bf16, int8, uint8, int32 or int64, got {got}"):
+        core.describe_tensor(value, "w")
+
+
+@pytest.mark.parametrize("value, got", [([1.0, 2.0], "list"), (3.0, "float"), ("x", "str")])
+def test_non_arrays_are_rejected(value, got):
+    with pytest.raises(TypeError, match=rf"argument 'x': expected a NumPy array or torch tensor, got {got}"):
+        core.describe_tensor(value)
+
+
+class FakeDeviceTensor:
+    """Stands in for a tensor on an accelerator, so the check runs on machines without one."""
+
+    def __init__(self, device_type, device_id=0):
+        self.device = (device_type, device_id)
+
+    def __dlpack_device__(self):
+        return self.device
+
+    def __dlpack__(self, **kwargs):  # pragma: no cover - must never be reached
+        raise AssertionError("exported a tensor that is not on the CPU")
+
+
+@pytest.mark.parametrize("device, name", [((2, 0), "cuda:0"), ((2, 3), "cuda:3"), ((8, 0), "mps:0")])
+def test_accelerator_tensors_are_rejected_before_export(device, name):
+    with pytest.raises(ValueError, match=rf"argument 'k': expected a CPU tensor, got a tensor on {name}"):
+        core.describe_tensor(FakeDeviceTensor(*device), "k")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_tensor_is_rejected():  # pragma: no cover
+    with pytest.raises(ValueError, match="expected a CPU tensor"):
+        core.describe_tensor(torch.zeros(3, device="cuda"))
