@@ -1,5 +1,6 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
+from pocketml import quant
 from pocketml.conversion import convert
 from pocketml.runtime import (
     active_isa,
@@ -18,6 +19,7 @@ __all__ = [
     "convert",
     "get_num_threads",
     "info",
+    "quant",
     "set_isa",
     "set_num_threads",
     "supported_isas",

@@ -1,0 +1,37 @@
+#pragma once
+// The quantized-matmul kernel family: one table per instruction set.
+//
+// decode_row turns chunks of one packed row into fp32 weights, exactly the
+// documented value (scale * (code - zero_point) rounded once to fp32, or the
+// LUT entry), so every variant decodes bit for bit like the scalar reference.
+// dot_tile multiplies a block of activation rows by a block of decoded weight
+// rows; only its summation order differs between variants.
+#include <cstdint>
+
+#include "quant/quant_format.h"
+#include "runtime/dispatch.h"
+
+namespace pocketml {
+
+// out[32 * (c - chunk_begin) + i] = weight of code i of chunk c, for c in [chunk_begin, chunk_end).
+using DecodeRowFn = void (*)(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out);
+
+// c[i * ldc + j] += sum_{t < k} x[i * ldx + t] * w[j * ldw + t] for i < m, j < n
+// (m, n <= kDotTileRows; k a multiple of 32; rows 64-byte aligned not required).
+using DotTileFn = void (*)(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, int n, int64_t k, float* c,
+                           int64_t ldc);
+
+inline constexpr int kDotTileRows = 4;
+
+struct QuantKernels {
+  DecodeRowFn decode_row;
+  DotTileFn dot_tile;
+};
+
+namespace scalar { extern const QuantKernels quant_kernels; }
+namespace avx2 { extern const QuantKernels quant_kernels; }
+namespace avx512 { extern const QuantKernels quant_kernels; }
+
+const IsaTables<QuantKernels>& quant_tables();
+
+}  // namespace pocketml

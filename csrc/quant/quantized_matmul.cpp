@@ -1,0 +1,145 @@
+// Dequantize and quantized matmul: argument checks, blocking and threading.
+//
+// Both decode packed rows into fp32 tiles with the active variant's decode_row
+// and never materialise the whole fp32 weight. The matmul splits N into blocks
+// of kRowsPerBlock weight rows and M into blocks of at most kMaxRowsPerXBlock
+// activation rows; each task decodes its weight rows kChunkCodes columns at a
+// time into a tile that stays in L1/L2 and multiplies every activation row of
+// its block against it. For M <= kMaxRowsPerXBlock (decode, M = 1..8) there is
+// one block over M, so the packed weights stream from memory exactly once.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "convert/convert.h"
+#include "quant/quant.h"
+#include "quant/quant_kernels.h"
+#include "runtime/aligned_buffer.h"
+#include "runtime/error.h"
+#include "runtime/thread_pool.h"
+
+namespace pocketml {
+namespace {
+
+constexpr int64_t kRowsPerBlock = 16;        // weight rows per task: 16 x 512 fp32 = a 32 KiB tile
+constexpr int64_t kChunkCodes = 512;         // columns decoded per tile
+constexpr int64_t kMaxRowsPerXBlock = 128;   // x rows per task: 128 x 512 fp32 = 256 KiB, in L2
+
+// The fp32 copy of a float matrix [rows, cols] padded with zeros to `padded_cols`.
+void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padded_cols, float* dst) {
+  parallel_for(rows, std::max<int64_t>(1, (int64_t(1) << 15) / padded_cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* row = dst + r * padded_cols;
+      const char* in = static_cast<const char*>(src.data) + r * cols * dtype_size(src.dtype);
+      TensorView from = contiguous_view(const_cast<char*>(in), src.dtype, {cols}, false);
+      TensorView to = contiguous_view(row, DType::f32, {cols});
+      convert(from, to);
+      std::fill(row + cols, row + padded_cols, 0.0f);
+    }
+  });
+}
+
+struct WeightsWithLut {
+  std::vector<float> lut;
+  PackedWeights w;
+  explicit WeightsWithLut(const QuantizedViews& q) : lut(static_cast<size_t>(lut_entries(q))) {
+    w = make_packed_weights(q, lut.data());
+  }
+};
+
+}  // namespace
+
+const IsaTables<QuantKernels>& quant_tables() {
+  static const IsaTables<QuantKernels> tables = {
+      &scalar::quant_kernels,
+#if POCKETML_ARCH_X86
+      &avx2::quant_kernels,
+      &avx512::quant_kernels,
+#else
+      nullptr,
+      nullptr,
+#endif
+      nullptr,  // NEON variant: see the Apple silicon issue
+  };
+  return tables;
+}
+
+void dequantize(const QuantizedViews& q, const TensorView& out) {
+  const WeightsWithLut weights(q);
+  const PackedWeights& w = weights.w;
+  require_dtype(out, "out", {DType::f32, DType::f16, DType::bf16});
+  require_ndim(out, "out", 2, 2);
+  require_contiguous(out, "out");
+  require_writable(out, "out");
+  if (out.shape[0] != w.rows || out.shape[1] != w.cols)
+    fail_argument(ErrorKind::InvalidArgument, "out", "shape (" + std::to_string(w.rows) + ", " +
+                  std::to_string(w.cols) + ")", "shape " + out.shape_string());
+  const QuantKernels& kernels = quant_tables().active();
+  const int64_t chunks = chunks_per_row(w.cols);
+  const size_t out_size = dtype_size(out.dtype);
+  parallel_for(w.rows, std::max<int64_t>(1, (int64_t(1) << 16) / w.cols), [&](int64_t begin, int64_t end) {
+    AlignedBuffer<float> row(static_cast<size_t>(chunks * kCodesPerChunk));
+    for (int64_t r = begin; r < end; ++r) {
+      kernels.decode_row(w, r, 0, chunks, row.data());
+      char* dst = static_cast<char*>(out.data) + r * w.cols * out_size;
+      convert(contiguous_view(row.data(), DType::f32, {w.cols}, false), contiguous_view(dst, out.dtype, {w.cols}));
+    }
+  });
+}
+
+void quantized_matmul(const TensorView& x, const QuantizedViews& q, const TensorView& out) {
+  const WeightsWithLut weights(q);
+  const PackedWeights& w = weights.w;
+  require_dtype(x, "x", {DType::f32, DType::f16, DType::bf16});
+  require_ndim(x, "x", 2, 2);
+  require_contiguous(x, "x");
+  if (x.shape[1] != w.cols)
+    fail_argument(ErrorKind::InvalidArgument, "x", "a last dimension equal to the weight's input dimension K = " +
+                  std::to_string(w.cols), "shape " + x.shape_string());
+  const int64_t m = x.shape[0], n = w.rows;
+  require_dtype(out, "out", {DType::f32, DType::f16, DType::bf16});
+  require_ndim(out, "out", 2, 2);
+  require_contiguous(out, "out");
+  require_writable(out, "out");
+  if (out.shape[0] != m || out.shape[1] != n)
+    fail_argument(ErrorKind::InvalidArgument, "out", "shape (" + std::to_string(m) + ", " + std::to_string(n) + ")",
+                  "shape " + out.shape_string());
+  if (m == 0 || n == 0) return;
+
+  const int64_t chunks = chunks_per_row(w.cols);
+  const int64_t padded_cols = chunks * kCodesPerChunk;
+  AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
+  widen_rows(x, m, w.cols, padded_cols, x32.data());
+  AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
+  float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
+  std::fill(out32, out32 + m * n, 0.0f);
+
+  const QuantKernels& kernels = quant_tables().active();
+  const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
+  const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
+  const int64_t w_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  // Tasks run weight block by weight block so that threads share an x block in L3.
+  parallel_for(w_blocks * x_blocks, 1, [&](int64_t begin, int64_t end) {
+    AlignedBuffer<float> tile(static_cast<size_t>(kRowsPerBlock * kChunkCodes));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = (task / x_blocks) * kRowsPerBlock, n1 = std::min(n, n0 + kRowsPerBlock);
+      const int64_t m0 = (task % x_blocks) * x_rows_per_block, m1 = std::min(m, m0 + x_rows_per_block);
+      for (int64_t k0 = 0; k0 < padded_cols; k0 += kChunkCodes) {
+        const int64_t k1 = std::min(padded_cols, k0 + kChunkCodes);
+        for (int64_t r = n0; r < n1; ++r)
+          kernels.decode_row(w, r, k0 / kCodesPerChunk, k1 / kCodesPerChunk, tile.data() + (r - n0) * kChunkCodes);
+        for (int64_t i = m0; i < m1; i += kDotTileRows) {
+          for (int64_t j = n0; j < n1; j += kDotTileRows) {
+            kernels.dot_tile(x32.data() + i * padded_cols + k0, padded_cols, static_cast<int>(std::min<int64_t>(kDotTileRows, m1 - i)),
+                             tile.data() + (j - n0) * kChunkCodes, kChunkCodes,
+                             static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), k1 - k0, out32 + i * n + j, n);
+          }
+        }
+      }
+    }
+  });
+  if (out.dtype != DType::f32)
+    convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
+}
+
+}  // namespace pocketml

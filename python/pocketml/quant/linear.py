@@ -1,0 +1,98 @@
+"""QuantizedLinear: a drop-in nn.Linear whose weight is a QuantizedTensor."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pocketml.quant.config import QuantConfig
+from pocketml.quant.tensor import QuantizedTensor, matmul, palettize, quantize
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _to_torch(array):
+    return array if isinstance(array, torch.Tensor) else torch.from_numpy(array)
+
+
+class _QuantizedMatmul(torch.autograd.Function):
+    """y = x @ W^T on the native kernel; dx = dy @ W with W dequantized on the fly (W is frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return matmul(x, layer.qweight())
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weight = torch.from_numpy(ctx.layer.qweight().dequantize("fp32"))
+        return (grad_out.float() @ weight).to(grad_out.dtype), None
+
+
+class QuantizedLinear(nn.Module):
+    """Behaves like the nn.Linear it replaces: y = x @ W^T + b for x [..., in_features]
+    in fp32, fp16 or bf16 (the result keeps x's dtype); gradients flow to x and to the
+    bias, the quantized weight is frozen. Its arrays are buffers (state_dict, save/load)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantConfig, qweight: QuantizedTensor):
+        super().__init__()
+        self.in_features, self.out_features, self.config = in_features, out_features, config
+        self.kind, self.bits, self.group_size = qweight.kind, qweight.bits, qweight.group_size
+        for name in ("packed", "scales", "zero_points", "lut"):
+            array = getattr(qweight, name)
+            self.register_buffer(name, None if array is None else _to_torch(array))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig | None = None, importance=None) -> "QuantizedLinear":
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"argument 'linear': expected a torch.nn.Linear, got {type(linear).__name__}")
+        config = config or QuantConfig()
+        weight = linear.weight.detach().float()
+        if config.method == "kmeans":
+            qweight = palettize(weight, config.bits, config.lut_group_size, config.seed, importance=importance,
+                                lut_dtype=config.scale_dtype)
+        else:
+            qweight = quantize(weight, config.bits, config.group_size, config.symmetric, config.method,
+                               config.scale_dtype, importance=importance)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, config, qweight)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        return layer
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool, config: QuantConfig) -> "QuantizedLinear":
+        """A layer of the right shapes to load a state_dict into."""
+        weight = torch.zeros(out_features, in_features)
+        linear = nn.Linear(in_features, out_features, bias=bias)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        return cls.from_linear(linear, config)
+
+    def qweight(self) -> QuantizedTensor:
+        def view(t):
+            if t is None:
+                return None
+            return t if t.dtype == torch.bfloat16 else t.numpy()
+
+        return QuantizedTensor(self.kind, self.bits, (self.out_features, self.in_features), self.group_size,
+                               view(self.packed), view(self.scales), view(self.zero_points), view(self.lut))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
+        y = _QuantizedMatmul.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.qweight().nbytes
+
+    def extra_repr(self) -> str:
+        q = self.qweight()
+        detail = (f"group_size={self.group_size}, symmetric={q.symmetric}" if self.kind == "affine"
+                  else f"tables={q.lut.shape[0]}")
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"kind={self.kind}, bits={self.bits}, {detail}, bits_per_weight={q.bits_per_weight:.3f}")

@@ -1,0 +1,244 @@
+"""QuantizedTensor: a weight [N, K] stored as packed codes plus scales or a LUT.
+
+Formats (byte-level spec in docs/formats.md):
+
+* affine: ``w[n, k] = scale[n, k // group_size] * (code[n, k] - zero_point[n, k // group_size])``,
+  Core ML's ``constexpr_blockwise_shift_scale``; symmetric tensors store no zero points
+  (they are ``2 ** (bits - 1)``).
+* lut: ``w[n, k] = lut[n // group_size][code[n, k]]``, Core ML's ``constexpr_lut_to_dense``.
+
+Arrays are NumPy, except bf16 ones, which are torch tensors (NumPy has no bfloat16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocketml._arrays import FLOAT_DTYPES, canonical_dtype, describe_type, empty_like, is_torch_tensor
+from pocketml._native import core
+
+AFFINE_BITS = (2, 3, 4, 5, 6, 8)
+LUT_BITS = (1, 2, 3, 4, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+CODES_PER_CHUNK = 32
+
+
+def packed_row_bytes(cols: int, bits: int) -> int:
+    """Bytes of one packed row: whole chunks of 32 codes, 4 * bits bytes each."""
+    return -(-cols // CODES_PER_CHUNK) * 4 * bits
+
+
+def _float_array(shape, dtype: str):
+    if dtype == "bf16":
+        import torch
+
+        return torch.empty(tuple(shape), dtype=torch.bfloat16)
+    return np.empty(tuple(shape), dtype={"fp32": np.float32, "fp16": np.float16}[dtype])
+
+
+def _as_weight(w, arg="w"):
+    """A contiguous 2-D float array (NumPy or CPU torch) without autograd history."""
+    if is_torch_tensor(w):
+        w = w.detach()
+        if w.device.type != "cpu":
+            raise ValueError(f"argument '{arg}': expected a CPU tensor, got a tensor on {w.device}")
+        w = w.contiguous()
+    elif isinstance(w, np.ndarray):
+        w = np.ascontiguousarray(w)
+    else:
+        raise TypeError(f"argument '{arg}': expected a NumPy array or torch tensor, got {describe_type(w)}")
+    dtype = canonical_dtype(w.dtype, arg) if str(w.dtype) not in ("float64", "torch.float64") else "fp64"
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"argument '{arg}': expected dtype fp32, fp16 or bf16, got {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"argument '{arg}': expected a 2-D weight [out_features, in_features], got shape {tuple(w.shape)}")
+    return w
+
+
+def _check_choice(arg, value, choices):
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"argument '{arg}': expected one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _importance(importance, cols):
+    if importance is None:
+        return None
+    if is_torch_tensor(importance):
+        importance = importance.detach().cpu().numpy()
+    return np.ascontiguousarray(importance, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class QuantizedTensor:
+    """A quantized weight [N, K]. Build with quantize() or palettize()."""
+
+    kind: str                 # "affine" or "lut"
+    bits: int
+    shape: tuple
+    group_size: int           # affine: input channels per scale (K = one per row); lut: output channels per table
+    packed: object            # uint8 [N, packed_row_bytes(K, bits)]
+    scales: object = None     # affine: [N, K // group_size]
+    zero_points: object = None  # affine asymmetric: uint8 [N, K // group_size]
+    lut: object = None        # lut: [N // group_size, 2 ** bits]
+
+    @property
+    def symmetric(self) -> bool:
+        return self.kind == "affine" and self.zero_points is None
+
+    def arrays(self) -> dict:
+        """The stored arrays by name (the ones that exist)."""
+        names = ("packed", "scales", "zero_points", "lut")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) if isinstance(a, np.ndarray) else a.numel() * a.element_size()
+                   for a in self.arrays().values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.shape[0] * self.shape[1])
+
+    def _native_args(self):
+        return (self.kind, self.bits, self.shape[1], self.group_size, self.packed, self.scales, self.zero_points,
+                self.lut)
+
+    def dequantize(self, dtype="fp32"):
+        """The weight [N, K] as the kernels see it: NumPy for fp32/fp16, torch for bf16."""
+        target = canonical_dtype(dtype)
+        if target not in FLOAT_DTYPES:
+            raise TypeError(f"argument 'dtype': expected one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+        out = _float_array(self.shape, target)
+        kind, bits, cols, group_size, packed, scales, zero_points, lut = self._native_args()
+        core.quant_dequantize(kind, bits, cols, group_size, packed, scales, zero_points, lut, out)
+        return out
+
+    def codes(self) -> np.ndarray:
+        """The plain codes uint8 [N, K] (Core ML's data / indices)."""
+        out = np.empty(self.shape, dtype=np.uint8)
+        core.quant_unpack(self.packed, self.bits, out)
+        return out
+
+    def to_coreml(self) -> dict:
+        """Plain Core ML arrays: affine -> data, scale, offset (constexpr_blockwise_shift_scale);
+        lut -> indices, lut shaped [N // group_size, 1, 2 ** bits, 1] (constexpr_lut_to_dense)."""
+        codes = self.codes()
+        if self.kind == "affine":
+            offset = (self.zero_points if self.zero_points is not None
+                      else np.full(self.scales.shape, 1 << (self.bits - 1), dtype=np.uint8))
+            return {"data": codes, "scale": self.scales, "offset": np.array(offset, dtype=np.uint8)}
+        return {"indices": codes, "lut": self.lut.reshape(self.lut.shape[0], 1, self.lut.shape[1], 1)}
+
+    @classmethod
+    def from_coreml(cls, arrays: dict, bits: int) -> "QuantizedTensor":
+        """The inverse of to_coreml(); an affine offset equal to 2 ** (bits - 1) everywhere reads as symmetric."""
+        if "indices" in arrays:
+            codes = np.ascontiguousarray(arrays["indices"], dtype=np.uint8)
+            lut = arrays["lut"]
+            lut = lut.reshape(lut.shape[0], lut.shape[2])
+            _check_choice("bits", bits, LUT_BITS)
+            packed = np.empty((codes.shape[0], packed_row_bytes(codes.shape[1], bits)), dtype=np.uint8)
+            core.quant_pack(codes, bits, packed)
+            return cls("lut", bits, codes.shape, codes.shape[0] // lut.shape[0], packed, lut=lut)
+        codes = np.ascontiguousarray(arrays["data"], dtype=np.uint8)
+        scales, offset = arrays["scale"], np.ascontiguousarray(arrays["offset"], dtype=np.uint8)
+        _check_choice("bits", bits, AFFINE_BITS)
+        packed = np.empty((codes.shape[0], packed_row_bytes(codes.shape[1], bits)), dtype=np.uint8)
+        core.quant_pack(codes, bits, packed)
+        symmetric = bool(np.all(offset == (1 << (bits - 1))))
+        return cls("affine", bits, codes.shape, codes.shape[1] // scales.shape[1], packed, scales=scales,
+                   zero_points=None if symmetric else offset)
+
+    def __repr__(self) -> str:
+        detail = (f"group_size={self.group_size}, symmetric={self.symmetric}" if self.kind == "affine"
+                  else f"tables={self.lut.shape[0]}")
+        return (f"QuantizedTensor(kind={self.kind!r}, bits={self.bits}, shape={tuple(self.shape)}, {detail}, "
+                f"bits_per_weight={self.bits_per_weight:.3f})")
+
+
+def quantize(w, bits: int = 4, group_size: int | None = 64, symmetric: bool = False, method: str = "rtn",
+             scale_dtype="fp16", importance=None) -> QuantizedTensor:
+    """Group-wise affine quantization of a weight [N, K] (out_features, in_features).
+
+    group_size: 32, 64, 128 input channels per scale, or None for one scale per row.
+    method: "rtn" (round to nearest over the group's range, zero kept exact) or "mse"
+    (search of clipped ranges minimising the squared error, weighted per input channel
+    by `importance` [K] when given, e.g. mean squared activations).
+    """
+    w = _as_weight(w)
+    _check_choice("bits", bits, AFFINE_BITS)
+    _check_choice("method", method, ("rtn", "mse"))
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"argument 'symmetric': expected a bool, got {type(symmetric).__name__}")
+    n, k = w.shape
+    if group_size is None:
+        group_size = k
+    else:
+        _check_choice("group_size", group_size, GROUP_SIZES + (None,))
+        if k % group_size:
+            raise ValueError(f"argument 'group_size': expected a divisor of the input dimension K = {k}, "
+                             f"got {group_size}")
+    scale_dtype = canonical_dtype(scale_dtype, "scale_dtype")
+    _check_choice("scale_dtype", scale_dtype, FLOAT_DTYPES)
+    packed = np.empty((n, packed_row_bytes(k, bits)), dtype=np.uint8)
+    scales = _float_array((n, k // group_size), scale_dtype)
+    zero_points = None if symmetric else np.empty((n, k // group_size), dtype=np.uint8)
+    core.quant_quantize_affine(w, bits, group_size, symmetric, method, _importance(importance, k), packed, scales,
+                               zero_points)
+    return QuantizedTensor("affine", bits, (n, k), group_size, packed, scales=scales, zero_points=zero_points)
+
+
+def palettize(w, nbits: int = 4, group_size: int | None = None, seed: int = 0, importance=None, lut_dtype="fp16",
+              max_iterations: int = 100) -> QuantizedTensor:
+    """LUT palettization of a weight [N, K] by weighted 1-D k-means (k-means++ init, seeded).
+
+    group_size: output channels sharing one table (None: one table for the tensor).
+    """
+    w = _as_weight(w)
+    _check_choice("nbits", nbits, LUT_BITS)
+    n, k = w.shape
+    if group_size is None:
+        group_size = n
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or n % group_size:
+        raise ValueError(f"argument 'group_size': expected a number of output channels dividing N = {n}, "
+                         f"got {group_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"argument 'seed': expected a non-negative int, got {seed!r}")
+    lut_dtype = canonical_dtype(lut_dtype, "lut_dtype")
+    _check_choice("lut_dtype", lut_dtype, FLOAT_DTYPES)
+    packed = np.empty((n, packed_row_bytes(k, nbits)), dtype=np.uint8)
+    lut = _float_array((n // group_size, 1 << nbits), lut_dtype)
+    core.quant_quantize_lut(w, nbits, group_size, seed, max_iterations, _importance(importance, k), packed, lut)
+    return QuantizedTensor("lut", nbits, (n, k), group_size, packed, lut=lut)
+
+
+def matmul(x, qweight: QuantizedTensor):
+    """x [..., K] @ W^T -> [..., N] with fp32 accumulation over the dequantized weights.
+
+    x in fp32, fp16 or bf16; the result has x's dtype and kind (NumPy in, NumPy out;
+    torch in, torch out). No autograd here: use QuantizedLinear for gradients.
+    """
+    if not isinstance(qweight, QuantizedTensor):
+        raise TypeError(f"argument 'qweight': expected a pocketml.quant.QuantizedTensor, got {describe_type(qweight)}")
+    if is_torch_tensor(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"argument 'x': expected a CPU tensor, got a tensor on {x.device}")
+        x = x.detach().contiguous()
+    elif isinstance(x, np.ndarray):
+        x = np.ascontiguousarray(x)
+    else:
+        raise TypeError(f"argument 'x': expected a NumPy array or torch tensor, got {describe_type(x)}")
+    dtype = canonical_dtype(x.dtype, "x") if "float64" not in str(x.dtype) else "fp64"
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"argument 'x': expected dtype fp32, fp16 or bf16, got {x.dtype}")
+    n, k = qweight.shape
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"argument 'x': expected a last dimension equal to the weight's input dimension K = {k}, "
+                         f"got shape {tuple(x.shape)}")
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, k)
+    out = empty_like(x, (x2.shape[0], n), dtype)
+    core.quant_matmul(x2, *qweight._native_args(), out)
+    return out.reshape(lead + (n,))
