@@ -16,7 +16,9 @@ inline __m256i word_mask(int words) {
 }
 
 // Codes 8q .. 8q + 7 of a chunk, one per 32-bit lane.
-inline __m256i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int q) {
+template <int Bits>
+inline __m256i chunk_codes(const uint8_t* chunk, int q) {
+  constexpr PlaneLayout planes = plane_layout(Bits);
   __m256i code = _mm256_setzero_si256();
   int low_bit = 0;
   for (int p = 0; p < planes.count; ++p) {
@@ -34,44 +36,68 @@ inline __m256i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int 
   return code;
 }
 
+template <int Bits>
 void decode_affine(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
   const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
+  constexpr int chunk_bytes = 4 * Bits;
   for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
     const uint8_t* chunk = packed_row + c * chunk_bytes;
     float scale, zero;
     chunk_affine_params(w, row, c, &scale, &zero);
     const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero);
     for (int q = 0; q < 4; ++q) {
-      const __m256 code = _mm256_cvtepi32_ps(chunk_codes(chunk, planes, q));
+      const __m256 code = _mm256_cvtepi32_ps(chunk_codes<Bits>(chunk, q));
       _mm256_storeu_ps(out + 8 * q, _mm256_mul_ps(_mm256_sub_ps(code, z), s));
     }
   }
 }
 
+template <int Bits>
 void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
   const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
+  constexpr int chunk_bytes = 4 * Bits;
   const float* lut = row_lut(w, row);
-  const int entries = 1 << w.bits;
+  constexpr int entries = 1 << Bits;
   const __m256 lut8 = _mm256_maskload_ps(lut, word_mask(entries));
   for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
     const uint8_t* chunk = packed_row + c * chunk_bytes;
     for (int q = 0; q < 4; ++q) {
-      const __m256i code = chunk_codes(chunk, planes, q);
+      const __m256i code = chunk_codes<Bits>(chunk, q);
       const __m256 value = entries <= 8 ? _mm256_permutevar8x32_ps(lut8, code) : _mm256_i32gather_ps(lut, code, 4);
       _mm256_storeu_ps(out + 8 * q, value);
     }
   }
 }
 
+template <template <int> class Decoder>
+void decode_with_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  switch (w.bits) {
+    case 1: Decoder<1>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 2: Decoder<2>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 3: Decoder<3>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 4: Decoder<4>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 5: Decoder<5>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 6: Decoder<6>::run(w, row, chunk_begin, chunk_end, out); break;
+    default: Decoder<8>::run(w, row, chunk_begin, chunk_end, out); break;
+  }
+}
+
+template <int Bits>
+struct AffineDecoder {
+  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_affine<Bits>(w, row, b, e, out); }
+};
+
+template <int Bits>
+struct LutDecoder {
+  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_lut<Bits>(w, row, b, e, out); }
+};
+
+// Bits become a template argument here so plane loops and masks are constants.
 void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
   if (w.kind == QuantKind::lut) {
-    decode_lut(w, row, chunk_begin, chunk_end, out);
+    decode_with_bits<LutDecoder>(w, row, chunk_begin, chunk_end, out);
   } else {
-    decode_affine(w, row, chunk_begin, chunk_end, out);
+    decode_with_bits<AffineDecoder>(w, row, chunk_begin, chunk_end, out);
   }
 }
 

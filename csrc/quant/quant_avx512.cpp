@@ -11,7 +11,9 @@ namespace pocketml::avx512 {
 namespace {
 
 // Codes 16h .. 16h + 15 of a chunk, one per 32-bit lane.
-inline __m512i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int h) {
+template <int Bits>
+inline __m512i chunk_codes(const uint8_t* chunk, int h) {
+  constexpr PlaneLayout planes = plane_layout(Bits);
   __m512i code = _mm512_setzero_si512();
   int low_bit = 0;
   for (int p = 0; p < planes.count; ++p) {
@@ -29,28 +31,28 @@ inline __m512i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int 
   return code;
 }
 
+template <int Bits>
 void decode_affine(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
   const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
+  constexpr int chunk_bytes = 4 * Bits;
   for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
     const uint8_t* chunk = packed_row + c * chunk_bytes;
     float scale, zero;
     chunk_affine_params(w, row, c, &scale, &zero);
     const __m512 s = _mm512_set1_ps(scale), z = _mm512_set1_ps(zero);
     for (int h = 0; h < 2; ++h) {
-      const __m512 code = _mm512_cvtepi32_ps(chunk_codes(chunk, planes, h));
+      const __m512 code = _mm512_cvtepi32_ps(chunk_codes<Bits>(chunk, h));
       _mm512_storeu_ps(out + 16 * h, _mm512_mul_ps(_mm512_sub_ps(code, z), s));
     }
   }
 }
 
+template <int Bits>
 void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
   const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
+  constexpr int chunk_bytes = 4 * Bits;
   const float* lut = row_lut(w, row);
-  const int entries = 1 << w.bits;
+  constexpr int entries = 1 << Bits;
   const __m512 lut0 = _mm512_maskz_loadu_ps(entries >= 16 ? 0xFFFF : (1u << entries) - 1u, lut);
   const __m512 lut1 = entries >= 32 ? _mm512_loadu_ps(lut + 16) : lut0;
   const __m512 lut2 = entries >= 64 ? _mm512_loadu_ps(lut + 32) : lut0;
@@ -58,7 +60,7 @@ void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_
   for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
     const uint8_t* chunk = packed_row + c * chunk_bytes;
     for (int h = 0; h < 2; ++h) {
-      const __m512i code = chunk_codes(chunk, planes, h);
+      const __m512i code = chunk_codes<Bits>(chunk, h);
       __m512 value;
       if (entries <= 16) {
         value = _mm512_permutexvar_ps(code, lut0);
@@ -75,11 +77,35 @@ void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_
   }
 }
 
+template <template <int> class Decoder>
+void decode_with_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  switch (w.bits) {
+    case 1: Decoder<1>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 2: Decoder<2>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 3: Decoder<3>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 4: Decoder<4>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 5: Decoder<5>::run(w, row, chunk_begin, chunk_end, out); break;
+    case 6: Decoder<6>::run(w, row, chunk_begin, chunk_end, out); break;
+    default: Decoder<8>::run(w, row, chunk_begin, chunk_end, out); break;
+  }
+}
+
+template <int Bits>
+struct AffineDecoder {
+  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_affine<Bits>(w, row, b, e, out); }
+};
+
+template <int Bits>
+struct LutDecoder {
+  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_lut<Bits>(w, row, b, e, out); }
+};
+
+// Bits become a template argument here so plane loops and masks are constants.
 void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
   if (w.kind == QuantKind::lut) {
-    decode_lut(w, row, chunk_begin, chunk_end, out);
+    decode_with_bits<LutDecoder>(w, row, chunk_begin, chunk_end, out);
   } else {
-    decode_affine(w, row, chunk_begin, chunk_end, out);
+    decode_with_bits<AffineDecoder>(w, row, chunk_begin, chunk_end, out);
   }
 }
 
