@@ -1,7 +1,11 @@
 // AVX-512 quantized-matmul kernels: 16 codes per register. A bit plane is one
-// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane, then
-// the affine value is (float(code) - zero) * scale, the LUT value a register
-// permute (<= 4 bits), a two-register permute (6 bits) or a gather (8 bits).
+// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane. Values
+// come from a 16-entry register table (vpermps) for up to 4 bits: the affine
+// table holds scale * (i - zero) for the group, the LUT its entries, each
+// repeated so that the garbage vpermps ignores above bit 4 needs no masking of
+// single-plane codes. Wider codes use (float(code) - zero) * scale, a
+// two-register permute (6-bit LUT) or a gather (8-bit LUT). Every value is
+// the documented one bit for bit (one fp32 product), as in the reference.
 #include <immintrin.h>
 
 #include "quant/plane_lanes.h"
@@ -10,10 +14,19 @@
 namespace pocketml::avx512 {
 namespace {
 
-// Codes 16h .. 16h + 15 of a chunk, one per 32-bit lane.
+// Codes 16h .. 16h + 15 of a chunk, one per 32-bit lane. For single-plane codes
+// of up to 4 bits the bits above the code are left as they are (see above).
 template <int Bits>
 inline __m512i chunk_codes(const uint8_t* chunk, int h) {
+  // Byte-aligned planes need no word permute: one byte-to-lane widening.
+  if constexpr (Bits == 8) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16 * h)));
+  } else if constexpr (Bits == 4) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk)));
+    return h == 0 ? bytes : _mm512_srli_epi32(bytes, 4);
+  }
   constexpr PlaneLayout planes = plane_layout(Bits);
+  constexpr bool masked = !(Bits <= 4 && planes.count == 1);
   __m512i code = _mm512_setzero_si512();
   int low_bit = 0;
   for (int p = 0; p < planes.count; ++p) {
@@ -23,89 +36,186 @@ inline __m512i chunk_codes(const uint8_t* chunk, int h) {
     const __m512i index = _mm512_load_si512(kPlaneLanes.word[slot] + 16 * h);
     const __m512i shift = _mm512_load_si512(kPlaneLanes.shift[slot] + 16 * h);
     __m512i field = _mm512_srlv_epi32(_mm512_permutexvar_epi32(index, words), shift);
-    field = _mm512_and_si512(field, _mm512_set1_epi32((1 << width) - 1));
-    code = _mm512_or_si512(code, _mm512_slli_epi32(field, low_bit));
+    if (masked) field = _mm512_and_si512(field, _mm512_set1_epi32((1 << width) - 1));
+    code = p == 0 ? field : _mm512_or_si512(code, _mm512_slli_epi32(field, low_bit));
     low_bit += width;
     chunk += 4 * width;
   }
   return code;
 }
 
+// load_scale with the F16C instruction (exact, as the reference's conversion).
+inline float load_scale_f16c(const void* scales, DType dtype, int64_t index) {
+  if (dtype == DType::f16) return _cvtsh_ss(static_cast<const uint16_t*>(scales)[index]);
+  return load_scale(scales, dtype, index);
+}
+
+// i & (2^Bits - 1) for lane i: the code each entry of a 16-entry table stands for.
 template <int Bits>
-void decode_affine(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  constexpr int chunk_bytes = 4 * Bits;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    float scale, zero;
-    chunk_affine_params(w, row, c, &scale, &zero);
-    const __m512 s = _mm512_set1_ps(scale), z = _mm512_set1_ps(zero);
-    for (int h = 0; h < 2; ++h) {
-      const __m512 code = _mm512_cvtepi32_ps(chunk_codes<Bits>(chunk, h));
-      _mm512_storeu_ps(out + 16 * h, _mm512_mul_ps(_mm512_sub_ps(code, z), s));
-    }
-  }
+inline __m512i table_codes() {
+  return _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                          _mm512_set1_epi32(Bits >= 4 ? 15 : (1 << Bits) - 1));
 }
 
 template <int Bits>
-void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+struct AffineValues {
+  static constexpr bool kIsLut = false;
+  __m512 table, scale, zero;
+
+  void start_group(const PackedWeights& w, int64_t group) {
+    scale = _mm512_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group));
+    zero = _mm512_set1_ps(static_cast<float>(w.zero_points ? w.zero_points[group] : w.symmetric_zero_point()));
+    if (Bits <= 4) table = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(table_codes<Bits>()), zero), scale);
+  }
+  void start_row(const PackedWeights&, int64_t) {}
+
+  __m512 operator()(const uint8_t* chunk, int h) const {
+    const __m512i code = chunk_codes<Bits>(chunk, h);
+    if (Bits <= 4) return _mm512_permutexvar_ps(code, table);
+    return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(code), zero), scale);
+  }
+};
+
+template <int Bits>
+struct LutValues {
+  static constexpr bool kIsLut = true;
+  static constexpr int kEntries = 1 << Bits;
+  const float* lut = nullptr;
+  __m512 lut0, lut1, lut2, lut3;
+
+  void start_row(const PackedWeights& w, int64_t row) {
+    lut = row_lut(w, row);
+    if (Bits <= 4) {
+      lut0 = _mm512_permutexvar_ps(table_codes<Bits>(), _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << kEntries) - 1u), lut));
+    } else if (Bits == 6) {
+      lut0 = _mm512_loadu_ps(lut);
+      lut1 = _mm512_loadu_ps(lut + 16);
+      lut2 = _mm512_loadu_ps(lut + 32);
+      lut3 = _mm512_loadu_ps(lut + 48);
+    }
+  }
+  void start_group(const PackedWeights&, int64_t) {}
+
+  __m512 operator()(const uint8_t* chunk, int h) const {
+    const __m512i code = chunk_codes<Bits>(chunk, h);
+    if (Bits <= 4) return _mm512_permutexvar_ps(code, lut0);
+    if (Bits == 6) {
+      const __m512 low = _mm512_permutex2var_ps(lut0, code, lut1);
+      const __m512 high = _mm512_permutex2var_ps(lut2, code, lut3);
+      return _mm512_mask_blend_ps(_mm512_test_epi32_mask(code, _mm512_set1_epi32(32)), low, high);
+    }
+    return _mm512_i32gather_ps(code, lut, 4);
+  }
+};
+
+// Chunks per group of one scale; the LUT (and a per-row group) spans the row.
+inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
+  if (w.kind == QuantKind::lut || w.group_size % kCodesPerChunk != 0) return chunks;
+  return w.group_size / kCodesPerChunk;
+}
+
+template <class Values>
+void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  const int64_t group_chunks = chunks_per_group(w, chunks_per_row(w.cols));
   const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  constexpr int chunk_bytes = 4 * Bits;
-  const float* lut = row_lut(w, row);
-  constexpr int entries = 1 << Bits;
-  const __m512 lut0 = _mm512_maskz_loadu_ps(entries >= 16 ? 0xFFFF : (1u << entries) - 1u, lut);
-  const __m512 lut1 = entries >= 32 ? _mm512_loadu_ps(lut + 16) : lut0;
-  const __m512 lut2 = entries >= 64 ? _mm512_loadu_ps(lut + 32) : lut0;
-  const __m512 lut3 = entries >= 64 ? _mm512_loadu_ps(lut + 48) : lut0;
+  Values values;
+  values.start_row(w, row);
+  const int64_t first_group = row * (w.kind == QuantKind::affine ? w.groups_per_row() : 0);
   for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    for (int h = 0; h < 2; ++h) {
-      const __m512i code = chunk_codes<Bits>(chunk, h);
-      __m512 value;
-      if (entries <= 16) {
-        value = _mm512_permutexvar_ps(code, lut0);
-      } else if (entries <= 64) {
-        const __m512 low = _mm512_permutex2var_ps(lut0, code, lut1);
-        const __m512 high = _mm512_permutex2var_ps(lut2, code, lut3);
-        const __mmask16 is_high = _mm512_test_epi32_mask(code, _mm512_set1_epi32(32));
-        value = _mm512_mask_blend_ps(is_high, low, high);
-      } else {
-        value = _mm512_i32gather_ps(code, lut, 4);
+    if (c == chunk_begin || c % group_chunks == 0) values.start_group(w, first_group + c / group_chunks);
+    const uint8_t* chunk = packed_row + c * 4 * w.bits;
+    _mm512_storeu_ps(out, values(chunk, 0));
+    _mm512_storeu_ps(out + 16, values(chunk, 1));
+  }
+}
+
+template <class Values, int M>
+void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+          int64_t ldy) {
+  const int64_t chunks = chunks_per_row(w.cols);
+  const int64_t group_chunks = chunks_per_group(w, chunks);
+  const int64_t chunk_bytes = 4 * w.bits;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const uint8_t* chunk = w.packed + row * w.row_bytes;
+    Values values;
+    values.start_row(w, row);
+    __m512 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
+    int64_t group = row * (w.kind == QuantKind::affine ? w.groups_per_row() : 0);
+    for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
+      values.start_group(w, group);
+      const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
+      for (int64_t c = c0; c < c1; ++c, chunk += chunk_bytes) {
+        const __m512 v0 = values(chunk, 0), v1 = values(chunk, 1);
+        const float* xc = x + c * kCodesPerChunk;
+        for (int i = 0; i < M; ++i) {
+          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx), v0, acc[i]);
+          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx + 16), v1, acc[i]);
+        }
       }
-      _mm512_storeu_ps(out + 16 * h, value);
+    }
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row] = _mm512_reduce_add_ps(acc[i]);
+  }
+}
+
+template <template <int> class Values, int Bits>
+void gemv_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+               int64_t ldy) {
+  switch (gemv_padded_rows(m)) {
+    case 1: gemv<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
+// Bits become a template argument here, so plane loops and masks are constants.
+template <template <int> class Values>
+struct ForFormat {
+  template <int Bits>
+  static void decode_bits(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    decode<Values<Bits>>(w, row, b, e, out);
+  }
+  static void decode_row(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    switch (w.bits) {
+      case 1: decode_bits<1>(w, row, b, e, out); break;
+      case 2: decode_bits<2>(w, row, b, e, out); break;
+      case 3: decode_bits<3>(w, row, b, e, out); break;
+      case 4: decode_bits<4>(w, row, b, e, out); break;
+      case 5: decode_bits<5>(w, row, b, e, out); break;
+      case 6: decode_bits<6>(w, row, b, e, out); break;
+      default: decode_bits<8>(w, row, b, e, out); break;
     }
   }
-}
-
-template <template <int> class Decoder>
-void decode_with_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  switch (w.bits) {
-    case 1: Decoder<1>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 2: Decoder<2>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 3: Decoder<3>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 4: Decoder<4>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 5: Decoder<5>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 6: Decoder<6>::run(w, row, chunk_begin, chunk_end, out); break;
-    default: Decoder<8>::run(w, row, chunk_begin, chunk_end, out); break;
+  static void gemv(const PackedWeights& w, int64_t b, int64_t e, const float* x, int64_t ldx, int m, float* y,
+                   int64_t ldy) {
+    switch (w.bits) {
+      case 1: gemv_rows<Values, 1>(w, b, e, x, ldx, m, y, ldy); break;
+      case 2: gemv_rows<Values, 2>(w, b, e, x, ldx, m, y, ldy); break;
+      case 3: gemv_rows<Values, 3>(w, b, e, x, ldx, m, y, ldy); break;
+      case 4: gemv_rows<Values, 4>(w, b, e, x, ldx, m, y, ldy); break;
+      case 5: gemv_rows<Values, 5>(w, b, e, x, ldx, m, y, ldy); break;
+      case 6: gemv_rows<Values, 6>(w, b, e, x, ldx, m, y, ldy); break;
+      default: gemv_rows<Values, 8>(w, b, e, x, ldx, m, y, ldy); break;
+    }
   }
-}
-
-template <int Bits>
-struct AffineDecoder {
-  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_affine<Bits>(w, row, b, e, out); }
 };
 
-template <int Bits>
-struct LutDecoder {
-  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_lut<Bits>(w, row, b, e, out); }
-};
-
-// Bits become a template argument here so plane loops and masks are constants.
 void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
   if (w.kind == QuantKind::lut) {
-    decode_with_bits<LutDecoder>(w, row, chunk_begin, chunk_end, out);
+    ForFormat<LutValues>::decode_row(w, row, chunk_begin, chunk_end, out);
   } else {
-    decode_with_bits<AffineDecoder>(w, row, chunk_begin, chunk_end, out);
+    ForFormat<AffineValues>::decode_row(w, row, chunk_begin, chunk_end, out);
+  }
+}
+
+void gemv_any(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+              int64_t ldy) {
+  if (w.kind == QuantKind::lut) {
+    ForFormat<LutValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
+  } else {
+    ForFormat<AffineValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
   }
 }
 
@@ -149,6 +259,6 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any};
 
 }  // namespace pocketml::avx512

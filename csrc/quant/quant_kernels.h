@@ -21,11 +21,24 @@ using DecodeRowFn = void (*)(const PackedWeights& w, int64_t row, int64_t chunk_
 using DotTileFn = void (*)(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, int n, int64_t k, float* c,
                            int64_t ldc);
 
+// Optional fused path for few activation rows (decode, M <= kMaxGemvRows): for
+// weight rows r in [row_begin, row_end), y[i * ldy + r] = sum_k x[i * ldx + k] * w[r][k]
+// for i < m, decoding each weight in registers, so the packed weights stream from
+// memory once and nothing else is written. x holds gemv_padded_rows(m) rows, the
+// ones past m zero; k runs over whole chunks (x is zero past K).
+using GemvFn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m,
+                        float* y, int64_t ldy);
+
 inline constexpr int kDotTileRows = 4;
+inline constexpr int kMaxGemvRows = 8;
+
+// The row counts the fused GEMV is instantiated for (1, 2, 4, 8).
+static inline int gemv_padded_rows(int m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
 
 struct QuantKernels {
   DecodeRowFn decode_row;
   DotTileFn dot_tile;
+  GemvFn gemv;  // nullptr: the variant has no fused path and matmul decodes into tiles
 };
 
 namespace scalar { extern const QuantKernels quant_kernels; }

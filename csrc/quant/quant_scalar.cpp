@@ -34,6 +34,6 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile};
+const QuantKernels quant_kernels = {decode_row, dot_tile, nullptr};
 
 }  // namespace pocketml::scalar

@@ -5,8 +5,10 @@
 // of kRowsPerBlock weight rows and M into blocks of at most kMaxRowsPerXBlock
 // activation rows; each task decodes its weight rows kChunkCodes columns at a
 // time into a tile that stays in L1/L2 and multiplies every activation row of
-// its block against it. For M <= kMaxRowsPerXBlock (decode, M = 1..8) there is
-// one block over M, so the packed weights stream from memory exactly once.
+// its block against it. For M <= kMaxRowsPerXBlock there is one block over M,
+// so the packed weights stream from memory exactly once. For M <= kMaxGemvRows
+// (decode) a variant's fused GEMV, when it has one, decodes in registers and
+// skips the tile.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -24,6 +26,7 @@ namespace {
 constexpr int64_t kRowsPerBlock = 16;        // weight rows per task: 16 x 512 fp32 = a 32 KiB tile
 constexpr int64_t kChunkCodes = 512;         // columns decoded per tile
 constexpr int64_t kMaxRowsPerXBlock = 128;   // x rows per task: 128 x 512 fp32 = 256 KiB, in L2
+constexpr int64_t kGemvRowsPerTask = 32;     // 32 rows of 4096 4-bit codes = 64 KiB streamed per task
 
 // The fp32 copy of a float matrix [rows, cols] padded with zeros to `padded_cols`.
 void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padded_cols, float* dst) {
@@ -46,6 +49,36 @@ struct WeightsWithLut {
     w = make_packed_weights(q, lut.data());
   }
 };
+
+// out32 [m, n] = x32 [m, padded_cols] @ W^T through decoded tiles (see the top).
+void tiled_matmul(const QuantKernels& kernels, const PackedWeights& w, const float* x32, int64_t m, int64_t padded_cols,
+                  float* out32) {
+  const int64_t n = w.rows;
+  std::fill(out32, out32 + m * n, 0.0f);
+  const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
+  const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
+  const int64_t w_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  // Tasks run weight block by weight block so that threads share an x block in L3.
+  parallel_for(w_blocks * x_blocks, 1, [&](int64_t begin, int64_t end) {
+    AlignedBuffer<float> tile(static_cast<size_t>(kRowsPerBlock * kChunkCodes));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = (task / x_blocks) * kRowsPerBlock, n1 = std::min(n, n0 + kRowsPerBlock);
+      const int64_t m0 = (task % x_blocks) * x_rows_per_block, m1 = std::min(m, m0 + x_rows_per_block);
+      for (int64_t k0 = 0; k0 < padded_cols; k0 += kChunkCodes) {
+        const int64_t k1 = std::min(padded_cols, k0 + kChunkCodes);
+        for (int64_t r = n0; r < n1; ++r)
+          kernels.decode_row(w, r, k0 / kCodesPerChunk, k1 / kCodesPerChunk, tile.data() + (r - n0) * kChunkCodes);
+        for (int64_t i = m0; i < m1; i += kDotTileRows) {
+          for (int64_t j = n0; j < n1; j += kDotTileRows) {
+            kernels.dot_tile(x32 + i * padded_cols + k0, padded_cols, static_cast<int>(std::min<int64_t>(kDotTileRows, m1 - i)),
+                             tile.data() + (j - n0) * kChunkCodes, kChunkCodes,
+                             static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), k1 - k0, out32 + i * n + j, n);
+          }
+        }
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -108,36 +141,21 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
 
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t padded_cols = chunks * kCodesPerChunk;
-  AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
+  const QuantKernels& kernels = quant_tables().active();
+  const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
+  const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
+  AlignedBuffer<float> x32(static_cast<size_t>(x_rows * padded_cols));
   widen_rows(x, m, w.cols, padded_cols, x32.data());
+  std::fill(x32.data() + m * padded_cols, x32.data() + x_rows * padded_cols, 0.0f);
   AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
-  std::fill(out32, out32 + m * n, 0.0f);
-
-  const QuantKernels& kernels = quant_tables().active();
-  const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
-  const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
-  const int64_t w_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  // Tasks run weight block by weight block so that threads share an x block in L3.
-  parallel_for(w_blocks * x_blocks, 1, [&](int64_t begin, int64_t end) {
-    AlignedBuffer<float> tile(static_cast<size_t>(kRowsPerBlock * kChunkCodes));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n0 = (task / x_blocks) * kRowsPerBlock, n1 = std::min(n, n0 + kRowsPerBlock);
-      const int64_t m0 = (task % x_blocks) * x_rows_per_block, m1 = std::min(m, m0 + x_rows_per_block);
-      for (int64_t k0 = 0; k0 < padded_cols; k0 += kChunkCodes) {
-        const int64_t k1 = std::min(padded_cols, k0 + kChunkCodes);
-        for (int64_t r = n0; r < n1; ++r)
-          kernels.decode_row(w, r, k0 / kCodesPerChunk, k1 / kCodesPerChunk, tile.data() + (r - n0) * kChunkCodes);
-        for (int64_t i = m0; i < m1; i += kDotTileRows) {
-          for (int64_t j = n0; j < n1; j += kDotTileRows) {
-            kernels.dot_tile(x32.data() + i * padded_cols + k0, padded_cols, static_cast<int>(std::min<int64_t>(kDotTileRows, m1 - i)),
-                             tile.data() + (j - n0) * kChunkCodes, kChunkCodes,
-                             static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), k1 - k0, out32 + i * n + j, n);
-          }
-        }
-      }
-    }
-  });
+  if (fused) {
+    parallel_for(n, kGemvRowsPerTask, [&](int64_t begin, int64_t end) {
+      kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
+    });
+  } else {
+    tiled_matmul(kernels, w, x32.data(), m, padded_cols, out32);
+  }
   if (out.dtype != DType::f32)
     convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
 }
