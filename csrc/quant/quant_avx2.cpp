@@ -1,7 +1,8 @@
 // AVX2 quantized-matmul kernels: 8 codes per register. A bit plane is one
-// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane, then
-// the affine value is (float(code) - zero) * scale, the LUT value a register
-// permute (<= 3 bits) or a gather.
+// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane (byte-
+// aligned 4- and 8-bit planes just widen bytes to lanes). The affine value is
+// (float(code) - zero) * scale, the LUT value a register permute (<= 3 bits)
+// or a gather: every value the documented one bit for bit, as in the reference.
 #include <immintrin.h>
 
 #include "quant/plane_lanes.h"
@@ -15,9 +16,19 @@ inline __m256i word_mask(int words) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(words), lane);
 }
 
+inline __m256i widen_8_bytes(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
 // Codes 8q .. 8q + 7 of a chunk, one per 32-bit lane.
 template <int Bits>
 inline __m256i chunk_codes(const uint8_t* chunk, int q) {
+  if constexpr (Bits == 8) {
+    return widen_8_bytes(chunk + 8 * q);
+  } else if constexpr (Bits == 4) {
+    const __m256i bytes = widen_8_bytes(chunk + 8 * (q & 1));
+    return q < 2 ? _mm256_and_si256(bytes, _mm256_set1_epi32(15)) : _mm256_srli_epi32(bytes, 4);
+  }
   constexpr PlaneLayout planes = plane_layout(Bits);
   __m256i code = _mm256_setzero_si256();
   int low_bit = 0;
@@ -29,75 +40,72 @@ inline __m256i chunk_codes(const uint8_t* chunk, int q) {
     const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPlaneLanes.shift[slot] + 8 * q));
     __m256i field = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(words, index), shift);
     field = _mm256_and_si256(field, _mm256_set1_epi32((1 << width) - 1));
-    code = _mm256_or_si256(code, _mm256_slli_epi32(field, low_bit));
+    code = p == 0 ? field : _mm256_or_si256(code, _mm256_slli_epi32(field, low_bit));
     low_bit += width;
     chunk += 4 * width;
   }
   return code;
 }
 
-template <int Bits>
-void decode_affine(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  constexpr int chunk_bytes = 4 * Bits;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    float scale, zero;
-    chunk_affine_params(w, row, c, &scale, &zero);
-    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero);
-    for (int q = 0; q < 4; ++q) {
-      const __m256 code = _mm256_cvtepi32_ps(chunk_codes<Bits>(chunk, q));
-      _mm256_storeu_ps(out + 8 * q, _mm256_mul_ps(_mm256_sub_ps(code, z), s));
-    }
-  }
+inline float load_scale_f16c(const void* scales, DType dtype, int64_t index) {
+  if (dtype == DType::f16) return _cvtsh_ss(static_cast<const uint16_t*>(scales)[index]);
+  return load_scale(scales, dtype, index);
 }
 
 template <int Bits>
-void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  constexpr int chunk_bytes = 4 * Bits;
-  const float* lut = row_lut(w, row);
-  constexpr int entries = 1 << Bits;
-  const __m256 lut8 = _mm256_maskload_ps(lut, word_mask(entries));
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    for (int q = 0; q < 4; ++q) {
-      const __m256i code = chunk_codes<Bits>(chunk, q);
-      const __m256 value = entries <= 8 ? _mm256_permutevar8x32_ps(lut8, code) : _mm256_i32gather_ps(lut, code, 4);
-      _mm256_storeu_ps(out + 8 * q, value);
-    }
-  }
-}
+struct AffineValues {
+  __m256 scale, zero;
 
-template <template <int> class Decoder>
-void decode_with_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  switch (w.bits) {
-    case 1: Decoder<1>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 2: Decoder<2>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 3: Decoder<3>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 4: Decoder<4>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 5: Decoder<5>::run(w, row, chunk_begin, chunk_end, out); break;
-    case 6: Decoder<6>::run(w, row, chunk_begin, chunk_end, out); break;
-    default: Decoder<8>::run(w, row, chunk_begin, chunk_end, out); break;
+  void start_group(const PackedWeights& w, int64_t group) {
+    scale = _mm256_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group));
+    zero = _mm256_set1_ps(static_cast<float>(w.zero_points ? w.zero_points[group] : w.symmetric_zero_point()));
   }
-}
+  void start_row(const PackedWeights&, int64_t) {}
 
-template <int Bits>
-struct AffineDecoder {
-  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_affine<Bits>(w, row, b, e, out); }
+  __m256 operator()(const uint8_t* chunk, int q) const {
+    return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(chunk_codes<Bits>(chunk, q)), zero), scale);
+  }
 };
 
 template <int Bits>
-struct LutDecoder {
-  static void run(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) { decode_lut<Bits>(w, row, b, e, out); }
+struct LutValues {
+  const float* lut = nullptr;
+  __m256 table;
+
+  void start_row(const PackedWeights& w, int64_t row) {
+    lut = row_lut(w, row);
+    if (Bits <= 3) table = _mm256_maskload_ps(lut, word_mask(1 << Bits));
+  }
+  void start_group(const PackedWeights&, int64_t) {}
+
+  __m256 operator()(const uint8_t* chunk, int q) const {
+    const __m256i code = chunk_codes<Bits>(chunk, q);
+    if (Bits <= 3) return _mm256_permutevar8x32_ps(table, code);
+    return _mm256_i32gather_ps(lut, code, 4);
+  }
 };
 
-// Bits become a template argument here so plane loops and masks are constants.
-void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  if (w.kind == QuantKind::lut) {
-    decode_with_bits<LutDecoder>(w, row, chunk_begin, chunk_end, out);
-  } else {
-    decode_with_bits<AffineDecoder>(w, row, chunk_begin, chunk_end, out);
+// Chunks per group of one scale; the LUT (and a per-row group) spans the row.
+inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
+  if (w.kind == QuantKind::lut || w.group_size % kCodesPerChunk != 0) return chunks;
+  return w.group_size / kCodesPerChunk;
+}
+
+inline int64_t first_group_of_row(const PackedWeights& w, int64_t row) {
+  return w.kind == QuantKind::affine ? row * w.groups_per_row() : 0;
+}
+
+template <class Values>
+void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  const int64_t group_chunks = chunks_per_group(w, chunks_per_row(w.cols));
+  const uint8_t* packed_row = w.packed + row * w.row_bytes;
+  const int64_t first_group = first_group_of_row(w, row);
+  Values values;
+  values.start_row(w, row);
+  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
+    if (c == chunk_begin || c % group_chunks == 0) values.start_group(w, first_group + c / group_chunks);
+    const uint8_t* chunk = packed_row + c * 4 * w.bits;
+    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + 8 * q, values(chunk, q));
   }
 }
 
@@ -106,6 +114,95 @@ inline float horizontal_sum(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+template <class Values, int M>
+void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+          int64_t ldy) {
+  const int64_t chunks = chunks_per_row(w.cols);
+  const int64_t group_chunks = chunks_per_group(w, chunks);
+  const int64_t chunk_bytes = 4 * w.bits;
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    const uint8_t* chunk = w.packed + row * w.row_bytes;
+    Values values;
+    values.start_row(w, row);
+    __m256 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+    int64_t group = first_group_of_row(w, row);
+    for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
+      values.start_group(w, group);
+      const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
+      for (int64_t c = c0; c < c1; ++c, chunk += chunk_bytes) {
+        const float* xc = x + c * kCodesPerChunk;
+        for (int q = 0; q < 4; ++q) {
+          const __m256 v = values(chunk, q);
+          for (int i = 0; i < M; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i * ldx + 8 * q), v, acc[i]);
+        }
+      }
+    }
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row] = horizontal_sum(acc[i]);
+  }
+}
+
+template <template <int> class Values, int Bits>
+void gemv_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+               int64_t ldy) {
+  switch (gemv_padded_rows(m)) {
+    case 1: gemv<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
+// Bits become a template argument here, so plane loops and masks are constants.
+template <template <int> class Values>
+struct ForFormat {
+  template <int Bits>
+  static void decode_bits(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    decode<Values<Bits>>(w, row, b, e, out);
+  }
+  static void decode_row(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    switch (w.bits) {
+      case 1: decode_bits<1>(w, row, b, e, out); break;
+      case 2: decode_bits<2>(w, row, b, e, out); break;
+      case 3: decode_bits<3>(w, row, b, e, out); break;
+      case 4: decode_bits<4>(w, row, b, e, out); break;
+      case 5: decode_bits<5>(w, row, b, e, out); break;
+      case 6: decode_bits<6>(w, row, b, e, out); break;
+      default: decode_bits<8>(w, row, b, e, out); break;
+    }
+  }
+  static void gemv(const PackedWeights& w, int64_t b, int64_t e, const float* x, int64_t ldx, int m, float* y,
+                   int64_t ldy) {
+    switch (w.bits) {
+      case 1: gemv_rows<Values, 1>(w, b, e, x, ldx, m, y, ldy); break;
+      case 2: gemv_rows<Values, 2>(w, b, e, x, ldx, m, y, ldy); break;
+      case 3: gemv_rows<Values, 3>(w, b, e, x, ldx, m, y, ldy); break;
+      case 4: gemv_rows<Values, 4>(w, b, e, x, ldx, m, y, ldy); break;
+      case 5: gemv_rows<Values, 5>(w, b, e, x, ldx, m, y, ldy); break;
+      case 6: gemv_rows<Values, 6>(w, b, e, x, ldx, m, y, ldy); break;
+      default: gemv_rows<Values, 8>(w, b, e, x, ldx, m, y, ldy); break;
+    }
+  }
+};
+
+void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  if (w.kind == QuantKind::lut) {
+    ForFormat<LutValues>::decode_row(w, row, chunk_begin, chunk_end, out);
+  } else {
+    ForFormat<AffineValues>::decode_row(w, row, chunk_begin, chunk_end, out);
+  }
+}
+
+void gemv_any(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+              int64_t ldy) {
+  if (w.kind == QuantKind::lut) {
+    ForFormat<LutValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
+  } else {
+    ForFormat<AffineValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
+  }
 }
 
 // An M x N block of dot products over k, M * N accumulators of 8 lanes.
@@ -148,6 +245,6 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, nullptr};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any};
 
 }  // namespace pocketml::avx2

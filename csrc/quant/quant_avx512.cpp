@@ -59,7 +59,6 @@ inline __m512i table_codes() {
 
 template <int Bits>
 struct AffineValues {
-  static constexpr bool kIsLut = false;
   __m512 table, scale, zero;
 
   void start_group(const PackedWeights& w, int64_t group) {
@@ -78,7 +77,6 @@ struct AffineValues {
 
 template <int Bits>
 struct LutValues {
-  static constexpr bool kIsLut = true;
   static constexpr int kEntries = 1 << Bits;
   const float* lut = nullptr;
   __m512 lut0, lut1, lut2, lut3;
@@ -114,13 +112,17 @@ inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
   return w.group_size / kCodesPerChunk;
 }
 
+inline int64_t first_group_of_row(const PackedWeights& w, int64_t row) {
+  return w.kind == QuantKind::affine ? row * w.groups_per_row() : 0;
+}
+
 template <class Values>
 void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
   const int64_t group_chunks = chunks_per_group(w, chunks_per_row(w.cols));
   const uint8_t* packed_row = w.packed + row * w.row_bytes;
   Values values;
   values.start_row(w, row);
-  const int64_t first_group = row * (w.kind == QuantKind::affine ? w.groups_per_row() : 0);
+  const int64_t first_group = first_group_of_row(w, row);
   for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
     if (c == chunk_begin || c % group_chunks == 0) values.start_group(w, first_group + c / group_chunks);
     const uint8_t* chunk = packed_row + c * 4 * w.bits;
@@ -141,7 +143,7 @@ void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const floa
     values.start_row(w, row);
     __m512 acc[M];
     for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
-    int64_t group = row * (w.kind == QuantKind::affine ? w.groups_per_row() : 0);
+    int64_t group = first_group_of_row(w, row);
     for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
       values.start_group(w, group);
       const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
