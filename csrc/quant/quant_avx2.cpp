@@ -116,9 +116,21 @@ inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// acc[i][j] += x row i times 32 decoded weights, two FMA chains per row.
+template <class Values, int M>
+inline void accumulate_chunk(const Values& values, const uint8_t* chunk, const float* xc, int64_t ldx, __m256 (&acc)[M][2]) {
+  for (int q = 0; q < 4; ++q) {
+    const __m256 v = values(chunk, q);
+    for (int i = 0; i < M; ++i) acc[i][q & 1] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i * ldx + 8 * q), v, acc[i][q & 1]);
+  }
+}
+
+// With few rows the FMA latency would bound the loop, so rows M <= 2 alternate
+// between two accumulator sets chunk by chunk: >= 4 chains in flight.
 template <class Values, int M>
 void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
           int64_t ldy) {
+  constexpr bool two_sets = M <= 2;
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t group_chunks = chunks_per_group(w, chunks);
   const int64_t chunk_bytes = 4 * w.bits;
@@ -126,22 +138,26 @@ void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const floa
     const uint8_t* chunk = w.packed + row * w.row_bytes;
     Values values;
     values.start_row(w, row);
-    __m256 acc[M];
-    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+    __m256 even[M][2], odd[M][2];
+    for (int i = 0; i < M; ++i) even[i][0] = even[i][1] = odd[i][0] = odd[i][1] = _mm256_setzero_ps();
+    bool use_odd = false;
     int64_t group = first_group_of_row(w, row);
     for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
       values.start_group(w, group);
       const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
       for (int64_t c = c0; c < c1; ++c, chunk += chunk_bytes) {
-        const float* xc = x + c * kCodesPerChunk;
-        for (int q = 0; q < 4; ++q) {
-          const __m256 v = values(chunk, q);
-          for (int i = 0; i < M; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i * ldx + 8 * q), v, acc[i]);
+        if (two_sets && use_odd) {
+          accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, odd);
+        } else {
+          accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, even);
         }
+        use_odd = !use_odd;
       }
     }
     for (int i = 0; i < M; ++i)
-      if (i < m) y[i * ldy + row] = horizontal_sum(acc[i]);
+      if (i < m)
+        y[i * ldy + row] = horizontal_sum(_mm256_add_ps(_mm256_add_ps(even[i][0], even[i][1]),
+                                                        _mm256_add_ps(odd[i][0], odd[i][1])));
   }
 }
 

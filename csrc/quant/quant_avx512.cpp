@@ -57,13 +57,53 @@ inline __m512i table_codes() {
                           _mm512_set1_epi32(Bits >= 4 ? 15 : (1 << Bits) - 1));
 }
 
+// The scales and zero points of up to kGroupsPerBlock consecutive groups as
+// fp32, converted 16 at a time (exactly, like the reference's scalar widening),
+// so that starting a group costs two broadcasts from L1 instead of a scalar
+// conversion chain.
+constexpr int kGroupsPerBlock = 64;
+
+struct GroupBlock {
+  alignas(64) float scale[kGroupsPerBlock];
+  alignas(64) float zero[kGroupsPerBlock];
+
+  void load(const PackedWeights& w, int64_t first, int count) {
+    for (int j = 0; j < count; j += 16) {
+      const int n = count - j < 16 ? count - j : 16;
+      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
+      const int64_t g = first + j;
+      __m512 s;
+      if (w.scale_dtype == DType::f16) {
+        s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.scales) + g));
+      } else if (w.scale_dtype == DType::bf16) {
+        const __m256i bits = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.scales) + g);
+        s = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+      } else {
+        s = _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w.scales) + g);
+      }
+      _mm512_store_ps(scale + j, s);
+      const __m512 z = w.zero_points
+                           ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, w.zero_points + g)))
+                           : _mm512_set1_ps(static_cast<float>(w.symmetric_zero_point()));
+      _mm512_store_ps(zero + j, z);
+    }
+  }
+};
+
 template <int Bits>
 struct AffineValues {
   __m512 table, scale, zero;
 
+  void start_group(const GroupBlock& block, int j) { set(_mm512_set1_ps(block.scale[j]), _mm512_set1_ps(block.zero[j])); }
+
   void start_group(const PackedWeights& w, int64_t group) {
-    scale = _mm512_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group));
-    zero = _mm512_set1_ps(static_cast<float>(w.zero_points ? w.zero_points[group] : w.symmetric_zero_point()));
+    set(_mm512_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group)),
+        _mm512_set1_ps(static_cast<float>(w.zero_points ? w.zero_points[group] : w.symmetric_zero_point())));
+  }
+
+  void set(__m512 s, __m512 z) {
+    scale = s;
+    zero = z;
     if (Bits <= 4) table = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(table_codes<Bits>()), zero), scale);
   }
   void start_row(const PackedWeights&, int64_t) {}
@@ -93,6 +133,7 @@ struct LutValues {
     }
   }
   void start_group(const PackedWeights&, int64_t) {}
+  void start_group(const GroupBlock&, int) {}
 
   __m512 operator()(const uint8_t* chunk, int h) const {
     const __m512i code = chunk_codes<Bits>(chunk, h);
@@ -131,33 +172,69 @@ void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t ch
   }
 }
 
+// acc[i][j] += x row i times 32 decoded weights, two FMA chains per row.
 template <class Values, int M>
+inline void accumulate_chunk(const Values& values, const uint8_t* chunk, const float* xc, int64_t ldx, __m512 (&acc)[M][2]) {
+  const __m512 v0 = values(chunk, 0), v1 = values(chunk, 1);
+  for (int i = 0; i < M; ++i) {
+    acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx), v0, acc[i][0]);
+    acc[i][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx + 16), v1, acc[i][1]);
+  }
+}
+
+// With few rows the FMA latency (4 cycles) would bound the loop, so rows M <= 2
+// alternate between two accumulator sets chunk by chunk: >= 4 chains in flight.
+// GroupChunks > 0 fixes the chunks per scale group at compile time (groups of
+// 32, 64, 128) so the short per-group loop unrolls; 0 reads it at run time.
+template <class Values, int M, int GroupChunks>
 void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
           int64_t ldy) {
+  constexpr bool two_sets = M <= 2;
   const int64_t chunks = chunks_per_row(w.cols);
-  const int64_t group_chunks = chunks_per_group(w, chunks);
+  const int64_t group_chunks = GroupChunks > 0 ? GroupChunks : chunks_per_group(w, chunks);
   const int64_t chunk_bytes = 4 * w.bits;
   for (int64_t row = row_begin; row < row_end; ++row) {
     const uint8_t* chunk = w.packed + row * w.row_bytes;
     Values values;
     values.start_row(w, row);
-    __m512 acc[M];
-    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
-    int64_t group = first_group_of_row(w, row);
-    for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
-      values.start_group(w, group);
-      const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
-      for (int64_t c = c0; c < c1; ++c, chunk += chunk_bytes) {
-        const __m512 v0 = values(chunk, 0), v1 = values(chunk, 1);
-        const float* xc = x + c * kCodesPerChunk;
-        for (int i = 0; i < M; ++i) {
-          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx), v0, acc[i]);
-          acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx + 16), v1, acc[i]);
+    __m512 even[M][2], odd[M][2];
+    for (int i = 0; i < M; ++i) even[i][0] = even[i][1] = odd[i][0] = odd[i][1] = _mm512_setzero_ps();
+    bool use_odd = false;
+    const int64_t groups = (chunks + group_chunks - 1) / group_chunks;
+    const int64_t first_group = first_group_of_row(w, row);
+    int64_t c = 0;
+    for (int64_t g0 = 0; g0 < groups; g0 += kGroupsPerBlock) {
+      const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
+      GroupBlock block;
+      if (w.kind == QuantKind::affine) block.load(w, first_group + g0, count);
+      for (int j = 0; j < count; ++j) {
+        values.start_group(block, j);
+        const int64_t c1 = c + group_chunks < chunks ? c + group_chunks : chunks;
+        for (; c < c1; ++c, chunk += chunk_bytes) {
+          if (two_sets && use_odd) {
+            accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, odd);
+          } else {
+            accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, even);
+          }
+          use_odd = !use_odd;
         }
       }
     }
     for (int i = 0; i < M; ++i)
-      if (i < m) y[i * ldy + row] = _mm512_reduce_add_ps(acc[i]);
+      if (i < m)
+        y[i * ldy + row] = _mm512_reduce_add_ps(
+            _mm512_add_ps(_mm512_add_ps(even[i][0], even[i][1]), _mm512_add_ps(odd[i][0], odd[i][1])));
+  }
+}
+
+template <class Values, int M>
+void gemv_groups(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m,
+                 float* y, int64_t ldy) {
+  switch (chunks_per_group(w, chunks_per_row(w.cols))) {
+    case 1: gemv<Values, M, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv<Values, M, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv<Values, M, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv<Values, M, 0>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
   }
 }
 
@@ -165,10 +242,10 @@ template <template <int> class Values, int Bits>
 void gemv_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
                int64_t ldy) {
   switch (gemv_padded_rows(m)) {
-    case 1: gemv<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 2: gemv<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 4: gemv<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    default: gemv<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 1: gemv_groups<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv_groups<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv_groups<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv_groups<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
   }
 }
 
