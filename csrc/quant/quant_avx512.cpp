@@ -172,59 +172,64 @@ void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t ch
   }
 }
 
-// acc[i][j] += x row i times 32 decoded weights, two FMA chains per row.
-template <class Values, int M>
-inline void accumulate_chunk(const Values& values, const uint8_t* chunk, const float* xc, int64_t ldx, __m512 (&acc)[M][2]) {
-  const __m512 v0 = values(chunk, 0), v1 = values(chunk, 1);
-  for (int i = 0; i < M; ++i) {
-    acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx), v0, acc[i][0]);
-    acc[i][1] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx + 16), v1, acc[i][1]);
-  }
-}
-
-// With few rows the FMA latency (4 cycles) would bound the loop, so rows M <= 2
-// alternate between two accumulator sets chunk by chunk: >= 4 chains in flight.
+// R weight rows at once against M activation rows: each x vector is loaded once
+// for R rows, and R * M * 2 independent FMA chains hide the FMA latency.
 // GroupChunks > 0 fixes the chunks per scale group at compile time (groups of
 // 32, 64, 128) so the short per-group loop unrolls; 0 reads it at run time.
-template <class Values, int M, int GroupChunks>
-void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
-          int64_t ldy) {
-  constexpr bool two_sets = M <= 2;
+template <class Values, int M, int GroupChunks, int R>
+void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t ldx, int m, float* y, int64_t ldy) {
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t group_chunks = GroupChunks > 0 ? GroupChunks : chunks_per_group(w, chunks);
   const int64_t chunk_bytes = 4 * w.bits;
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const uint8_t* chunk = w.packed + row * w.row_bytes;
-    Values values;
-    values.start_row(w, row);
-    __m512 even[M][2], odd[M][2];
-    for (int i = 0; i < M; ++i) even[i][0] = even[i][1] = odd[i][0] = odd[i][1] = _mm512_setzero_ps();
-    bool use_odd = false;
-    const int64_t groups = (chunks + group_chunks - 1) / group_chunks;
-    const int64_t first_group = first_group_of_row(w, row);
-    int64_t c = 0;
-    for (int64_t g0 = 0; g0 < groups; g0 += kGroupsPerBlock) {
-      const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
-      GroupBlock block;
-      if (w.kind == QuantKind::affine) block.load(w, first_group + g0, count);
-      for (int j = 0; j < count; ++j) {
-        values.start_group(block, j);
-        const int64_t c1 = c + group_chunks < chunks ? c + group_chunks : chunks;
-        for (; c < c1; ++c, chunk += chunk_bytes) {
-          if (two_sets && use_odd) {
-            accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, odd);
-          } else {
-            accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, even);
+  const uint8_t* chunk[R];
+  Values values[R];
+  __m512 acc[R][M][2];
+  for (int r = 0; r < R; ++r) {
+    chunk[r] = w.packed + (row + r) * w.row_bytes;
+    values[r].start_row(w, row + r);
+    for (int i = 0; i < M; ++i) acc[r][i][0] = acc[r][i][1] = _mm512_setzero_ps();
+  }
+  const int64_t groups = (chunks + group_chunks - 1) / group_chunks;
+  int64_t c = 0;
+  for (int64_t g0 = 0; g0 < groups; g0 += kGroupsPerBlock) {
+    const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
+    GroupBlock block[R];
+    if (w.kind == QuantKind::affine)
+      for (int r = 0; r < R; ++r) block[r].load(w, first_group_of_row(w, row + r) + g0, count);
+    for (int j = 0; j < count; ++j) {
+      for (int r = 0; r < R; ++r) values[r].start_group(block[r], j);
+      const int64_t c1 = c + group_chunks < chunks ? c + group_chunks : chunks;
+      for (; c < c1; ++c) {
+        const float* xc = x + c * kCodesPerChunk;
+        __m512 x0[M], x1[M];
+        for (int i = 0; i < M; ++i) {
+          x0[i] = _mm512_loadu_ps(xc + i * ldx);
+          x1[i] = _mm512_loadu_ps(xc + i * ldx + 16);
+        }
+        for (int r = 0; r < R; ++r) {
+          const __m512 v0 = values[r](chunk[r], 0), v1 = values[r](chunk[r], 1);
+          chunk[r] += chunk_bytes;
+          for (int i = 0; i < M; ++i) {
+            acc[r][i][0] = _mm512_fmadd_ps(x0[i], v0, acc[r][i][0]);
+            acc[r][i][1] = _mm512_fmadd_ps(x1[i], v1, acc[r][i][1]);
           }
-          use_odd = !use_odd;
         }
       }
     }
-    for (int i = 0; i < M; ++i)
-      if (i < m)
-        y[i * ldy + row] = _mm512_reduce_add_ps(
-            _mm512_add_ps(_mm512_add_ps(even[i][0], even[i][1]), _mm512_add_ps(odd[i][0], odd[i][1])));
   }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+}
+
+// Rows in steps of R (4 for M <= 2, 2 for M = 4, 1 for M = 8: <= 16 accumulators).
+template <class Values, int M, int GroupChunks>
+void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+          int64_t ldy) {
+  constexpr int R = M <= 2 ? 4 : M == 4 ? 2 : 1;
+  int64_t row = row_begin;
+  for (; row + R <= row_end; row += R) gemv_rows_at<Values, M, GroupChunks, R>(w, row, x, ldx, m, y, ldy);
+  for (; row < row_end; ++row) gemv_rows_at<Values, M, GroupChunks, 1>(w, row, x, ldx, m, y, ldy);
 }
 
 template <class Values, int M>
