@@ -221,7 +221,7 @@ def test_dequantize_equals_scalar_reference_bit_for_bit(isa, rng, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: "-".join(map(str, f)))
-@pytest.mark.parametrize("m", [1, 3, 8, 9, 130])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 130])
 def test_matmul_against_scalar_and_float64(isa, rng, fmt, m):
     k = 384 if fmt[2] not in (None, 1) else 99  # odd K when one group spans the row
     qt = make(rng, fmt, 37, k)
