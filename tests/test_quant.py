@@ -254,6 +254,48 @@ def test_matmul_is_deterministic(rng):
     assert quant.matmul(x, qt).tobytes() == quant.matmul(x, qt).tobytes()
 
 
+# --- opt-in int8 activations (VNNI) -------------------------------------------
+
+def int8_activation_reference(x, qt):
+    """float64 of sx * (xq @ W^T), with xq, sx rounded exactly as documented (fp32 math)."""
+    x = np.asarray(x, dtype=np.float32).reshape(-1, qt.shape[1])
+    max_abs = np.abs(x).max(axis=1, keepdims=True)
+    sx = np.where(max_abs > 0, max_abs / np.float32(127), np.float32(1)).astype(np.float32)
+    xq = np.clip(np.rint(x / sx), -127, 127)
+    d = qt.dequantize().astype(np.float64)
+    return sx.astype(np.float64) * (xq @ d.T), sx.astype(np.float64) * (np.abs(xq) @ np.abs(d).T)
+
+
+@pytest.mark.parametrize("fmt", [("affine", 4, 32, False), ("affine", 8, None, True), ("affine", 3, 128, False),
+                                 ("affine", 6, 64, True)], ids=lambda f: "-".join(map(str, f)))
+@pytest.mark.parametrize("m", [1, 5, 67])
+def test_int8_activation_path_against_reference(isa, rng, fmt, m):
+    k = 99 if fmt[2] is None else 384
+    qt = make(rng, fmt, 37, k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    y = quant.matmul(x, qt, act_bits=8)
+    expected, magnitude = int8_activation_reference(x, qt)
+    assert np.all(np.abs(y - expected) <= 1e-6 * k * magnitude + 1e-30)
+    with pocketml.use_isa("scalar"):
+        reference = quant.matmul(x, qt, act_bits=8)
+    assert np.all(np.abs(y - reference) <= 2e-6 * k * magnitude + 1e-30)
+    exact = quant.matmul(x, qt)  # the default path is unchanged and close
+    assert np.abs(y - exact).max() <= 0.05 * np.abs(exact).max()
+
+
+def test_int8_activation_path_is_opt_in_only(rng):
+    qt = make(rng, ("lut", 4, 1, None), 8, 64)
+    with pytest.raises(NotImplementedError, match="argument 'act_bits'"):
+        quant.matmul(np.ones((2, 64), np.float32), qt, act_bits=8)
+    with pytest.raises(ValueError, match="argument 'act_bits'"):
+        quant.matmul(np.ones((2, 64), np.float32), qt, act_bits=4)
+    layer = quant.QuantizedLinear.from_linear(torch.nn.Linear(64, 16), quant.QuantConfig(group_size=32, act_bits=8))
+    assert "act_bits=8" in repr(layer)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(layer(x), torch.from_numpy(quant.matmul(x.numpy(), layer.qweight(), act_bits=8))
+                               + layer.bias.detach())
+
+
 # --- PyTorch modules ---------------------------------------------------------
 
 def test_quantized_linear_behaves_like_linear(rng):
@@ -326,8 +368,11 @@ def test_quant_config_validates_and_round_trips_json():
         quant.QuantConfig(group_size=48)
     with pytest.raises(ValueError, match="argument 'method'"):
         quant.QuantConfig(method="gptq")
-    with pytest.raises(NotImplementedError, match="act_bits"):
-        quant.QuantConfig(act_bits=8)
+    with pytest.raises(ValueError, match="argument 'act_bits': expected None or 8, got 4"):
+        quant.QuantConfig(act_bits=4)
+    with pytest.raises(ValueError, match="argument 'act_bits'.*kmeans"):
+        quant.QuantConfig(method="kmeans", act_bits=8)
+    assert quant.QuantConfig(act_bits=8).act_bits == 8
     with pytest.raises(ValueError, match="unknown"):
         quant.QuantConfig.from_json('{"bits": 4, "colour": 1}')
 

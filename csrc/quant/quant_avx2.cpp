@@ -261,6 +261,6 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, nullptr, nullptr};
 
 }  // namespace pocketml::avx2

@@ -341,8 +341,91 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
   }
 }
 
+template <int Bits>
+void unpack_codes_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, uint8_t* out) {
+  const uint8_t* chunk = w.packed + row * w.row_bytes + chunk_begin * 4 * Bits;
+  for (int64_t c = chunk_begin; c < chunk_end; ++c, chunk += 4 * Bits, out += kCodesPerChunk) {
+    if constexpr (Bits == 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk)));
+    } else if constexpr (Bits == 4) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk));
+      const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(15));
+      const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), low);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), high);
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        const __m512i code = _mm512_and_si512(chunk_codes<Bits>(chunk, h), _mm512_set1_epi32((1 << Bits) - 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * h), _mm512_cvtepi32_epi8(code));
+      }
+    }
+  }
+}
+
+void unpack_codes(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, uint8_t* out) {
+  switch (w.bits) {
+    case 1: unpack_codes_bits<1>(w, row, chunk_begin, chunk_end, out); break;
+    case 2: unpack_codes_bits<2>(w, row, chunk_begin, chunk_end, out); break;
+    case 3: unpack_codes_bits<3>(w, row, chunk_begin, chunk_end, out); break;
+    case 4: unpack_codes_bits<4>(w, row, chunk_begin, chunk_end, out); break;
+    case 5: unpack_codes_bits<5>(w, row, chunk_begin, chunk_end, out); break;
+    case 6: unpack_codes_bits<6>(w, row, chunk_begin, chunk_end, out); break;
+    default: unpack_codes_bits<8>(w, row, chunk_begin, chunk_end, out); break;
+  }
+}
+
+// vpdpbusd: 64 unsigned codes times 64 signed activations into 16 int32 lanes,
+// exact within a group; at each group end the lanes are scaled into fp32.
+template <int M, int N>
+void dot_int8_block(const int8_t* xq, int64_t ldx, const uint8_t* codes, int64_t ldw, int64_t k, int64_t group,
+                    const float* scales, int64_t lds, float* c, int64_t ldc) {
+  __m512 sum[M][N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) sum[i][j] = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < k; k0 += group) {
+    __m512i dot[M][N];
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) dot[i][j] = _mm512_setzero_si512();
+    for (int64_t t = k0; t < k0 + group; t += 64) {
+      const __mmask64 mask = k0 + group - t >= 64 ? ~__mmask64(0) : (__mmask64(1) << 32) - 1;  // groups: multiples of 32
+      __m512i wv[N];
+      for (int j = 0; j < N; ++j) wv[j] = _mm512_maskz_loadu_epi8(mask, codes + j * ldw + t);
+      for (int i = 0; i < M; ++i) {
+        const __m512i xv = _mm512_maskz_loadu_epi8(mask, xq + i * ldx + t);
+        for (int j = 0; j < N; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], wv[j], xv);
+      }
+    }
+    for (int j = 0; j < N; ++j) {
+      const __m512 scale = _mm512_set1_ps(scales[j * lds + k0 / group]);
+      for (int i = 0; i < M; ++i) sum[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), scale, sum[i][j]);
+    }
+  }
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) c[i * ldc + j] += _mm512_reduce_add_ps(sum[i][j]);
+}
+
+template <int M>
+void dot_int8_rows(const int8_t* xq, int64_t ldx, const uint8_t* codes, int64_t ldw, int n, int64_t k, int64_t group,
+                   const float* scales, int64_t lds, float* c, int64_t ldc) {
+  if (n == 1) {
+    dot_int8_block<M, 1>(xq, ldx, codes, ldw, k, group, scales, lds, c, ldc);
+  } else {
+    dot_int8_block<M, 2>(xq, ldx, codes, ldw, k, group, scales, lds, c, ldc);
+  }
+}
+
+void dot_int8(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_t ldw, int n, int64_t k, int64_t group,
+              const float* scales, int64_t lds, float* c, int64_t ldc) {
+  switch (m) {
+    case 1: dot_int8_rows<1>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+    case 2: dot_int8_rows<2>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+    case 3: dot_int8_rows<3>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+    default: dot_int8_rows<4>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+  }
+}
+
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8};
 
 }  // namespace pocketml::avx512

@@ -214,12 +214,18 @@ def palettize(w, nbits: int = 4, group_size: int | None = None, seed: int = 0, i
     return QuantizedTensor("lut", nbits, (n, k), group_size, packed, lut=lut)
 
 
-def matmul(x, qweight: QuantizedTensor):
+def matmul(x, qweight: QuantizedTensor, act_bits: int | None = None):
     """x [..., K] @ W^T -> [..., N] with fp32 accumulation over the dequantized weights.
 
     x in fp32, fp16 or bf16; the result has x's dtype and kind (NumPy in, NumPy out;
     torch in, torch out). No autograd here: use QuantizedLinear for gradients.
+
+    act_bits=8 (opt-in, affine weights): each row of x is first rounded to int8 with
+    one scale (max|x| / 127) and the products run as exact int8 x uint8 dot products
+    (AVX-512 VNNI); faster for prefill, but the result changes by that rounding.
     """
+    if act_bits not in (None, 8) or isinstance(act_bits, bool):
+        raise ValueError(f"argument 'act_bits': expected None or 8, got {act_bits!r}")
     if not isinstance(qweight, QuantizedTensor):
         raise TypeError(f"argument 'qweight': expected a pocketml.quant.QuantizedTensor, got {describe_type(qweight)}")
     if is_torch_tensor(x):
@@ -240,5 +246,5 @@ def matmul(x, qweight: QuantizedTensor):
     lead = tuple(x.shape[:-1])
     x2 = x.reshape(-1, k)
     out = empty_like(x, (x2.shape[0], n), dtype)
-    core.quant_matmul(x2, *qweight._native_args(), out)
+    core.quant_matmul(x2, *qweight._native_args(), out, act_bits or 0)
     return out.reshape(lead + (n,))
