@@ -5,6 +5,7 @@ import ctypes
 import numpy as np
 import pytest
 
+import pocketml
 from pocketml import quant
 from test_capi import lib  # noqa: F401  (the library fixture)
 
@@ -35,6 +36,8 @@ def qlib(lib):  # noqa: F811
                                           ctypes.POINTER(QuantizedWeight), ctypes.c_void_p, ctypes.c_int]
     lib.pocketml_quant_dequantize.argtypes = [ctypes.POINTER(QuantizedWeight), ctypes.c_void_p, ctypes.c_int]
     lib.pocketml_quant_packed_row_bytes.argtypes = [ctypes.c_int64, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64)]
+    # The C library has its own copy of the core and of its ISA choice: match Python's.
+    assert lib.pocketml_set_isa(pocketml.active_isa().encode()) == OK
     return lib
 
 

@@ -115,6 +115,7 @@ def gemm_cases(report, n, k, ms):
         x = torch.randn(m, k)
         report.compare(f"GEMM M={m} {n}x{k}", [
             Peer("pocketml int4 g64", lambda: quant.matmul(x, q4)),
+            Peer("pocketml int4 g64, int8 activations (opt-in)", lambda: quant.matmul(x, q4, act_bits=8)),
             Peer("torch fp32 x @ W.T", lambda: x @ w.T),
             Peer("torch _weight_int4pack_mm_for_cpu g64", lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 64, sz4)),
         ], flops=2.0 * m * n * k, rounds=7)
