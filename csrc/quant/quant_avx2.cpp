@@ -1,8 +1,9 @@
 // AVX2 quantized-matmul kernels: 8 codes per register. A bit plane is one
 // masked load; vpermd + vpsrlvd put each code in its own 32-bit lane (byte-
 // aligned 4- and 8-bit planes just widen bytes to lanes). The affine value is
-// (float(code) - zero) * scale, the LUT value a register permute (<= 3 bits)
-// or a gather: every value the documented one bit for bit, as in the reference.
+// (float(code) - zero) * scale, the LUT value a register permute (<= 3 bits),
+// two permutes and a blend (4 bits) or a gather: every value the documented
+// one bit for bit, as in the reference.
 #include <immintrin.h>
 
 #include "quant/plane_lanes.h"
@@ -70,17 +71,25 @@ struct AffineValues {
 template <int Bits>
 struct LutValues {
   const float* lut = nullptr;
-  __m256 table;
+  __m256 low, high;  // entries 0..7 and 8..15 (up to 4 bits)
 
   void start_row(const PackedWeights& w, int64_t row) {
     lut = row_lut(w, row);
-    if (Bits <= 3) table = _mm256_maskload_ps(lut, word_mask(1 << Bits));
+    if (Bits <= 3) low = _mm256_maskload_ps(lut, word_mask(1 << Bits));
+    if (Bits == 4) {
+      low = _mm256_loadu_ps(lut);
+      high = _mm256_loadu_ps(lut + 8);
+    }
   }
   void start_group(const PackedWeights&, int64_t) {}
 
   __m256 operator()(const uint8_t* chunk, int q) const {
     const __m256i code = chunk_codes<Bits>(chunk, q);
-    if (Bits <= 3) return _mm256_permutevar8x32_ps(table, code);
+    if (Bits <= 3) return _mm256_permutevar8x32_ps(low, code);
+    if (Bits == 4) {  // two 8-entry permutes; bit 3 of the code, moved to the sign bit, picks one
+      const __m256 pick_high = _mm256_castsi256_ps(_mm256_slli_epi32(code, 28));
+      return _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, code), _mm256_permutevar8x32_ps(high, code), pick_high);
+    }
     return _mm256_i32gather_ps(lut, code, 4);
   }
 };
@@ -116,49 +125,57 @@ inline float horizontal_sum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// acc[i][j] += x row i times 32 decoded weights, two FMA chains per row.
-template <class Values, int M>
-inline void accumulate_chunk(const Values& values, const uint8_t* chunk, const float* xc, int64_t ldx, __m256 (&acc)[M][2]) {
-  for (int q = 0; q < 4; ++q) {
-    const __m256 v = values(chunk, q);
-    for (int i = 0; i < M; ++i) acc[i][q & 1] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i * ldx + 8 * q), v, acc[i][q & 1]);
-  }
-}
-
-// With few rows the FMA latency would bound the loop, so rows M <= 2 alternate
-// between two accumulator sets chunk by chunk: >= 4 chains in flight.
-template <class Values, int M>
-void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
-          int64_t ldy) {
-  constexpr bool two_sets = M <= 2;
+// R weight rows at once against M activation rows: each x vector is loaded once
+// for R rows, and R * M * Chains independent FMA chains hide the FMA latency
+// within AVX2's 16 registers.
+template <class Values, int M, int R>
+void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t ldx, int m, float* y, int64_t ldy) {
+  constexpr int Chains = M <= 2 ? 2 : 1;
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t group_chunks = chunks_per_group(w, chunks);
   const int64_t chunk_bytes = 4 * w.bits;
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const uint8_t* chunk = w.packed + row * w.row_bytes;
-    Values values;
-    values.start_row(w, row);
-    __m256 even[M][2], odd[M][2];
-    for (int i = 0; i < M; ++i) even[i][0] = even[i][1] = odd[i][0] = odd[i][1] = _mm256_setzero_ps();
-    bool use_odd = false;
-    int64_t group = first_group_of_row(w, row);
-    for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
-      values.start_group(w, group);
-      const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
-      for (int64_t c = c0; c < c1; ++c, chunk += chunk_bytes) {
-        if (two_sets && use_odd) {
-          accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, odd);
-        } else {
-          accumulate_chunk<Values, M>(values, chunk, x + c * kCodesPerChunk, ldx, even);
-        }
-        use_odd = !use_odd;
-      }
-    }
+  const uint8_t* chunk[R];
+  Values values[R];
+  __m256 acc[R][M][Chains];
+  for (int r = 0; r < R; ++r) {
+    chunk[r] = w.packed + (row + r) * w.row_bytes;
+    values[r].start_row(w, row + r);
     for (int i = 0; i < M; ++i)
-      if (i < m)
-        y[i * ldy + row] = horizontal_sum(_mm256_add_ps(_mm256_add_ps(even[i][0], even[i][1]),
-                                                        _mm256_add_ps(odd[i][0], odd[i][1])));
+      for (int j = 0; j < Chains; ++j) acc[r][i][j] = _mm256_setzero_ps();
   }
+  int64_t group = 0;
+  for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
+    for (int r = 0; r < R; ++r) values[r].start_group(w, first_group_of_row(w, row + r) + group);
+    const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* xc = x + c * kCodesPerChunk;
+      // Rows are short streams the hardware prefetcher picks up late: fetch the
+      // same place two steps of R rows ahead.
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(chunk[r] + 2 * R * w.row_bytes), _MM_HINT_T0);
+      for (int q = 0; q < 4; ++q) {
+        for (int r = 0; r < R; ++r) {
+          const __m256 v = values[r](chunk[r], q);
+          for (int i = 0; i < M; ++i)
+            acc[r][i][q % Chains] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i * ldx + 8 * q), v, acc[r][i][q % Chains]);
+        }
+      }
+      for (int r = 0; r < R; ++r) chunk[r] += chunk_bytes;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row + r] = horizontal_sum(Chains == 2 ? _mm256_add_ps(acc[r][i][0], acc[r][i][Chains - 1])
+                                                                   : acc[r][i][0]);
+}
+
+// Rows in steps of R (2 for M <= 2, else 1: at most 8 accumulators in 16 registers).
+template <class Values, int M>
+void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+          int64_t ldy) {
+  constexpr int R = M <= 2 ? 2 : 1;
+  int64_t row = row_begin;
+  for (; row + R <= row_end; row += R) gemv_rows_at<Values, M, R>(w, row, x, ldx, m, y, ldy);
+  for (; row < row_end; ++row) gemv_rows_at<Values, M, 1>(w, row, x, ldx, m, y, ldy);
 }
 
 template <template <int> class Values, int Bits>
