@@ -60,6 +60,11 @@ def torch_int4_weights(w, group_size=64):
     return packed, scales_and_zeros
 
 
+def unpack_int4(packed_and_scales):
+    packed, scales_and_zeros = packed_and_scales
+    return packed, 64, scales_and_zeros
+
+
 def mlx_peer(w, x_np):
     try:
         import mlx.core as mx
@@ -83,20 +88,22 @@ def gemv_cases(report, shapes):
         fp32 = cycled(lambda: w.clone(), w.numel() * 4)
         bf16 = cycled(lambda: w.to(torch.bfloat16), w.numel() * 2)
         xb = x.to(torch.bfloat16)
+        # torch's packed CPU kernels are fastest (by 2-80x) with bf16 activations: give them that.
         w8, s8 = torch_int8_weights(w)
-        int8 = cycled(lambda: (w8.clone(), s8.clone()), w8.numel())
+        int8 = cycled(lambda: (w8.clone(), s8.to(torch.bfloat16)), w8.numel())
         w4, sz4 = torch_int4_weights(w)
-        int4 = cycled(lambda: (w4.clone(), sz4.clone()), w4.numel())
+        int4 = cycled(lambda: (w4.clone(), sz4.to(torch.bfloat16)), w4.numel())
         peers = [
             (Peer("pocketml int4 g64", lambda: quant.matmul(x, next(ours["int4"]))), q4.nbytes),
             (Peer("pocketml int8 per-row", lambda: quant.matmul(x, next(ours["int8"]))), q8.nbytes),
             (Peer("pocketml LUT 4-bit", lambda: quant.matmul(x, next(ours["lut4"]))), lut4.nbytes),
             (Peer("torch fp32 x @ W.T", lambda: x @ next(fp32).T), w.numel() * 4),
             (Peer("torch bf16 x @ W.T", lambda: xb @ next(bf16).T), w.numel() * 2),
-            (Peer("torch _weight_int8pack_mm", lambda: torch._weight_int8pack_mm(x, *next(int8))), w8.numel() + 4 * n),
-            (Peer("torch _weight_int4pack_mm_for_cpu g64",
-                  lambda: torch._weight_int4pack_mm_for_cpu(x, next(int4)[0], 64, next(int4)[1])),
-             w4.numel() + sz4.numel() * 4),
+            (Peer("torch _weight_int8pack_mm (bf16 x)", lambda: torch._weight_int8pack_mm(xb, *next(int8))),
+             w8.numel() + 2 * n),
+            (Peer("torch _weight_int4pack_mm_for_cpu g64 (bf16 x)",
+                  lambda: torch._weight_int4pack_mm_for_cpu(xb, *unpack_int4(next(int4)))),
+             w4.numel() + sz4.numel() * 2),
         ]
         mlx = mlx_peer(w, x.numpy())
         if mlx is not None:
@@ -111,13 +118,18 @@ def gemm_cases(report, n, k, ms):
     w = torch.randn(n, k) * 0.02
     q4 = quant.quantize(w, bits=4, group_size=64)
     w4, sz4 = torch_int4_weights(w)
+    sz4 = sz4.to(torch.bfloat16)
+    wb = w.to(torch.bfloat16)
     for m in ms:
         x = torch.randn(m, k)
+        xb = x.to(torch.bfloat16)
         report.compare(f"GEMM M={m} {n}x{k}", [
             Peer("pocketml int4 g64", lambda: quant.matmul(x, q4)),
             Peer("pocketml int4 g64, int8 activations (opt-in)", lambda: quant.matmul(x, q4, act_bits=8)),
             Peer("torch fp32 x @ W.T", lambda: x @ w.T),
-            Peer("torch _weight_int4pack_mm_for_cpu g64", lambda: torch._weight_int4pack_mm_for_cpu(x, w4, 64, sz4)),
+            Peer("torch bf16 x @ W.T", lambda: xb @ wb.T),
+            Peer("torch _weight_int4pack_mm_for_cpu g64 (bf16 x)",
+                 lambda: torch._weight_int4pack_mm_for_cpu(xb, w4, 64, sz4)),
         ], flops=2.0 * m * n * k, rounds=7)
 
 

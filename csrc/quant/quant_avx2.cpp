@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "quant/plane_lanes.h"
+#include "quant/prefetch.h"
 #include "quant/quant_kernels.h"
 
 namespace pocketml::avx2 {
@@ -143,6 +144,7 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < Chains; ++j) acc[r][i][j] = _mm256_setzero_ps();
   }
+  if (w.kind == QuantKind::affine) prefetch_group_params(w, row + 2 * R, R);
   int64_t group = 0;
   for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
     for (int r = 0; r < R; ++r) values[r].start_group(w, first_group_of_row(w, row + r) + group);
@@ -151,7 +153,7 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
       const float* xc = x + c * kCodesPerChunk;
       // Rows are short streams the hardware prefetcher picks up late: fetch the
       // same place two steps of R rows ahead.
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(chunk[r] + 2 * R * w.row_bytes), _MM_HINT_T0);
+      for (int r = 0; r < R; ++r) prefetch_line(chunk[r] + 2 * R * w.row_bytes);
       for (int q = 0; q < 4; ++q) {
         for (int r = 0; r < R; ++r) {
           const __m256 v = values[r](chunk[r], q);

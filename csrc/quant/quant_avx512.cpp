@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "quant/plane_lanes.h"
+#include "quant/prefetch.h"
 #include "quant/quant_kernels.h"
 
 namespace pocketml::avx512 {
@@ -191,6 +192,7 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
     for (int i = 0; i < M; ++i) acc[r][i][0] = acc[r][i][1] = _mm512_setzero_ps();
   }
   const int64_t groups = (chunks + group_chunks - 1) / group_chunks;
+  if (w.kind == QuantKind::affine) prefetch_group_params(w, row + 2 * R, R);
   int64_t c = 0;
   for (int64_t g0 = 0; g0 < groups; g0 += kGroupsPerBlock) {
     const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
@@ -211,7 +213,7 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
           // Rows are short streams (2 KiB at K = 4096, 4 bits) that the hardware
           // prefetcher picks up late: fetch the same place two steps of R rows
           // ahead (prefetches never fault, also past the last row).
-          _mm_prefetch(reinterpret_cast<const char*>(chunk[r] + prefetch_distance), _MM_HINT_T0);
+          prefetch_line(chunk[r] + prefetch_distance);
           const __m512 v0 = values[r](chunk[r], 0), v1 = values[r](chunk[r], 1);
           chunk[r] += chunk_bytes;
           for (int i = 0; i < M; ++i) {
