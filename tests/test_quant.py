@@ -339,6 +339,15 @@ def test_quantize_model_reports_sizes_and_respects_skip():
     assert report.model_bytes_after < report.model_bytes_before
 
 
+def test_quantize_model_checks_every_layer_before_changing_any():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 10), torch.nn.Linear(100, 8))
+    with pytest.raises(ValueError, match="group_size dividing layer '2''s in_features = 100, got 32"):
+        quant.quantize_model(model, quant.QuantConfig(group_size=32))
+    assert all(isinstance(m, torch.nn.Linear) for m in model)
+    report = quant.quantize_model(model, quant.QuantConfig(group_size=32), skip=lambda name, m: m.in_features == 100)
+    assert report.layers == ["0", "1"] and report.skipped == ["2"]
+
+
 @pytest.mark.parametrize("config", [quant.QuantConfig(bits=4, group_size=32),
                                     quant.QuantConfig(bits=3, group_size=None, symmetric=True, scale_dtype="bf16"),
                                     quant.QuantConfig(bits=4, method="kmeans", lut_group_size=16)])

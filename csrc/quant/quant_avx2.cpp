@@ -56,7 +56,7 @@ inline float load_scale_f16c(const void* scales, DType dtype, int64_t index) {
 
 template <int Bits>
 struct AffineValues {
-  __m256 scale, zero;
+  __m256 scale = _mm256_setzero_ps(), zero = _mm256_setzero_ps();
 
   void start_group(const PackedWeights& w, int64_t group) {
     scale = _mm256_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group));
@@ -72,7 +72,7 @@ struct AffineValues {
 template <int Bits>
 struct LutValues {
   const float* lut = nullptr;
-  __m256 low, high;  // entries 0..7 and 8..15 (up to 4 bits)
+  __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();  // entries 0..7 and 8..15 (up to 4 bits)
 
   void start_row(const PackedWeights& w, int64_t row) {
     lut = row_lut(w, row);

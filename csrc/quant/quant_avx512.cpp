@@ -8,6 +8,14 @@
 // the documented one bit for bit (one fp32 product), as in the reference.
 #include <immintrin.h>
 
+// GCC 12's AVX-512 headers build masked intrinsics on _mm512_undefined_*(),
+// which -Wmaybe-uninitialized reports thousands of times once inlined into
+// templates (GCC bug 105593); nothing here reads an uninitialised value.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include "quant/plane_lanes.h"
 #include "quant/prefetch.h"
 #include "quant/quant_kernels.h"
@@ -93,7 +101,7 @@ struct GroupBlock {
 
 template <int Bits>
 struct AffineValues {
-  __m512 table, scale, zero;
+  __m512 table = _mm512_setzero_ps(), scale = _mm512_setzero_ps(), zero = _mm512_setzero_ps();
 
   void start_group(const GroupBlock& block, int j) { set(_mm512_set1_ps(block.scale[j]), _mm512_set1_ps(block.zero[j])); }
 
@@ -105,14 +113,17 @@ struct AffineValues {
   void set(__m512 s, __m512 z) {
     scale = s;
     zero = z;
-    if (Bits <= 4) table = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(table_codes<Bits>()), zero), scale);
+    if constexpr (Bits <= 4) table = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(table_codes<Bits>()), zero), scale);
   }
   void start_row(const PackedWeights&, int64_t) {}
 
   __m512 operator()(const uint8_t* chunk, int h) const {
     const __m512i code = chunk_codes<Bits>(chunk, h);
-    if (Bits <= 4) return _mm512_permutexvar_ps(code, table);
-    return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(code), zero), scale);
+    if constexpr (Bits <= 4) {
+      return _mm512_permutexvar_ps(code, table);
+    } else {
+      return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(code), zero), scale);
+    }
   }
 };
 
@@ -120,7 +131,7 @@ template <int Bits>
 struct LutValues {
   static constexpr int kEntries = 1 << Bits;
   const float* lut = nullptr;
-  __m512 lut0, lut1, lut2, lut3;
+  __m512 lut0 = _mm512_setzero_ps(), lut1 = _mm512_setzero_ps(), lut2 = _mm512_setzero_ps(), lut3 = _mm512_setzero_ps();
 
   void start_row(const PackedWeights& w, int64_t row) {
     lut = row_lut(w, row);

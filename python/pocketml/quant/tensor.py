@@ -62,7 +62,7 @@ def _check_choice(arg, value, choices):
         raise ValueError(f"argument '{arg}': expected one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-def _importance(importance, cols):
+def _importance(importance):
     if importance is None:
         return None
     if is_torch_tensor(importance):
@@ -185,7 +185,7 @@ def quantize(w, bits: int = 4, group_size: int | None = 64, symmetric: bool = Fa
     packed = np.empty((n, packed_row_bytes(k, bits)), dtype=np.uint8)
     scales = _float_array((n, k // group_size), scale_dtype)
     zero_points = None if symmetric else np.empty((n, k // group_size), dtype=np.uint8)
-    core.quant_quantize_affine(w, bits, group_size, symmetric, method, _importance(importance, k), packed, scales,
+    core.quant_quantize_affine(w, bits, group_size, symmetric, method, _importance(importance), packed, scales,
                                zero_points)
     return QuantizedTensor("affine", bits, (n, k), group_size, packed, scales=scales, zero_points=zero_points)
 
@@ -210,7 +210,7 @@ def palettize(w, nbits: int = 4, group_size: int | None = None, seed: int = 0, i
     _check_choice("lut_dtype", lut_dtype, FLOAT_DTYPES)
     packed = np.empty((n, packed_row_bytes(k, nbits)), dtype=np.uint8)
     lut = _float_array((n // group_size, 1 << nbits), lut_dtype)
-    core.quant_quantize_lut(w, nbits, group_size, seed, max_iterations, _importance(importance, k), packed, lut)
+    core.quant_quantize_lut(w, nbits, group_size, seed, max_iterations, _importance(importance), packed, lut)
     return QuantizedTensor("lut", nbits, (n, k), group_size, packed, lut=lut)
 
 
