@@ -38,6 +38,17 @@ def _float_array(shape, dtype: str):
     return np.empty(tuple(shape), dtype={"fp32": np.float32, "fp16": np.float16}[dtype])
 
 
+def _float_dtype(x, arg: str) -> str:
+    """'fp32', 'fp16' or 'bf16' for x's dtype, else a TypeError naming the argument."""
+    try:
+        dtype = canonical_dtype(x.dtype, arg)
+    except TypeError:
+        dtype = None
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"argument '{arg}': expected dtype fp32, fp16 or bf16, got {str(x.dtype).removeprefix('torch.')}")
+    return dtype
+
+
 def _as_weight(w, arg="w"):
     """A contiguous 2-D float array (NumPy or CPU torch) without autograd history."""
     if is_torch_tensor(w):
@@ -49,9 +60,7 @@ def _as_weight(w, arg="w"):
         w = np.ascontiguousarray(w)
     else:
         raise TypeError(f"argument '{arg}': expected a NumPy array or torch tensor, got {describe_type(w)}")
-    dtype = canonical_dtype(w.dtype, arg) if str(w.dtype) not in ("float64", "torch.float64") else "fp64"
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"argument '{arg}': expected dtype fp32, fp16 or bf16, got {w.dtype}")
+    _float_dtype(w, arg)
     if w.ndim != 2:
         raise ValueError(f"argument '{arg}': expected a 2-D weight [out_features, in_features], got shape {tuple(w.shape)}")
     return w
@@ -236,9 +245,7 @@ def matmul(x, qweight: QuantizedTensor, act_bits: int | None = None):
         x = np.ascontiguousarray(x)
     else:
         raise TypeError(f"argument 'x': expected a NumPy array or torch tensor, got {describe_type(x)}")
-    dtype = canonical_dtype(x.dtype, "x") if "float64" not in str(x.dtype) else "fp64"
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"argument 'x': expected dtype fp32, fp16 or bf16, got {x.dtype}")
+    dtype = _float_dtype(x, "x")
     n, k = qweight.shape
     if x.ndim < 1 or x.shape[-1] != k:
         raise ValueError(f"argument 'x': expected a last dimension equal to the weight's input dimension K = {k}, "
