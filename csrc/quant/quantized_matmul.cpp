@@ -17,6 +17,7 @@
 #include "convert/convert.h"
 #include "quant/quant.h"
 #include "quant/quant_kernels.h"
+#include "quant/weight_rows.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/error.h"
 #include "runtime/thread_pool.h"
@@ -107,7 +108,7 @@ void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m,
       const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
       row_scale[i] = scale;
       int8_t* q = xq.data() + i * padded_cols;
-      for (int64_t k = 0; k < padded_cols; ++k) q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(row[k] / scale), -127.0f, 127.0f));
+      for (int64_t k = 0; k < padded_cols; ++k) q[k] = static_cast<int8_t>(std::clamp(round_half_even(row[k] / scale), -127.0f, 127.0f));
       float* sums = group_sums.data() + i * padded_groups;
       std::fill(sums, sums + padded_groups, 0.0f);
       for (int64_t g = 0; g < groups; ++g) {
