@@ -132,6 +132,33 @@ def test_coreml_layout_round_trip_is_lossless(rng, scale_dtype, symmetric):
     np.testing.assert_array_equal(back.dequantize(), lut.dequantize())
 
 
+@pytest.fixture(scope="module")
+def coreml_compression():
+    pytest.importorskip("coremltools")
+    from coremltools.converters.mil.mil.ops.defs.iOS18 import compression
+
+    return compression
+
+
+@pytest.mark.parametrize("bits", AFFINE_BITS)
+@pytest.mark.parametrize("scale_dtype", ["fp16", "fp32"])
+def test_coreml_reference_decompression_matches_bit_for_bit(coreml_compression, rng, bits, scale_dtype):
+    # coremltools' own numpy reference of the ops computes in the scale's dtype:
+    # equal to our fp32 value (an exact product) rounded once to that dtype.
+    w = weight(rng, 16, 128)
+    for group_size, symmetric in ((32, False), (None, True), (128, False)):
+        qt = quant.quantize(w, bits=bits, group_size=group_size, symmetric=symmetric, scale_dtype=scale_dtype)
+        plain = qt.to_coreml()
+        expected = coreml_compression.constexpr_blockwise_shift_scale.decompress(plain["data"], plain["scale"],
+                                                                                plain["offset"])
+        np.testing.assert_array_equal(qt.dequantize(scale_dtype), expected)
+    for nbits in LUT_BITS:
+        lut = quant.palettize(w, nbits=nbits, group_size=4, lut_dtype=scale_dtype)
+        plain = lut.to_coreml()
+        expected = coreml_compression.constexpr_lut_to_dense.decompress(plain["indices"], plain["lut"], None)
+        np.testing.assert_array_equal(lut.dequantize(scale_dtype), expected)
+
+
 def test_mse_search_never_worse_than_rtn_and_uses_importance(rng):
     w = weight(rng, 32, 256)
     w[:, 5] *= 8  # outliers that RTN's range has to cover
