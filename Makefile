@@ -20,14 +20,22 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP_DEPS := $(VENV)/.stamp-deps
 STAMP_INSTALL := $(VENV)/.stamp-install
 
-.PHONY: demo test test-python test-swift bench dev native clean
+.PHONY: demo test test-python test-swift test-native test-arm bench dev native clean
 
 demo: $(STAMP_INSTALL)
 	$(VENV)/bin/pocketml info
 	$(VENV)/bin/pocketml selftest
 
 # pytest runs last so its summary closes the log.
-test: test-swift test-python
+test: test-native test-arm test-swift test-python
+
+# The C++ test programs: every kernel variant against the scalar reference, no Python.
+test-native: native
+	@for t in $(NATIVE_BUILD)/test_*; do echo "== $$t"; $$t || exit 1; done
+
+# The same programs for aarch64 under qemu (see tools/test-arm.sh).
+test-arm: $(STAMP_DEPS)
+	CMAKE=$(VENV)/bin/cmake tools/test-arm.sh
 
 test-python: $(STAMP_INSTALL)
 	$(PY) -m pytest -q tests
