@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 NATIVE_BUILD := build/native
+GOLDEN_DIR := build/golden
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 
 # PyPI's Linux torch is a CUDA build of several GB. Where the machine ships a
@@ -40,8 +41,10 @@ test-arm: $(STAMP_DEPS)
 test-python: $(STAMP_INSTALL)
 	$(PY) -m pytest -q tests
 
-test-swift: native
-	$(SWIFT) test --package-path swift --disable-swift-testing \
+# Python writes the golden bundles; XCTest validates them through the C ABI.
+test-swift: native $(STAMP_INSTALL)
+	$(VENV)/bin/pocketml golden --out $(GOLDEN_DIR) > /dev/null
+	POCKETML_GOLDEN_DIR=$(CURDIR)/$(GOLDEN_DIR) $(SWIFT) test --package-path swift --disable-swift-testing \
 	  -Xcc -I$(CURDIR)/csrc/include \
 	  -Xlinker -L$(CURDIR)/$(NATIVE_BUILD) -Xlinker -rpath -Xlinker $(CURDIR)/$(NATIVE_BUILD)
 

@@ -1,4 +1,5 @@
 // The runtime on its own: feature detection, ISA selection, thread pool, errors.
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <stdexcept>
@@ -7,6 +8,7 @@
 #include "check.h"
 #include "runtime/cpu_features.h"
 #include "runtime/error.h"
+#include "runtime/sha256.h"
 #include "runtime/thread_pool.h"
 
 using namespace pocketml;
@@ -81,4 +83,16 @@ TEST(nested_parallel_for_runs_inline) {
     parallel_for(100, 10, [&](int64_t begin, int64_t end) { total += end - begin; });
   });
   CHECK(total == 800, "got " << total.load());
+}
+
+TEST(sha256_matches_fips_180_vectors) {
+  CHECK(sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "empty");
+  CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "abc");
+  const char* two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  CHECK(sha256_hex(two_blocks, 56) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1", "56 bytes");
+  std::string million(1000000, 'a');
+  Sha256 pieces;  // fed in uneven pieces: buffering across blocks
+  for (size_t i = 0; i < million.size(); i += 997) pieces.update(million.data() + i, std::min<size_t>(997, million.size() - i));
+  const auto digest = pieces.finish();
+  CHECK(digest[0] == 0xcd && digest[1] == 0xc7 && digest[31] == 0xd0, "one million 'a'");
 }
