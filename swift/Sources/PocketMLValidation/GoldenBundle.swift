@@ -125,7 +125,7 @@ public struct GoldenBundle {
                     + "got \(manifest.format) version \(manifest.version)")
         }
         var tensors: [String: GoldenTensor] = [:]
-        for (tensorName, entry) in manifest.tensors {
+        for (tensorName, entry) in manifest.tensors.sorted(by: { $0.key < $1.key }) {  // deterministic first error
             guard let dtype = DType(rawValue: entry.dtype) else {
                 throw GoldenBundleError(message: "\(url.path): tensor '\(tensorName)' has unknown dtype \(entry.dtype)")
             }
