@@ -88,6 +88,7 @@ class TokenLoader(_IterableBase):
         self.num_threads = _check_int("num_threads", num_threads, 1)
         self.epoch = 0
         self.position = 0  # samples of this epoch's order consumed by all ranks together
+        self._iteration_start = None  # (epoch, position) where the latest iteration began
         self._plan = None
 
     @property
@@ -102,9 +103,10 @@ class TokenLoader(_IterableBase):
                                                 self.shuffle, self.window))
         return self._plan[1]
 
-    def _num_steps(self) -> int:
-        """Global steps left in this epoch from the current position."""
-        left = max(0, self.plan().num_samples - self.position)
+    def _num_steps(self, epoch: int | None = None, position: int | None = None) -> int:
+        """Global steps left in the epoch from the position (default: the current ones)."""
+        position = self.position if position is None else position
+        left = max(0, self.plan(epoch).num_samples - position)
         g = self.global_batch_size
         return left // g if self.drop_last else math.ceil(left / g)
 
@@ -115,19 +117,25 @@ class TokenLoader(_IterableBase):
         """Starts `epoch` from its beginning at the next iteration."""
         self.epoch = _check_int("epoch", epoch, 0)
         self.position = 0
+        self._iteration_start = None
 
     def state_dict(self, batches_consumed: int | None = None) -> dict:
         """The position to resume from: after the batches this object yielded, or,
-        with `batches_consumed`, after that many batches of an iteration started
-        from the current state (for a DataLoader whose workers iterate copies)."""
+        with `batches_consumed`, after that many batches of the latest iteration
+        (inside a torch DataLoader with workers, which iterate copies of this
+        object, the training loop counts the batches it took)."""
         epoch, position = self.epoch, self.position
         if batches_consumed is not None:
-            steps = self._num_steps()
+            epoch, position = self._iteration_start or (epoch, position)
+            steps = self._num_steps(epoch, position)
             consumed = _check_int("batches_consumed", batches_consumed, 0)
             if consumed > steps:
-                raise ValueError(f"argument 'batches_consumed': expected at most the {steps} batches left, "
-                                 f"got {consumed}")
-            epoch, position = (epoch + 1, 0) if consumed == steps else (epoch, position + consumed * self.global_batch_size)
+                raise ValueError(f"argument 'batches_consumed': expected at most the {steps} batches of the "
+                                 f"iteration, got {consumed}")
+            if consumed == steps:
+                epoch, position = epoch + 1, 0
+            else:
+                position += consumed * self.global_batch_size
         return {"version": STATE_VERSION, "epoch": epoch, "position": position, "seed": self.seed,
                 "seq_len": self.seq_len, "packing": self.packing, "shuffle": self.shuffle, "window": self.window,
                 "num_documents": len(self.dataset), "num_tokens": self.dataset.num_tokens}
@@ -144,6 +152,7 @@ class TokenLoader(_IterableBase):
                                  f"got {state.get(key)!r}: the saved position belongs to another sample order")
         self.epoch = _check_int("state['epoch']", state["epoch"], 0)
         self.position = _check_int("state['position']", state["position"], 0)
+        self._iteration_start = None
 
     def __iter__(self):
         plan = self.plan()
@@ -157,6 +166,8 @@ class TokenLoader(_IterableBase):
         if info is not None and info.num_workers > 1:
             first_step, stride, worker = info.id, info.num_workers, True
         num_batches = max(0, math.ceil((steps - first_step) / stride))
+        if not worker:
+            self._iteration_start = (self.epoch, self.position)
         prefetcher = core.BatchPrefetcher(
             self.dataset.store, plan, first_step=first_step, step_stride=stride, num_batches=num_batches,
             global_batch=self.global_batch_size, row_offset=self.rank * self.batch_size, batch_size=self.batch_size,
