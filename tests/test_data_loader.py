@@ -5,6 +5,7 @@ import gc
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -371,3 +372,17 @@ def test_keyboard_interrupt_while_waiting_for_a_batch(tmp_path):
     assert interrupted
     gc.collect()
     assert native_threads() == threads and core.live_batches() == 0
+
+
+def test_producers_fill_the_window_while_python_holds_the_gil(dataset):
+    loader = pm.data.TokenLoader(dataset, 32, 2, prefetch=4, num_threads=2, return_tensors="np")
+    it = iter(loader)
+    first = next(it)
+    deadline = time.perf_counter() + 5
+    # Pure-Python spinning never releases the GIL for long; native producers do not need it.
+    while core.live_batches() < 1 + 4 and time.perf_counter() < deadline:
+        pass
+    assert core.live_batches() == 1 + 4  # the batch taken plus a full window, and no more (bounded)
+    del first, it
+    gc.collect()
+    assert core.live_batches() == 0
