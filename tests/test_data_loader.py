@@ -242,9 +242,10 @@ def global_steps(loaders):
     return out
 
 
-def dataloader_batches(loader, num_workers, limit=None):
+def dataloader_batches(loader, num_workers, limit=None, context=None):
     """Batches through a torch DataLoader with `num_workers` worker processes."""
-    dl = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=num_workers)
+    dl = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=num_workers,
+                                     multiprocessing_context=context if num_workers else None)
     out = []
     for b in dl:
         if limit is not None and len(out) == limit:
@@ -305,11 +306,20 @@ def native_threads():
     return len(os.listdir("/proc/self/task"))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_dataloader_workers_keep_the_order(dataset, workers):
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 workers on 2 cores, on purpose
+@pytest.mark.parametrize("workers, context", [(0, None), (2, "fork"), (3, "fork"), (2, "spawn")])
+def test_dataloader_workers_keep_the_order(dataset, workers, context):
     uninterrupted = [b["input_ids"].numpy() for b in pm.data.TokenLoader(dataset, 40, 3, packing="best_fit")]
     loader = pm.data.TokenLoader(dataset, 40, 3, packing="best_fit")
-    assert_same_batches(dataloader_batches(loader, workers), uninterrupted)
+    loader.plan()  # a native plan in the parent: spawned workers get the loader pickled without it
+    assert_same_batches(dataloader_batches(loader, workers, context=context), uninterrupted)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA device")
+def test_pinned_batches(dataset):
+    batch = next(iter(pm.data.TokenLoader(dataset, 16, 2, pin_memory=True)))
+    assert all(t.is_pinned() for t in batch.values())
+    assert torch.equal(batch["input_ids"].cuda(non_blocking=True).cpu(), batch["input_ids"])
 
 
 def test_break_joins_threads_and_frees_batches(dataset):
