@@ -36,7 +36,7 @@ py::dict batch_to_arrays(std::unique_ptr<Batch> batch) {
   Batch* raw = batch.release();
   py::capsule owner(raw, [](void* p) { delete static_cast<Batch*>(p); });
   const std::vector<int64_t> shape{raw->batch_size, raw->seq_len};
-  auto matrix = [&](std::vector<int64_t>& v) { return py::array_t<int64_t>(shape, v.data(), owner); };
+  auto matrix = [&](AlignedBuffer<int64_t>& v) { return py::array_t<int64_t>(shape, v.data(), owner); };
   py::dict out;
   out["input_ids"] = matrix(raw->input_ids);
   out["labels"] = matrix(raw->labels);

@@ -12,7 +12,14 @@ std::atomic<int64_t> g_live_batches{0};
 }  // namespace
 
 Batch::Batch() { g_live_batches.fetch_add(1, std::memory_order_relaxed); }
-Batch::~Batch() { g_live_batches.fetch_sub(1, std::memory_order_relaxed); }
+Batch::~Batch() {
+  if (pool) {
+    pool->give(std::move(input_ids));
+    pool->give(std::move(labels));
+    pool->give(std::move(position_ids));
+  }
+  g_live_batches.fetch_sub(1, std::memory_order_relaxed);
+}
 int64_t live_batches() { return g_live_batches.load(std::memory_order_relaxed); }
 
 void validate_schedule(const BatchSchedule& s) {
@@ -65,15 +72,16 @@ void fill_row(const TokenStore& store, const EpochPlan& plan, int64_t sample, in
 }  // namespace
 
 std::unique_ptr<Batch> build_batch(const TokenStore& store, const EpochPlan& plan, const BatchSchedule& s,
-                                   int64_t j) {
+                                   int64_t j, const std::shared_ptr<BufferPool>& pool) {
   auto batch = std::make_unique<Batch>();
   const int64_t seq_len = plan.seq_len();
   const auto cells = static_cast<size_t>(s.batch_size * seq_len);
   batch->batch_size = s.batch_size;
   batch->seq_len = seq_len;
-  batch->input_ids.resize(cells);
-  batch->labels.resize(cells);
-  batch->position_ids.resize(cells);
+  batch->pool = pool;
+  batch->input_ids = pool ? pool->take(cells) : AlignedBuffer<int64_t>(cells);
+  batch->labels = pool ? pool->take(cells) : AlignedBuffer<int64_t>(cells);
+  batch->position_ids = pool ? pool->take(cells) : AlignedBuffer<int64_t>(cells);
   batch->sample_ids.resize(static_cast<size_t>(s.batch_size));
   batch->cu_seqlens.reserve(static_cast<size_t>(s.batch_size) * 2 + 1);
   std::vector<int64_t> tokens(static_cast<size_t>(seq_len + 1));

@@ -5,8 +5,10 @@
 #include <memory>
 #include <vector>
 
+#include "data/buffer_pool.h"
 #include "data/epoch_plan.h"
 #include "data/token_store.h"
+#include "runtime/aligned_buffer.h"
 
 namespace pocketml::data {
 
@@ -20,11 +22,14 @@ struct Batch {
   Batch& operator=(const Batch&) = delete;
 
   int64_t batch_size = 0, seq_len = 0;
-  std::vector<int64_t> input_ids;     // (batch_size, seq_len)
-  std::vector<int64_t> labels;        // (batch_size, seq_len): input_ids shifted by one; kIgnoreLabel on padding
-  std::vector<int64_t> position_ids;  // (batch_size, seq_len): position inside its segment, 0 at each start
+  // Uninitialised (every element is written once): zero-filling first would double
+  // the memory traffic of the batch, which is most of its cost.
+  AlignedBuffer<int64_t> input_ids;     // (batch_size, seq_len)
+  AlignedBuffer<int64_t> labels;        // (batch_size, seq_len): input_ids shifted by one; kIgnoreLabel on padding
+  AlignedBuffer<int64_t> position_ids;  // (batch_size, seq_len): position inside its segment, 0 at each start
   std::vector<int32_t> cu_seqlens;    // segment starts in the flattened batch, then batch_size * seq_len
   std::vector<int64_t> sample_ids;    // (batch_size,): the plan's sample of each row, -1 for a padding row
+  std::shared_ptr<BufferPool> pool;   // where the three matrices go back when the batch is freed (may be null)
 };
 
 // Which rows a consumer reads: batch j covers the epoch positions
@@ -49,6 +54,6 @@ int64_t live_batches();
 void validate_schedule(const BatchSchedule& schedule);
 
 std::unique_ptr<Batch> build_batch(const TokenStore& store, const EpochPlan& plan, const BatchSchedule& schedule,
-                                   int64_t j);
+                                   int64_t j, const std::shared_ptr<BufferPool>& pool);
 
 }  // namespace pocketml::data

@@ -1,5 +1,6 @@
 #include "data/batch_prefetcher.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "runtime/error.h"
@@ -8,7 +9,12 @@ namespace pocketml::data {
 
 BatchPrefetcher::BatchPrefetcher(std::shared_ptr<const TokenStore> store, std::shared_ptr<const EpochPlan> plan,
                                  const BatchSchedule& schedule, int capacity, int num_threads)
-    : store_(std::move(store)), plan_(std::move(plan)), schedule_(schedule), capacity_(capacity) {
+    : store_(std::move(store)),
+      plan_(std::move(plan)),
+      schedule_(schedule),
+      capacity_(capacity),
+      // The batches in the window, one held by the caller and one being freed: no more is reused.
+      pool_(std::make_shared<BufferPool>(3 * (static_cast<size_t>(std::max(capacity, 0)) + 2))) {
   validate_schedule(schedule_);
   if (capacity < 0)
     fail_argument(ErrorKind::InvalidArgument, "prefetch", "a non-negative batch count", std::to_string(capacity));
@@ -57,7 +63,7 @@ void BatchPrefetcher::produce() {
     std::unique_ptr<Batch> batch;
     std::exception_ptr error;
     try {
-      batch = build_batch(*store_, *plan_, schedule_, j);
+      batch = build_batch(*store_, *plan_, schedule_, j, pool_);
     } catch (...) {
       error = std::current_exception();
     }
@@ -65,14 +71,14 @@ void BatchPrefetcher::produce() {
     const auto slot = static_cast<size_t>(j % capacity_);
     slots_[slot] = std::move(batch);
     errors_[slot] = error;
-    batch_ready_.notify_all();
+    batch_ready_.notify_one();  // the one consumer
   }
 }
 
 BatchPrefetcher::Status BatchPrefetcher::next(int timeout_ms, std::unique_ptr<Batch>& out) {
   if (capacity_ == 0) {
     if (stopping_ || consumed_ >= schedule_.num_batches) return Status::Exhausted;
-    out = build_batch(*store_, *plan_, schedule_, consumed_);
+    out = build_batch(*store_, *plan_, schedule_, consumed_, pool_);
     ++consumed_;
     return Status::Ready;
   }
@@ -87,8 +93,11 @@ BatchPrefetcher::Status BatchPrefetcher::next(int timeout_ms, std::unique_ptr<Ba
   if (errors_[slot]) std::rethrow_exception(errors_[slot]);  // stays: the schedule cannot go past it
   out = std::move(slots_[slot]);
   ++consumed_;
+  // Producers asleep on a full window are woken once it is half empty, so they
+  // build in bursts instead of paying a wake-up (a context switch) per batch.
+  const bool refill = next_to_build_ - consumed_ <= capacity_ / 2;
   lock.unlock();
-  slot_free_.notify_all();
+  if (refill) slot_free_.notify_all();
   return Status::Ready;
 }
 

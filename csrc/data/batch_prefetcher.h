@@ -43,6 +43,7 @@ class BatchPrefetcher {
   std::shared_ptr<const EpochPlan> plan_;
   BatchSchedule schedule_;
   int capacity_;
+  std::shared_ptr<BufferPool> pool_;
 
   mutable std::mutex mutex_;
   std::condition_variable slot_free_, batch_ready_;
