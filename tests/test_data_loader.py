@@ -315,6 +315,25 @@ def test_dataloader_workers_keep_the_order(dataset, workers, context):
     assert_same_batches(dataloader_batches(loader, workers, context=context), uninterrupted)
 
 
+def test_ranks_times_workers_cover_each_sample_once(dataset):
+    seen = []
+    for rank in range(2):
+        loader = pm.data.TokenLoader(str(dataset.path), 24, 3, seed=9, rank=rank, world_size=2, drop_last=False)
+        for b in torch.utils.data.DataLoader(loader, batch_size=None, num_workers=2):
+            seen += b["sample_ids"].tolist()
+    real = [s for s in seen if s >= 0]
+    assert sorted(real) == list(range(loader.plan(0).num_samples))
+    assert len(seen) - len(real) < 2 * 3
+
+
+def test_empty_dataset_yields_nothing(tmp_path):
+    ds = pm.data.write_tokens(tmp_path / "empty", [], vocab_size=10, eos_id=0)
+    assert len(ds) == 0 and ds.num_tokens == 0 and ds.manifest.shards == ()
+    loader = pm.data.TokenLoader(ds, 8, 2, drop_last=False)
+    assert list(loader) == [] and len(loader) == 0
+    assert pm.data.verify(tmp_path / "empty") == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA device")
 def test_pinned_batches(dataset):
     batch = next(iter(pm.data.TokenLoader(dataset, 16, 2, pin_memory=True)))
