@@ -12,12 +12,12 @@ position reached in that order: small, JSON-able, and valid for any world size.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
 from pocketml._native import core
 from pocketml.data.dataset import TokenDataset
+from pocketml.runtime import get_num_threads
 
 try:  # a torch DataLoader only treats subclasses of IterableDataset as iterable
     from torch.utils.data import IterableDataset as _IterableBase
@@ -60,6 +60,9 @@ class TokenLoader(_IterableBase):
     Inside a torch DataLoader (`DataLoader(loader, batch_size=None,
     num_workers=k)`), worker w builds batches w, w + k, ...; the DataLoader's
     round-robin returns them in the same order as iterating the loader itself.
+    The workers iterate copies, so this object does not see the batches go by:
+    call `set_epoch(e)` before each epoch, and take a resumable state with
+    `state_dict(batches_consumed=n)`.
     """
 
     def __init__(self, dataset, seq_len: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
@@ -84,7 +87,7 @@ class TokenLoader(_IterableBase):
         if self.rank >= self.world_size:
             raise ValueError(f"argument 'rank': expected a rank in [0, {self.world_size}), got {self.rank}")
         if num_threads is None:
-            num_threads = max(1, min(self.prefetch, os.cpu_count() or 1))
+            num_threads = max(1, min(self.prefetch, get_num_threads()))
         self.num_threads = _check_int("num_threads", num_threads, 1)
         self.epoch = 0
         self.position = 0  # samples of this epoch's order consumed by all ranks together
