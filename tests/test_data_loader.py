@@ -4,8 +4,10 @@ across ranks and DataLoader workers, exact resume (hypothesis), clean shutdown."
 import gc
 import os
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +62,30 @@ def test_every_token_exactly_once(dataset, packing, seq_len):
         ends = np.cumsum([length for _, length in parts])
         # The pieces of a document (with its EOS) tile [0, len + 1) without gap or overlap.
         assert [offset for offset, _ in parts] == [0, *ends[:-1]] and ends[-1] == dataset[doc].size + 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(0, 300), min_size=0, max_size=60), seq_len=st.integers(1, 100),
+       window=st.integers(0, 20), packing=st.sampled_from(["concat", "best_fit"]), seed=st.integers(0, 2**63))
+def test_packing_invariants_on_random_documents(lengths, seq_len, window, packing, seed):
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = pm.data.write_tokens(Path(tmp) / "ds", [np.full(n, 1 + i % 9) for i, n in enumerate(lengths)],
+                                  vocab_size=10, eos_id=EOS)
+        plan = core.EpochPlan(ds.store, packing, seq_len, seed, 0, True, window=window)
+        pieces = {}
+        for s in range(plan.num_samples):
+            segments = plan.segments(s)
+            assert 0 < sum(length for _, _, length in segments) <= seq_len + 1
+            for doc, offset, length in segments:
+                pieces.setdefault(doc, []).append((offset, length))
+        assert sorted(pieces) == list(range(len(lengths)))
+        for doc, parts in pieces.items():
+            parts.sort()
+            assert [o for o, _ in parts] == list(np.cumsum([0] + [n for _, n in parts])[:-1])
+            assert sum(n for _, n in parts) == lengths[doc] + 1
+            if packing == "best_fit" and lengths[doc] <= seq_len:
+                assert len(parts) == 1
+        assert sorted(plan.sample_at(p) for p in range(plan.num_samples)) == list(range(plan.num_samples))
 
 
 def test_concat_fills_every_sample_but_the_last(dataset):
