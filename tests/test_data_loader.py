@@ -360,6 +360,12 @@ def test_empty_dataset_yields_nothing(tmp_path):
     assert pm.data.verify(tmp_path / "empty") == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_pinned_memory_without_cuda_is_refused(dataset):
+    with pytest.raises(ValueError, match=r"argument 'pin_memory': expected .* CUDA available: False"):
+        pm.data.TokenLoader(dataset, 16, 2, pin_memory=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a CUDA device")
 def test_pinned_batches(dataset):
     batch = next(iter(pm.data.TokenLoader(dataset, 16, 2, pin_memory=True)))

@@ -81,6 +81,13 @@ class TokenLoader(_IterableBase):
             raise ValueError(f"argument 'return_tensors': expected 'pt' or 'np', got {return_tensors!r}")
         self.packing, self.shuffle, self.drop_last = packing, bool(shuffle), bool(drop_last)
         self.return_tensors, self.pin_memory = return_tensors, bool(pin_memory)
+        if self.pin_memory:
+            import torch
+
+            if return_tensors != "pt" or not torch.cuda.is_available():
+                raise ValueError("argument 'pin_memory': expected torch tensors (return_tensors='pt') and a CUDA "
+                                 f"device to pin for, got return_tensors={return_tensors!r}, CUDA available: "
+                                 f"{torch.cuda.is_available()}")
         default_rank, default_size = _distributed_rank_and_size()
         self.world_size = _check_int("world_size", default_size if world_size is None else world_size, 1)
         self.rank = _check_int("rank", default_rank if rank is None else rank, 0)
