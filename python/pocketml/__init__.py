@@ -1,5 +1,6 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
+from pocketml import data
 from pocketml.conversion import convert
 from pocketml.runtime import (
     active_isa,
@@ -16,6 +17,7 @@ __version__ = info()["version"]
 __all__ = [
     "active_isa",
     "convert",
+    "data",
     "get_num_threads",
     "info",
     "set_isa",
