@@ -25,5 +25,6 @@ PYBIND11_MODULE(_core, m) {
   pocketml::bindings::register_tensor_args(m);
   pocketml::bindings::register_runtime(m);
   pocketml::bindings::register_convert(m);
+  pocketml::bindings::register_data(m);
   pocketml::bindings::register_quant(m);
 }
