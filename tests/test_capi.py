@@ -69,9 +69,14 @@ def test_success_clears_the_last_error(lib):
 
 def test_set_isa_and_threads(lib):
     name = ctypes.c_char_p()
-    assert lib.pocketml_set_isa(b"scalar") == OK
-    assert lib.pocketml_active_isa(ctypes.byref(name)) == OK and name.value == b"scalar"
-    assert lib.pocketml_set_isa(b"mmx") == INVALID_ARGUMENT
+    assert lib.pocketml_active_isa(ctypes.byref(name)) == OK
+    previous = name.value
+    try:
+        assert lib.pocketml_set_isa(b"scalar") == OK
+        assert lib.pocketml_active_isa(ctypes.byref(name)) == OK and name.value == b"scalar"
+        assert lib.pocketml_set_isa(b"mmx") == INVALID_ARGUMENT
+    finally:
+        assert lib.pocketml_set_isa(previous) == OK  # the library's ISA choice is process-wide
     assert lib.pocketml_set_num_threads(0) == INVALID_ARGUMENT
     assert b"argument 'num_threads'" in lib.pocketml_last_error()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pocketml as pm
@@ -313,6 +313,7 @@ def test_resume_is_exact_with_any_world_size(dataset, packing, seed, seq_len, wo
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(packing=st.sampled_from(["concat", "best_fit"]), seed=st.integers(0, 1000), workers=st.sampled_from([0, 1, 2]),
        resume_workers=st.sampled_from([0, 2]), stop=st.floats(0, 1))
+@example(packing="concat", seed=0, workers=0, resume_workers=0, stop=1.0)  # stopped exactly at the epoch's end
 def test_resume_is_exact_through_dataloader_workers(dataset, packing, seed, workers, resume_workers, stop):
     def make():
         return pm.data.TokenLoader(dataset, 40, 3, seed=seed, packing=packing, prefetch=2, num_threads=1)
@@ -325,7 +326,13 @@ def test_resume_is_exact_through_dataloader_workers(dataset, packing, seed, work
     state = loader.state_dict(batches_consumed=k)
     resumed = make()
     resumed.load_state_dict(state)
-    assert_same_batches(before + dataloader_batches(resumed, resume_workers), uninterrupted)
+    expected = uninterrupted
+    if k == len(uninterrupted):  # stopped after the epoch's last batch: the resumed run starts the next epoch
+        assert (state["epoch"], state["position"]) == (1, 0)
+        next_epoch = make()
+        next_epoch.set_epoch(1)
+        expected = uninterrupted + [b["input_ids"].numpy() for b in next_epoch]
+    assert_same_batches(before + dataloader_batches(resumed, resume_workers), expected)
 
 
 def native_threads():
