@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 NATIVE_BUILD := build/native
+GOLDEN_DIR := build/golden
 SWIFT ?= $(shell command -v swift 2>/dev/null || echo /opt/swift/usr/bin/swift)
 
 # PyPI's Linux torch is a CUDA build of several GB. Where the machine ships a
@@ -20,20 +21,30 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STAMP_DEPS := $(VENV)/.stamp-deps
 STAMP_INSTALL := $(VENV)/.stamp-install
 
-.PHONY: demo test test-python test-swift bench dev native clean
+.PHONY: demo test test-python test-swift test-native test-arm bench dev native clean
 
 demo: $(STAMP_INSTALL)
 	$(VENV)/bin/pocketml info
 	$(VENV)/bin/pocketml selftest
 
 # pytest runs last so its summary closes the log.
-test: test-swift test-python
+test: test-native test-arm test-swift test-python
+
+# The C++ test programs: every kernel variant against the scalar reference, no Python.
+test-native: native
+	@for t in $(NATIVE_BUILD)/test_*; do echo "== $$t"; $$t || exit 1; done
+
+# The same programs for aarch64 under qemu (see tools/test-arm.sh).
+test-arm: $(STAMP_DEPS)
+	CMAKE=$(VENV)/bin/cmake tools/test-arm.sh
 
 test-python: $(STAMP_INSTALL)
 	$(PY) -m pytest -q tests
 
-test-swift: native
-	$(SWIFT) test --package-path swift --disable-swift-testing \
+# Python writes the golden bundles; XCTest validates them through the C ABI.
+test-swift: native $(STAMP_INSTALL)
+	$(VENV)/bin/pocketml golden --out $(GOLDEN_DIR) > /dev/null
+	POCKETML_GOLDEN_DIR=$(CURDIR)/$(GOLDEN_DIR) $(SWIFT) test --package-path swift --disable-swift-testing \
 	  -Xcc -I$(CURDIR)/csrc/include \
 	  -Xlinker -L$(CURDIR)/$(NATIVE_BUILD) -Xlinker -rpath -Xlinker $(CURDIR)/$(NATIVE_BUILD)
 

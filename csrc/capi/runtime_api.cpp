@@ -1,9 +1,11 @@
 // C ABI: version, build info, ISA selection and threads.
+#include <cstring>
 #include <string>
 
 #include "capi/guard.h"
 #include "runtime/build_info.h"
 #include "runtime/cpu_features.h"
+#include "runtime/sha256.h"
 #include "runtime/thread_pool.h"
 
 using namespace pocketml;
@@ -51,6 +53,15 @@ pocketml_status pocketml_get_num_threads(int32_t* out_num_threads) {
   return capi::guarded([&] {
     capi::require_pointer(out_num_threads, "out_num_threads");
     *out_num_threads = ThreadPool::global().num_threads();
+  });
+}
+
+pocketml_status pocketml_sha256(const void* data, size_t size, char* out_hex) {
+  return capi::guarded([&] {
+    if (size > 0) capi::require_pointer(data, "data");
+    capi::require_pointer(out_hex, "out_hex");
+    const std::string hex = sha256_hex(data, size);
+    std::memcpy(out_hex, hex.c_str(), hex.size() + 1);
   });
 }
 

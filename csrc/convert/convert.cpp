@@ -36,7 +36,11 @@ const IsaTables<ConvertKernels>& convert_tables() {
       nullptr,
       nullptr,
 #endif
-      nullptr,  // NEON variant: see the Apple silicon issue
+#if POCKETML_ARCH_ARM
+      &neon::convert_kernels,
+#else
+      nullptr,
+#endif
   };
   return tables;
 }

@@ -22,6 +22,7 @@ struct ConvertKernels {
 namespace scalar { extern const ConvertKernels convert_kernels; }
 namespace avx2 { extern const ConvertKernels convert_kernels; }
 namespace avx512 { extern const ConvertKernels convert_kernels; }
+namespace neon { extern const ConvertKernels convert_kernels; }
 
 const IsaTables<ConvertKernels>& convert_tables();
 

@@ -5,6 +5,16 @@
 namespace pocketml::avx512 {
 namespace {
 
+// Through memory rather than _mm512_reduce_add_ps, whose GCC 12 expansion
+// trips -Wuninitialized; this runs once per call, so speed does not matter.
+float horizontal_sum(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float s = 0;
+  for (float x : lanes) s += x;
+  return s;
+}
+
 float read_sum(const float* data, int64_t n) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t i = 0; i < n; i += 64) {
@@ -13,7 +23,7 @@ float read_sum(const float* data, int64_t n) {
     a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));
     a3 = _mm512_add_ps(a3, _mm512_load_ps(data + i + 48));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  return horizontal_sum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
 // Twelve independent chains cover FMA latency (4 cycles) on two ports.
@@ -25,7 +35,7 @@ double fma_chains(int64_t iterations, float* sink) {
     for (int j = 0; j < 12; ++j) acc[j] = _mm512_fmadd_ps(acc[j], m, c);
   __m512 s = acc[0];
   for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, acc[j]);
-  *sink += _mm512_reduce_add_ps(s);
+  *sink += horizontal_sum(s);
   return 2.0 * 16 * 12 * iterations;
 }
 

@@ -105,7 +105,8 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
   grain = std::max<int64_t>(1, grain);
   const int64_t chunks = (n + grain - 1) / grain;
   if (chunks == 1 || num_threads_ == 1 || t_inside_pool_task) {
-    fn(0, n);
+    // Still in grain-sized ranges: kernels may size per-chunk scratch by grain.
+    for (int64_t begin = 0; begin < n; begin += grain) fn(begin, std::min(n, begin + grain));
     return;
   }
   std::lock_guard<std::mutex> run_lock(run_mutex_);

@@ -23,8 +23,8 @@ class ThreadPool {
   void set_num_threads(int n);
 
   // Calls fn(begin, end) for consecutive ranges of at most `grain` items covering
-  // [0, n). Runs inline when there is one chunk, one thread, or when called from
-  // inside a pool task. Rethrows the first exception a task threw.
+  // [0, n). Runs the chunks inline when there is one chunk, one thread, or when
+  // called from inside a pool task. Rethrows the first exception a task threw.
   void parallel_for(int64_t n, int64_t grain, const RangeFn& fn);
 
   ~ThreadPool();

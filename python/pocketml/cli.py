@@ -60,6 +60,14 @@ def cmd_selftest(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_golden(args) -> int:
+    from pocketml.export.standard_bundles import write_standard_bundles
+
+    for path in write_standard_bundles(args.out, overwrite=True):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pocketml", description="pocketml: native kernels for on-device ML.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elements", type=int, default=1 << 22, help="tensor size (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions (default: %(default)s)")
     p.set_defaults(func=cmd_selftest)
+
+    p = sub.add_parser("golden", help="write the golden bundles the Swift validator checks")
+    p.add_argument("--out", required=True, help="directory to write the bundles into")
+    p.set_defaults(func=cmd_golden)
     return parser
 
 

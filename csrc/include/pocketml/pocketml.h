@@ -62,6 +62,9 @@ POCKETML_API pocketml_status pocketml_set_isa(const char* name);
 POCKETML_API pocketml_status pocketml_set_num_threads(int32_t num_threads);
 POCKETML_API pocketml_status pocketml_get_num_threads(int32_t* out_num_threads);
 
+/* SHA-256 of `size` bytes as 64 lowercase hex digits plus a terminating NUL in out_hex[65]. */
+POCKETML_API pocketml_status pocketml_sha256(const void* data, size_t size, char* out_hex);
+
 /* Element size in bytes of a dtype. */
 POCKETML_API pocketml_status pocketml_dtype_size(pocketml_dtype dtype, size_t* out_size);
 

@@ -1,0 +1,34 @@
+// pocketml-validate BUNDLE_DIR...
+// Recomputes each golden bundle's checks through pocketml's C ABI and prints the
+// errors and latency of each. Exit status: 0 all pass, 1 a check is out of
+// tolerance, 2 a bundle could not be read or run.
+import Foundation
+import PocketMLValidation
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+if arguments.isEmpty || arguments.contains("--help") || arguments.contains("-h") {
+    print("usage: pocketml-validate BUNDLE_DIR...\n\nRecomputes golden bundles written by `pocketml golden` "
+        + "(or pocketml.export.golden) and compares them with the expected outputs.")
+    exit(arguments.isEmpty ? 2 : 0)
+}
+
+func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+
+var exitCode: Int32 = 0
+for path in arguments {
+    do {
+        let bundle = try GoldenBundle(url: URL(fileURLWithPath: path))
+        print("bundle \(bundle.name) (\(bundle.producer)) at \(path)")
+        for result in try Validator.run(bundle) {
+            let status = result.passed ? "ok  " : "FAIL"
+            print("  \(status) \(pad(result.name, 28)) \(pad(result.op, 10)) max abs \(String(format: "%.3g", result.maxAbsError))"
+                + "  max rel \(String(format: "%.3g", result.maxRelError))  \(String(format: "%.3f", result.seconds * 1e3)) ms"
+                + (result.passed ? "" : "  (\(result.elementsOutOfTolerance) elements out of tolerance)"))
+            if !result.passed { exitCode = max(exitCode, 1) }
+        }
+    } catch {
+        FileHandle.standardError.write("pocketml-validate: error: \(error)\n".data(using: .utf8)!)
+        exitCode = 2
+    }
+}
+exit(exitCode)

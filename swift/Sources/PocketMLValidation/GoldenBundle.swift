@@ -1,0 +1,159 @@
+import Foundation
+import PocketML
+
+/// A bundle that is missing, corrupt or inconsistent; the message names the file and the problem.
+public struct GoldenBundleError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public var description: String { message }
+}
+
+/// A tensor of a golden bundle: raw little-endian bytes in C order.
+public struct GoldenTensor {
+    public let dtype: DType
+    public let shape: [Int]
+    public let bytes: [UInt8]
+
+    public var count: Int { shape.reduce(1, *) }
+
+    /// Every element widened to Float (exact for fp32, fp16, bf16 and 8-bit integers).
+    public func floats() throws -> [Float] {
+        switch dtype {
+        case .fp32:
+            return bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        case .fp16, .bf16:
+            let bits = bytes.withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }
+            return dtype == .fp16 ? try Convert.floats(fromHalfBits: bits) : try Convert.floats(fromBFloat16Bits: bits)
+        case .int8:
+            return bytes.map { Float(Int8(bitPattern: $0)) }
+        case .uint8:
+            return bytes.map { Float($0) }
+        case .int32:
+            return bytes.withUnsafeBytes { $0.bindMemory(to: Int32.self).map { Float($0) } }
+        case .int64:
+            return bytes.withUnsafeBytes { $0.bindMemory(to: Int64.self).map { Float($0) } }
+        }
+    }
+}
+
+/// One comparison the bundle asks for: run `op` on `inputs` with `attrs`, compare with `expected`.
+public struct GoldenCheck: Decodable {
+    public struct Tolerance: Decodable {
+        public let maxAbs: Double
+        public let maxRel: Double
+        enum CodingKeys: String, CodingKey {
+            case maxAbs = "max_abs"
+            case maxRel = "max_rel"
+        }
+    }
+
+    public let name: String
+    public let op: String
+    public let inputs: [String]
+    public let attrs: [String: AttributeValue]
+    public let expected: String
+    public let tolerance: Tolerance
+}
+
+/// The JSON values an attribute may hold.
+public enum AttributeValue: Decodable, Equatable {
+    case string(String)
+    case number(Double)
+    case bool(Bool)
+    case list([AttributeValue])
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let value = try? container.decode(Bool.self) {
+            self = .bool(value)
+        } else if let value = try? container.decode(Double.self) {
+            self = .number(value)
+        } else if let value = try? container.decode(String.self) {
+            self = .string(value)
+        } else {
+            self = .list(try container.decode([AttributeValue].self))
+        }
+    }
+
+    public var string: String? { if case .string(let s) = self { return s } else { return nil } }
+    public var number: Double? { if case .number(let n) = self { return n } else { return nil } }
+}
+
+/// A golden bundle directory (format: docs/formats.md), verified on load: format
+/// and version, every tensor file present with the size its shape needs and the
+/// sha256 the manifest records, and every check naming tensors that exist.
+public struct GoldenBundle {
+    public static let format = "pocketml-golden-bundle"
+    public static let version = 1
+
+    public let url: URL
+    public let name: String
+    public let producer: String
+    public let tensors: [String: GoldenTensor]
+    public let checks: [GoldenCheck]
+
+    private struct Manifest: Decodable {
+        struct Entry: Decodable {
+            let file: String
+            let dtype: String
+            let shape: [Int]
+            let sha256: String
+        }
+
+        let format: String
+        let version: Int
+        let name: String
+        let producer: String?
+        let tensors: [String: Entry]
+        let checks: [GoldenCheck]
+    }
+
+    public init(url: URL) throws {
+        self.url = url
+        let manifestURL = url.appendingPathComponent("manifest.json")
+        guard let data = FileManager.default.contents(atPath: manifestURL.path) else {
+            throw GoldenBundleError(message: "\(url.path): not a golden bundle (no manifest.json)")
+        }
+        let manifest: Manifest
+        do {
+            manifest = try JSONDecoder().decode(Manifest.self, from: data)
+        } catch {
+            throw GoldenBundleError(message: "\(manifestURL.path): invalid manifest (\(error))")
+        }
+        guard manifest.format == Self.format, manifest.version == Self.version else {
+            throw GoldenBundleError(
+                message: "\(manifestURL.path): expected format \(Self.format) version \(Self.version), "
+                    + "got \(manifest.format) version \(manifest.version)")
+        }
+        var tensors: [String: GoldenTensor] = [:]
+        for (tensorName, entry) in manifest.tensors.sorted(by: { $0.key < $1.key }) {  // deterministic first error
+            guard let dtype = DType(rawValue: entry.dtype) else {
+                throw GoldenBundleError(message: "\(url.path): tensor '\(tensorName)' has unknown dtype \(entry.dtype)")
+            }
+            let fileURL = url.appendingPathComponent(entry.file)
+            guard let contents = FileManager.default.contents(atPath: fileURL.path) else {
+                throw GoldenBundleError(message: "\(url.path): tensor '\(tensorName)': missing file \(entry.file)")
+            }
+            let bytes = [UInt8](contents)
+            let needed = entry.shape.reduce(1, *) * dtype.size
+            guard bytes.count == needed else {
+                throw GoldenBundleError(
+                    message: "\(url.path): tensor '\(tensorName)': shape \(entry.shape) \(entry.dtype) needs "
+                        + "\(needed) bytes, \(entry.file) has \(bytes.count)")
+            }
+            guard try Checksum.sha256(bytes) == entry.sha256 else {
+                throw GoldenBundleError(
+                    message: "\(url.path): tensor '\(tensorName)': sha256 mismatch for \(entry.file) (corrupt file)")
+            }
+            tensors[tensorName] = GoldenTensor(dtype: dtype, shape: entry.shape, bytes: bytes)
+        }
+        for check in manifest.checks {
+            for ref in check.inputs + [check.expected] where tensors[ref] == nil {
+                throw GoldenBundleError(message: "\(url.path): check '\(check.name)' names missing tensor '\(ref)'")
+            }
+        }
+        self.name = manifest.name
+        self.producer = manifest.producer ?? ""
+        self.tensors = tensors
+        self.checks = manifest.checks
+    }
+}

@@ -1,0 +1,98 @@
+// The runtime on its own: feature detection, ISA selection, thread pool, errors.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <stdexcept>
+#include <vector>
+
+#include "check.h"
+#include "runtime/cpu_features.h"
+#include "runtime/error.h"
+#include "runtime/sha256.h"
+#include "runtime/thread_pool.h"
+
+using namespace pocketml;
+
+TEST(reports_the_machine) {
+  std::printf("    ISA variants on this CPU:");
+  for (Isa isa : supported_isas()) std::printf(" %s", isa_name(isa));
+  std::printf("; features:");
+  for (const std::string& f : cpu_feature_names()) std::printf(" %s", f.c_str());
+  std::printf("\n");
+  CHECK(supported_isas().front() == Isa::scalar, "scalar must always be available");
+  CHECK(isa_supported(active_isa()), "active ISA " << isa_name(active_isa()));
+#if POCKETML_ARCH_ARM
+  CHECK(isa_supported(Isa::neon), "NEON is baseline on AArch64");
+  CHECK(!isa_supported(Isa::avx2), "no x86 variants on ARM");
+#endif
+}
+
+TEST(set_active_isa_rejects_what_the_machine_lacks) {
+  const Isa before = active_isa();
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
+    bool threw = false;
+    try {
+      set_active_isa(isa);
+    } catch (const Error& e) {
+      threw = e.kind() == ErrorKind::InvalidArgument;
+    }
+    CHECK(threw != isa_supported(isa), isa_name(isa));
+  }
+  set_active_isa(before);
+}
+
+TEST(parallel_for_covers_every_index_once) {
+  ThreadPool& pool = ThreadPool::global();
+  const int original = pool.num_threads();
+  for (int threads : {1, 2, 3, 8}) {
+    pool.set_num_threads(threads);
+    for (int64_t n : {0, 1, 7, 1000, 100003}) {
+      for (int64_t grain : {1, 16, 4096}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        parallel_for(n, grain, [&](int64_t begin, int64_t end) {
+          CHECK(end - begin <= grain && begin < end, "range " << begin << ".." << end);
+          for (int64_t i = begin; i < end; ++i) hits[i]++;
+        });
+        int wrong = 0;
+        for (auto& h : hits) wrong += h.load() != 1;
+        CHECK(wrong == 0, wrong << " indices not hit exactly once (threads " << threads << ", n " << n << ")");
+      }
+    }
+  }
+  pool.set_num_threads(original);
+}
+
+TEST(parallel_for_rethrows_a_task_exception) {
+  bool caught = false;
+  try {
+    parallel_for(64, 1, [](int64_t begin, int64_t) {
+      if (begin == 37) throw std::runtime_error("task 37");
+    });
+  } catch (const std::runtime_error& e) {
+    caught = std::string(e.what()) == "task 37";
+  }
+  CHECK(caught, "exception from a task must reach the caller");
+  std::atomic<int> after{0};
+  parallel_for(64, 1, [&](int64_t begin, int64_t end) { after += static_cast<int>(end - begin); });
+  CHECK(after == 64, "pool still works after an exception");
+}
+
+TEST(nested_parallel_for_runs_inline) {
+  std::atomic<int64_t> total{0};
+  parallel_for(8, 1, [&](int64_t, int64_t) {
+    parallel_for(100, 10, [&](int64_t begin, int64_t end) { total += end - begin; });
+  });
+  CHECK(total == 800, "got " << total.load());
+}
+
+TEST(sha256_matches_fips_180_vectors) {
+  CHECK(sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "empty");
+  CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "abc");
+  const char* two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  CHECK(sha256_hex(two_blocks, 56) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1", "56 bytes");
+  std::string million(1000000, 'a');
+  Sha256 pieces;  // fed in uneven pieces: buffering across blocks
+  for (size_t i = 0; i < million.size(); i += 997) pieces.update(million.data() + i, std::min<size_t>(997, million.size() - i));
+  const auto digest = pieces.finish();
+  CHECK(digest[0] == 0xcd && digest[1] == 0xc7 && digest[31] == 0xd0, "one million 'a'");
+}

@@ -1,0 +1,131 @@
+"""Golden bundles: the byte format, atomic writing, corruption detection, and the
+Swift validator run on bundles this process writes."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pocketml.export import BundleError, golden, load_golden
+from pocketml.export.standard_bundles import write_standard_bundles
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_bundle(path, **kwargs):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) / 3
+    return golden(path, "small", {"x": x, "y": torch.from_numpy(x).to(torch.bfloat16)},
+                  [{"name": "to bf16", "op": "convert", "inputs": ["x"], "attrs": {"dtype": "bf16"},
+                    "expected": "y", "tolerance": {"max_abs": 0, "max_rel": 0}}], **kwargs)
+
+
+def test_fixed_byte_vector(tmp_path):
+    path = golden(tmp_path / "b", "vector", {"v": np.array([1.0, -2.0], np.float32),
+                                             "h": torch.tensor([1.0, 0.5], dtype=torch.bfloat16)}, [])
+    assert (path / "v.bin").read_bytes() == bytes.fromhex("0000803f000000c0")  # little-endian fp32
+    assert (path / "h.bin").read_bytes() == bytes.fromhex("803f003f")  # bf16 bit patterns
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["format"] == "pocketml-golden-bundle" and manifest["version"] == 1
+    assert manifest["tensors"]["v"] == {"file": "v.bin", "dtype": "fp32", "shape": [2],
+                                        "sha256": hashlib.sha256(bytes.fromhex("0000803f000000c0")).hexdigest()}
+
+
+def test_round_trip(tmp_path):
+    bundle = load_golden(small_bundle(tmp_path / "b"))
+    assert bundle.name == "small" and bundle.dtypes == {"x": "fp32", "y": "bf16"}
+    np.testing.assert_array_equal(bundle.tensors["x"], np.arange(6, dtype=np.float32).reshape(2, 3) / 3)
+    assert bundle.checks[0]["attrs"] == {"dtype": "bf16"}
+
+
+def test_existing_directory_is_not_replaced_silently(tmp_path):
+    small_bundle(tmp_path / "b")
+    with pytest.raises(FileExistsError, match="argument 'path'"):
+        small_bundle(tmp_path / "b")
+    small_bundle(tmp_path / "b", overwrite=True)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    class Exploding:
+        shape = (2,)
+
+    with pytest.raises(TypeError, match="tensors: expected NumPy arrays or torch tensors"):
+        golden(tmp_path / "b", "bad", {"x": np.zeros(2, np.float32), "boom": Exploding()}, [])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="tensor 'missing' is not in the bundle"):
+        golden(tmp_path / "b", "bad", {"x": np.zeros(2, np.float32)},
+               [{"name": "c", "op": "convert", "inputs": ["missing"], "expected": "x"}])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corruption_is_detected(tmp_path):
+    path = small_bundle(tmp_path / "b")
+    data = bytearray((path / "x.bin").read_bytes())
+    data[0] ^= 1
+    (path / "x.bin").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 mismatch for x.bin"):
+        load_golden(path)
+    (path / "x.bin").write_bytes(bytes(data[:-4]))
+    with pytest.raises(BundleError, match=r"needs 24 bytes, x.bin has 20"):
+        load_golden(path)
+    (path / "x.bin").unlink()
+    with pytest.raises(BundleError, match="missing file x.bin"):
+        load_golden(path)
+    with pytest.raises(BundleError, match="not a golden bundle"):
+        load_golden(tmp_path)
+
+
+def swift_validate(*bundles):
+    swift = shutil.which("swift") or "/opt/swift/usr/bin/swift"
+    if not os.path.exists(swift):
+        pytest.skip("Swift toolchain not installed")
+    native = REPO / "build" / "native"
+    if not (native / "libpocketml.so").exists() and not (native / "libpocketml.dylib").exists():
+        pytest.skip("C ABI library not built (make native)")
+    command = [swift, "run", "--package-path", str(REPO / "swift"), "-Xcc", f"-I{REPO / 'csrc' / 'include'}",
+               "-Xlinker", f"-L{native}", "-Xlinker", "-rpath", "-Xlinker", str(native),
+               "pocketml-validate", *map(str, bundles)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def standard_bundles(tmp_path_factory):
+    return write_standard_bundles(tmp_path_factory.mktemp("golden"))
+
+
+def test_swift_validator_passes_fresh_bundles(standard_bundles):
+    result = swift_validate(*standard_bundles)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok   fp32->fp16" in result.stdout and "FAIL" not in result.stdout
+
+
+def test_swift_validator_fails_clearly_on_corruption(standard_bundles, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(standard_bundles[0], broken)
+    data = bytearray((broken / "x.bin").read_bytes())
+    data[10] ^= 0x40
+    (broken / "x.bin").write_bytes(bytes(data))
+    result = swift_validate(broken)
+    assert result.returncode == 2
+    assert "sha256 mismatch for x.bin" in result.stderr
+    missing = tmp_path / "missing"
+    shutil.copytree(standard_bundles[0], missing)
+    (missing / "x_bf16.bin").unlink()
+    result = swift_validate(missing)
+    assert result.returncode == 2 and "missing file x_bf16.bin" in result.stderr
+
+
+def test_swift_validator_fails_on_wrong_expectation(tmp_path):
+    x = np.linspace(-3, 3, 50, dtype=np.float32)
+    wrong = torch.from_numpy(x).to(torch.float16)
+    wrong[7] += 1
+    path = golden(tmp_path / "wrong", "wrong", {"x": x, "y": wrong},
+                  [{"name": "wrong", "op": "convert", "inputs": ["x"], "attrs": {"dtype": "fp16"}, "expected": "y"}])
+    result = swift_validate(path)
+    assert result.returncode == 1
+    assert "FAIL wrong" in result.stdout and "1 elements out of tolerance" in result.stdout

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the core and the native test programs for 64-bit ARM and runs them:
+# natively on an ARM host; elsewhere cross-compiled with Debian's
+# g++-aarch64-linux-gnu and run under qemu-aarch64, once as a CPU with every
+# extension (-cpu max: fp16, dotprod, i8mm, bf16) and once as a plain ARMv8.0
+# core (cortex-a53), so both the fast paths and the fallbacks execute.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CMAKE=${CMAKE:-cmake}
+BUILD=build/arm
+
+run_tests() {  # runner prefix..., then each test program
+  local failed=0
+  for test in "$BUILD"/test_*; do
+    echo "== ${test##*/} $*"
+    "$@" "$test" || failed=1
+  done
+  return $failed
+}
+
+case "$(uname -m)" in
+  aarch64|arm64)
+    "$CMAKE" -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPOCKETML_BUILD_TESTS=ON > /dev/null
+    "$CMAKE" --build "$BUILD"
+    run_tests env
+    exit
+    ;;
+esac
+
+if ! command -v aarch64-linux-gnu-g++ > /dev/null || ! command -v qemu-aarch64 > /dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+    echo "installing the aarch64 cross compiler and qemu-user (Debian packages)"
+    apt-get update -qq > /dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++-aarch64-linux-gnu qemu-user > /dev/null
+  else
+    echo "test-arm needs g++-aarch64-linux-gnu and qemu-user: apt-get install g++-aarch64-linux-gnu qemu-user" >&2
+    exit 1
+  fi
+fi
+
+"$CMAKE" -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPOCKETML_BUILD_TESTS=ON \
+  -DCMAKE_TOOLCHAIN_FILE=cmake/toolchains/aarch64-linux-gnu.cmake > /dev/null
+"$CMAKE" --build "$BUILD"
+status=0
+for cpu in max cortex-a53; do
+  run_tests qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" || status=1
+done
+exit $status
