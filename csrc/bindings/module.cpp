@@ -26,4 +26,5 @@ PYBIND11_MODULE(_core, m) {
   pocketml::bindings::register_runtime(m);
   pocketml::bindings::register_convert(m);
   pocketml::bindings::register_quant(m);
+  pocketml::bindings::register_data(m);
 }

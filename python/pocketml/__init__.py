@@ -1,6 +1,7 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
 from pocketml import quant
+from pocketml import data
 from pocketml.conversion import convert
 from pocketml.runtime import (
     active_isa,
@@ -17,6 +18,7 @@ __version__ = info()["version"]
 __all__ = [
     "active_isa",
     "convert",
+    "data",
     "get_num_threads",
     "info",
     "quant",

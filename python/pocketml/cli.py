@@ -85,6 +85,48 @@ def cmd_optimize(args) -> int:
     print(markdown(report))
     print(f"\nwrote {args.out}/report.md, report.json, accuracy_vs_size.png, model.mlpackage, golden/")
     return 0 if report.coreml_weights_identical and not report.swift_validation.startswith("FAILED") else 1
+def cmd_data_verify(args) -> int:
+    from pocketml.data import TokenDataset, verify
+
+    problems = verify(args.path)
+    if problems:
+        for problem in problems:
+            print(f"pocketml data verify: {problem}", file=sys.stderr)
+        print(f"{args.path}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    ds = TokenDataset(args.path)
+    print(f"{args.path}: ok, {len(ds):,} documents, {ds.num_tokens:,} {ds.manifest.token_dtype} tokens in "
+          f"{len(ds.manifest.shards)} shard(s), vocab_size {ds.vocab_size}, eos_id {ds.eos_id}")
+    return 0
+
+
+def cmd_data_build(args) -> int:
+    from pocketml.data import build_from_text
+
+    ds = build_from_text(args.files, args.out, tokenizer=args.tokenizer, eos_id=args.eos_id,
+                         shard_bytes=args.shard_bytes, overwrite=args.overwrite)
+    print(f"{args.out}: {len(ds):,} documents, {ds.num_tokens:,} {ds.manifest.token_dtype} tokens in "
+          f"{len(ds.manifest.shards)} shard(s)")
+    return 0
+
+
+def _add_data_commands(sub) -> None:
+    from pocketml.data.shards import DEFAULT_SHARD_BYTES
+
+    data = sub.add_parser("data", help="token-shard datasets: build from text, verify").add_subparsers(
+        dest="data_command", required=True)
+    p = data.add_parser("build", help="tokenize text files (one document each) into a token-shard dataset")
+    p.add_argument("files", nargs="+", help="UTF-8 text files")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--tokenizer", default=None,
+                   help="a tokenizers tokenizer.json (default: built-in byte-level, EOS 256)")
+    p.add_argument("--eos-id", type=int, default=None, help="EOS token id (default: found in the tokenizer)")
+    p.add_argument("--shard-bytes", type=int, default=DEFAULT_SHARD_BYTES, help="target shard size in bytes")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.set_defaults(func=cmd_data_build)
+    p = data.add_parser("verify", help="check sizes, checksums and indexes of a token-shard dataset")
+    p.add_argument("path", help="dataset directory")
+    p.set_defaults(func=cmd_data_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("golden", help="write the golden bundles the Swift validator checks")
     p.add_argument("--out", required=True, help="directory to write the bundles into")
     p.set_defaults(func=cmd_golden)
+
+    _add_data_commands(sub)
     return parser
 
 
@@ -131,7 +175,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:
         print(f"pocketml: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,238 @@
+"""TokenLoader: batches of packed token sequences, built on native threads.
+
+Samples (sequences of seq_len + 1 tokens) and their shuffled order are a pure
+function of (dataset, seq_len, packing, seed, epoch) computed by the core
+(`EpochPlan`). Global step s covers the order's positions
+[origin + s * G, origin + (s + 1) * G), G = batch_size * world_size, and rank r
+reads rows [r * batch_size, (r + 1) * batch_size) of it, so the ranks' samples
+are disjoint and together complete. The loader's state is the epoch and the
+position reached in that order: small, JSON-able, and valid for any world size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pocketml._native import core
+from pocketml.data.dataset import TokenDataset
+from pocketml.runtime import get_num_threads
+
+try:  # a torch DataLoader only treats subclasses of IterableDataset as iterable
+    from torch.utils.data import IterableDataset as _IterableBase
+except ImportError:  # pragma: no cover - torch is optional
+    _IterableBase = object
+
+PACKINGS = ("concat", "best_fit")
+STATE_VERSION = 1
+
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is optional
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"argument '{name}': expected an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class TokenLoader(_IterableBase):
+    """Iterates batches of `batch_size` rows for this rank, each a dict of
+    `input_ids`, `labels` (input_ids shifted by one, -100 where padded),
+    `position_ids` (restarting at 0 at each document start and each row start),
+    `cu_seqlens` (int32 segment starts in the flattened batch, then its size: what
+    varlen attention takes) and `sample_ids` (the plan's sample of each row, -1
+    for a padding row), as torch tensors (`return_tensors="pt"`) or NumPy arrays.
+
+    Remainder: an epoch whose samples do not fill the last global batch drops
+    them (`drop_last=True`, the default) or pads that batch with rows of EOS
+    tokens whose labels are all -100 (`drop_last=False`), so every rank yields
+    the same number of batches either way.
+
+    Inside a torch DataLoader (`DataLoader(loader, batch_size=None,
+    num_workers=k)`), worker w builds batches w, w + k, ...; the DataLoader's
+    round-robin returns them in the same order as iterating the loader itself.
+    The workers iterate copies, so this object does not see the batches go by:
+    call `set_epoch(e)` before each epoch, and take a resumable state with
+    `state_dict(batches_consumed=n)`.
+    """
+
+    def __init__(self, dataset, seq_len: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 packing: str = "concat", rank: int | None = None, world_size: int | None = None,
+                 drop_last: bool = True, prefetch: int = 4, num_threads: int | None = None, window: int = 0,
+                 return_tensors: str = "pt", pin_memory: bool = False):
+        self.dataset = dataset if isinstance(dataset, TokenDataset) else TokenDataset(dataset)
+        self.seq_len = _check_int("seq_len", seq_len, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+        self.window = _check_int("window", window, 0)
+        self.prefetch = _check_int("prefetch", prefetch, 0)
+        if packing not in PACKINGS:
+            raise ValueError(f"argument 'packing': expected one of {PACKINGS}, got {packing!r}")
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"argument 'return_tensors': expected 'pt' or 'np', got {return_tensors!r}")
+        self.packing, self.shuffle, self.drop_last = packing, bool(shuffle), bool(drop_last)
+        self.return_tensors, self.pin_memory = return_tensors, bool(pin_memory)
+        if self.pin_memory:
+            import torch
+
+            if return_tensors != "pt" or not torch.cuda.is_available():
+                raise ValueError("argument 'pin_memory': expected torch tensors (return_tensors='pt') and a CUDA "
+                                 f"device to pin for, got return_tensors={return_tensors!r}, CUDA available: "
+                                 f"{torch.cuda.is_available()}")
+        default_rank, default_size = _distributed_rank_and_size()
+        self.world_size = _check_int("world_size", default_size if world_size is None else world_size, 1)
+        self.rank = _check_int("rank", default_rank if rank is None else rank, 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"argument 'rank': expected a rank in [0, {self.world_size}), got {self.rank}")
+        if num_threads is None:
+            num_threads = max(1, min(self.prefetch, get_num_threads()))
+        self.num_threads = _check_int("num_threads", num_threads, 1)
+        self.epoch = 0
+        self.position = 0  # samples of this epoch's order consumed by all ranks together
+        self._iteration_start = None  # (epoch, position) where the latest iteration began
+        self._plan = None
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def plan(self, epoch: int | None = None):
+        """The native EpochPlan of `epoch` (default: the current one), cached."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, core.EpochPlan(self.dataset.store, self.packing, self.seq_len, self.seed, epoch,
+                                                self.shuffle, self.window))
+        return self._plan[1]
+
+    def _num_steps(self, epoch: int | None = None, position: int | None = None) -> int:
+        """Global steps left in the epoch from the position (default: the current ones)."""
+        position = self.position if position is None else position
+        left = max(0, self.plan(epoch).num_samples - position)
+        g = self.global_batch_size
+        return left // g if self.drop_last else math.ceil(left / g)
+
+    def __len__(self) -> int:
+        return self._num_steps()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts `epoch` from its beginning at the next iteration."""
+        self.epoch = _check_int("epoch", epoch, 0)
+        self.position = 0
+        self._iteration_start = None
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict:
+        """The position to resume from: after the batches this object yielded, or,
+        with `batches_consumed`, after that many batches of the latest iteration
+        (inside a torch DataLoader with workers, which iterate copies of this
+        object, the training loop counts the batches it took)."""
+        epoch, position = self.epoch, self.position
+        if batches_consumed is not None:
+            epoch, position = self._iteration_start or (epoch, position)
+            steps = self._num_steps(epoch, position)
+            consumed = _check_int("batches_consumed", batches_consumed, 0)
+            if consumed > steps:
+                raise ValueError(f"argument 'batches_consumed': expected at most the {steps} batches of the "
+                                 f"iteration, got {consumed}")
+            if consumed == steps:
+                epoch, position = epoch + 1, 0
+            else:
+                position += consumed * self.global_batch_size
+        return {"version": STATE_VERSION, "epoch": epoch, "position": position, "seed": self.seed,
+                "seq_len": self.seq_len, "packing": self.packing, "shuffle": self.shuffle, "window": self.window,
+                "num_documents": len(self.dataset), "num_tokens": self.dataset.num_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues where `state` was taken, with any world size or batch size:
+        the next global step starts at the saved position of the same order."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"argument 'state': expected version {STATE_VERSION}, got {state.get('version')!r}")
+        mine = self.state_dict()
+        for key in ("seed", "seq_len", "packing", "shuffle", "window", "num_documents", "num_tokens"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"argument 'state': expected {key}={mine[key]!r} (this loader and dataset), "
+                                 f"got {state.get(key)!r}: the saved position belongs to another sample order")
+        self.epoch = _check_int("state['epoch']", state["epoch"], 0)
+        self.position = _check_int("state['position']", state["position"], 0)
+        self._iteration_start = None
+
+    def __iter__(self):
+        plan = self.plan()
+        steps = self._num_steps()
+        first_step, stride, worker = 0, 1, False
+        try:
+            from torch.utils.data import get_worker_info
+            info = get_worker_info()
+        except ImportError:  # pragma: no cover - torch is optional
+            info = None
+        if info is not None and info.num_workers > 1:
+            first_step, stride, worker = info.id, info.num_workers, True
+        num_batches = max(0, math.ceil((steps - first_step) / stride))
+        if not worker:
+            self._iteration_start = (self.epoch, self.position)
+        prefetcher = core.BatchPrefetcher(
+            self.dataset.store, plan, first_step=first_step, step_stride=stride, num_batches=num_batches,
+            global_batch=self.global_batch_size, row_offset=self.rank * self.batch_size, batch_size=self.batch_size,
+            capacity=self.prefetch, num_threads=self.num_threads, origin=self.position)
+        return _BatchIterator(self, prefetcher, advance=not worker)
+
+    def _convert(self, arrays: dict) -> dict:
+        if self.return_tensors == "np":
+            return arrays
+        import torch
+
+        out = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        if self.pin_memory:
+            out = {k: v.pin_memory() for k, v in out.items()}
+        return out
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_plan"] = None  # native; rebuilt on demand in the other process
+        return state
+
+
+class _BatchIterator:
+    """Hands out the prefetcher's batches and advances the loader's position as
+    each is taken. Closing it (exhaustion, `break` then garbage collection, an
+    exception or KeyboardInterrupt) stops and joins the native threads."""
+
+    def __init__(self, loader: TokenLoader, prefetcher, advance: bool):
+        self._loader, self._prefetcher, self._advance = loader, prefetcher, advance
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._prefetcher is None:
+            raise StopIteration
+        try:
+            arrays = self._prefetcher.next()
+        except BaseException:
+            self.close()
+            raise
+        if arrays is None:
+            if self._advance:
+                self._loader.epoch += 1
+                self._loader.position = 0
+            self.close()
+            raise StopIteration
+        if self._advance:
+            self._loader.position += self._loader.global_batch_size
+        return self._loader._convert(arrays)
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def __del__(self):
+        self.close()
