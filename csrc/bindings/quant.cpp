@@ -110,14 +110,15 @@ void register_quant(py::module_& m) {
      py::arg("zero_points"), py::arg("lut"), py::arg("out"));
 
   m.def("quant_matmul", [](py::handle x, const std::string& kind, int bits, int64_t cols, int64_t group_size,
-                            py::handle packed, py::handle scales, py::handle zero_points, py::handle lut, py::handle out) {
+                            py::handle packed, py::handle scales, py::handle zero_points, py::handle lut, py::handle out,
+                            int act_bits) {
     TensorArg xa(x, "x"), o(out, "out");
     QuantizedArgs q(kind, bits, cols, group_size, packed, scales, zero_points, lut);
     py::gil_scoped_release release;
-    quantized_matmul(xa, q.views, o);
+    quantized_matmul(xa, q.views, o, act_bits);
   }, py::arg("x"), py::arg("kind"), py::arg("bits"), py::arg("cols"), py::arg("group_size"), py::arg("packed"),
-     py::arg("scales"), py::arg("zero_points"), py::arg("lut"), py::arg("out"),
-     "out [M, N] = x [M, K] @ dequantize(W)^T with fp32 accumulation.");
+     py::arg("scales"), py::arg("zero_points"), py::arg("lut"), py::arg("out"), py::arg("act_bits") = 0,
+     "out [M, N] = x [M, K] @ dequantize(W)^T with fp32 accumulation (act_bits=8: int8 activations).");
 }
 
 }  // namespace pocketml::bindings

@@ -1,10 +1,13 @@
 // AVX2 quantized-matmul kernels: 8 codes per register. A bit plane is one
-// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane, then
-// the affine value is (float(code) - zero) * scale, the LUT value a register
-// permute (<= 3 bits) or a gather.
+// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane (byte-
+// aligned 4- and 8-bit planes just widen bytes to lanes). The affine value is
+// (float(code) - zero) * scale, the LUT value a register permute (<= 3 bits),
+// two permutes and a blend (4 bits) or a gather: every value the documented
+// one bit for bit, as in the reference.
 #include <immintrin.h>
 
 #include "quant/plane_lanes.h"
+#include "quant/prefetch.h"
 #include "quant/quant_kernels.h"
 
 namespace pocketml::avx2 {
@@ -15,8 +18,20 @@ inline __m256i word_mask(int words) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(words), lane);
 }
 
+inline __m256i widen_8_bytes(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
 // Codes 8q .. 8q + 7 of a chunk, one per 32-bit lane.
-inline __m256i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int q) {
+template <int Bits>
+inline __m256i chunk_codes(const uint8_t* chunk, int q) {
+  if constexpr (Bits == 8) {
+    return widen_8_bytes(chunk + 8 * q);
+  } else if constexpr (Bits == 4) {
+    const __m256i bytes = widen_8_bytes(chunk + 8 * (q & 1));
+    return q < 2 ? _mm256_and_si256(bytes, _mm256_set1_epi32(15)) : _mm256_srli_epi32(bytes, 4);
+  }
+  constexpr PlaneLayout planes = plane_layout(Bits);
   __m256i code = _mm256_setzero_si256();
   int low_bit = 0;
   for (int p = 0; p < planes.count; ++p) {
@@ -27,51 +42,80 @@ inline __m256i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int 
     const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPlaneLanes.shift[slot] + 8 * q));
     __m256i field = _mm256_srlv_epi32(_mm256_permutevar8x32_epi32(words, index), shift);
     field = _mm256_and_si256(field, _mm256_set1_epi32((1 << width) - 1));
-    code = _mm256_or_si256(code, _mm256_slli_epi32(field, low_bit));
+    code = p == 0 ? field : _mm256_or_si256(code, _mm256_slli_epi32(field, low_bit));
     low_bit += width;
     chunk += 4 * width;
   }
   return code;
 }
 
-void decode_affine(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    float scale, zero;
-    chunk_affine_params(w, row, c, &scale, &zero);
-    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero);
-    for (int q = 0; q < 4; ++q) {
-      const __m256 code = _mm256_cvtepi32_ps(chunk_codes(chunk, planes, q));
-      _mm256_storeu_ps(out + 8 * q, _mm256_mul_ps(_mm256_sub_ps(code, z), s));
-    }
-  }
+inline float load_scale_f16c(const void* scales, DType dtype, int64_t index) {
+  if (dtype == DType::f16) return _cvtsh_ss(static_cast<const uint16_t*>(scales)[index]);
+  return load_scale(scales, dtype, index);
 }
 
-void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
-  const float* lut = row_lut(w, row);
-  const int entries = 1 << w.bits;
-  const __m256 lut8 = _mm256_maskload_ps(lut, word_mask(entries));
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    for (int q = 0; q < 4; ++q) {
-      const __m256i code = chunk_codes(chunk, planes, q);
-      const __m256 value = entries <= 8 ? _mm256_permutevar8x32_ps(lut8, code) : _mm256_i32gather_ps(lut, code, 4);
-      _mm256_storeu_ps(out + 8 * q, value);
+template <int Bits>
+struct AffineValues {
+  __m256 scale = _mm256_setzero_ps(), zero = _mm256_setzero_ps();
+
+  void start_group(const PackedWeights& w, int64_t group) {
+    scale = _mm256_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group));
+    zero = _mm256_set1_ps(static_cast<float>(w.zero_points ? w.zero_points[group] : w.symmetric_zero_point()));
+  }
+  void start_row(const PackedWeights&, int64_t) {}
+
+  __m256 operator()(const uint8_t* chunk, int q) const {
+    return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(chunk_codes<Bits>(chunk, q)), zero), scale);
+  }
+};
+
+template <int Bits>
+struct LutValues {
+  const float* lut = nullptr;
+  __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();  // entries 0..7 and 8..15 (up to 4 bits)
+
+  void start_row(const PackedWeights& w, int64_t row) {
+    lut = row_lut(w, row);
+    if (Bits <= 3) low = _mm256_maskload_ps(lut, word_mask(1 << Bits));
+    if (Bits == 4) {
+      low = _mm256_loadu_ps(lut);
+      high = _mm256_loadu_ps(lut + 8);
     }
   }
+  void start_group(const PackedWeights&, int64_t) {}
+
+  __m256 operator()(const uint8_t* chunk, int q) const {
+    const __m256i code = chunk_codes<Bits>(chunk, q);
+    if (Bits <= 3) return _mm256_permutevar8x32_ps(low, code);
+    if (Bits == 4) {  // two 8-entry permutes; bit 3 of the code, moved to the sign bit, picks one
+      const __m256 pick_high = _mm256_castsi256_ps(_mm256_slli_epi32(code, 28));
+      return _mm256_blendv_ps(_mm256_permutevar8x32_ps(low, code), _mm256_permutevar8x32_ps(high, code), pick_high);
+    }
+    return _mm256_i32gather_ps(lut, code, 4);
+  }
+};
+
+// Chunks per group of one scale; the LUT (and a per-row group) spans the row.
+inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
+  if (w.kind == QuantKind::lut || w.group_size % kCodesPerChunk != 0) return chunks;
+  return w.group_size / kCodesPerChunk;
 }
 
-void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  if (w.kind == QuantKind::lut) {
-    decode_lut(w, row, chunk_begin, chunk_end, out);
-  } else {
-    decode_affine(w, row, chunk_begin, chunk_end, out);
+inline int64_t first_group_of_row(const PackedWeights& w, int64_t row) {
+  return w.kind == QuantKind::affine ? row * w.groups_per_row() : 0;
+}
+
+template <class Values>
+void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  const int64_t group_chunks = chunks_per_group(w, chunks_per_row(w.cols));
+  const uint8_t* packed_row = w.packed + row * w.row_bytes;
+  const int64_t first_group = first_group_of_row(w, row);
+  Values values;
+  values.start_row(w, row);
+  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
+    if (c == chunk_begin || c % group_chunks == 0) values.start_group(w, first_group + c / group_chunks);
+    const uint8_t* chunk = packed_row + c * 4 * w.bits;
+    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(out + 8 * q, values(chunk, q));
   }
 }
 
@@ -80,6 +124,120 @@ inline float horizontal_sum(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// R weight rows at once against M activation rows: each x vector is loaded once
+// for R rows, and R * M * Chains independent FMA chains hide the FMA latency
+// within AVX2's 16 registers.
+template <class Values, int M, int R>
+void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t ldx, int m, float* y, int64_t ldy) {
+  constexpr int Chains = M <= 2 ? 2 : 1;
+  const int64_t chunks = chunks_per_row(w.cols);
+  const int64_t group_chunks = chunks_per_group(w, chunks);
+  const int64_t chunk_bytes = 4 * w.bits;
+  const uint8_t* chunk[R];
+  Values values[R];
+  __m256 acc[R][M][Chains];
+  for (int r = 0; r < R; ++r) {
+    chunk[r] = w.packed + (row + r) * w.row_bytes;
+    values[r].start_row(w, row + r);
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < Chains; ++j) acc[r][i][j] = _mm256_setzero_ps();
+  }
+  if (w.kind == QuantKind::affine) prefetch_group_params(w, row + 2 * R, R);
+  int64_t group = 0;
+  for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks, ++group) {
+    for (int r = 0; r < R; ++r) values[r].start_group(w, first_group_of_row(w, row + r) + group);
+    const int64_t c1 = c0 + group_chunks < chunks ? c0 + group_chunks : chunks;
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* xc = x + c * kCodesPerChunk;
+      // Rows are short streams the hardware prefetcher picks up late: fetch the
+      // same place two steps of R rows ahead.
+      for (int r = 0; r < R; ++r) prefetch_line(chunk[r] + 2 * R * w.row_bytes);
+      for (int q = 0; q < 4; ++q) {
+        for (int r = 0; r < R; ++r) {
+          const __m256 v = values[r](chunk[r], q);
+          for (int i = 0; i < M; ++i)
+            acc[r][i][q % Chains] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + i * ldx + 8 * q), v, acc[r][i][q % Chains]);
+        }
+      }
+      for (int r = 0; r < R; ++r) chunk[r] += chunk_bytes;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row + r] = horizontal_sum(Chains == 2 ? _mm256_add_ps(acc[r][i][0], acc[r][i][Chains - 1])
+                                                                   : acc[r][i][0]);
+}
+
+// Rows in steps of R (2 for M <= 2, else 1: at most 8 accumulators in 16 registers).
+template <class Values, int M>
+void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+          int64_t ldy) {
+  constexpr int R = M <= 2 ? 2 : 1;
+  int64_t row = row_begin;
+  for (; row + R <= row_end; row += R) gemv_rows_at<Values, M, R>(w, row, x, ldx, m, y, ldy);
+  for (; row < row_end; ++row) gemv_rows_at<Values, M, 1>(w, row, x, ldx, m, y, ldy);
+}
+
+template <template <int> class Values, int Bits>
+void gemv_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+               int64_t ldy) {
+  switch (gemv_padded_rows(m)) {
+    case 1: gemv<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
+// Bits become a template argument here, so plane loops and masks are constants.
+template <template <int> class Values>
+struct ForFormat {
+  template <int Bits>
+  static void decode_bits(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    decode<Values<Bits>>(w, row, b, e, out);
+  }
+  static void decode_row(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    switch (w.bits) {
+      case 1: decode_bits<1>(w, row, b, e, out); break;
+      case 2: decode_bits<2>(w, row, b, e, out); break;
+      case 3: decode_bits<3>(w, row, b, e, out); break;
+      case 4: decode_bits<4>(w, row, b, e, out); break;
+      case 5: decode_bits<5>(w, row, b, e, out); break;
+      case 6: decode_bits<6>(w, row, b, e, out); break;
+      default: decode_bits<8>(w, row, b, e, out); break;
+    }
+  }
+  static void gemv(const PackedWeights& w, int64_t b, int64_t e, const float* x, int64_t ldx, int m, float* y,
+                   int64_t ldy) {
+    switch (w.bits) {
+      case 1: gemv_rows<Values, 1>(w, b, e, x, ldx, m, y, ldy); break;
+      case 2: gemv_rows<Values, 2>(w, b, e, x, ldx, m, y, ldy); break;
+      case 3: gemv_rows<Values, 3>(w, b, e, x, ldx, m, y, ldy); break;
+      case 4: gemv_rows<Values, 4>(w, b, e, x, ldx, m, y, ldy); break;
+      case 5: gemv_rows<Values, 5>(w, b, e, x, ldx, m, y, ldy); break;
+      case 6: gemv_rows<Values, 6>(w, b, e, x, ldx, m, y, ldy); break;
+      default: gemv_rows<Values, 8>(w, b, e, x, ldx, m, y, ldy); break;
+    }
+  }
+};
+
+void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  if (w.kind == QuantKind::lut) {
+    ForFormat<LutValues>::decode_row(w, row, chunk_begin, chunk_end, out);
+  } else {
+    ForFormat<AffineValues>::decode_row(w, row, chunk_begin, chunk_end, out);
+  }
+}
+
+void gemv_any(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+              int64_t ldy) {
+  if (w.kind == QuantKind::lut) {
+    ForFormat<LutValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
+  } else {
+    ForFormat<AffineValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
+  }
 }
 
 // An M x N block of dot products over k, M * N accumulators of 8 lanes.
@@ -122,6 +280,6 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, nullptr, nullptr};
 
 }  // namespace pocketml::avx2

@@ -1,17 +1,41 @@
 // AVX-512 quantized-matmul kernels: 16 codes per register. A bit plane is one
-// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane, then
-// the affine value is (float(code) - zero) * scale, the LUT value a register
-// permute (<= 4 bits), a two-register permute (6 bits) or a gather (8 bits).
+// masked load; vpermd + vpsrlvd put each code in its own 32-bit lane. Values
+// come from a 16-entry register table (vpermps) for up to 4 bits: the affine
+// table holds scale * (i - zero) for the group, the LUT its entries, each
+// repeated so that the garbage vpermps ignores above bit 4 needs no masking of
+// single-plane codes. Wider codes use (float(code) - zero) * scale, a
+// two-register permute (6-bit LUT) or a gather (8-bit LUT). Every value is
+// the documented one bit for bit (one fp32 product), as in the reference.
 #include <immintrin.h>
 
+// GCC 12's AVX-512 headers build masked intrinsics on _mm512_undefined_*(),
+// which -Wmaybe-uninitialized reports thousands of times once inlined into
+// templates (GCC bug 105593); nothing here reads an uninitialised value.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 #include "quant/plane_lanes.h"
+#include "quant/prefetch.h"
 #include "quant/quant_kernels.h"
 
 namespace pocketml::avx512 {
 namespace {
 
-// Codes 16h .. 16h + 15 of a chunk, one per 32-bit lane.
-inline __m512i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int h) {
+// Codes 16h .. 16h + 15 of a chunk, one per 32-bit lane. For single-plane codes
+// of up to 4 bits the bits above the code are left as they are (see above).
+template <int Bits>
+inline __m512i chunk_codes(const uint8_t* chunk, int h) {
+  // Byte-aligned planes need no word permute: one byte-to-lane widening.
+  if constexpr (Bits == 8) {
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16 * h)));
+  } else if constexpr (Bits == 4) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk)));
+    return h == 0 ? bytes : _mm512_srli_epi32(bytes, 4);
+  }
+  constexpr PlaneLayout planes = plane_layout(Bits);
+  constexpr bool masked = !(Bits <= 4 && planes.count == 1);
   __m512i code = _mm512_setzero_si512();
   int low_bit = 0;
   for (int p = 0; p < planes.count; ++p) {
@@ -21,65 +45,279 @@ inline __m512i chunk_codes(const uint8_t* chunk, const PlaneLayout& planes, int 
     const __m512i index = _mm512_load_si512(kPlaneLanes.word[slot] + 16 * h);
     const __m512i shift = _mm512_load_si512(kPlaneLanes.shift[slot] + 16 * h);
     __m512i field = _mm512_srlv_epi32(_mm512_permutexvar_epi32(index, words), shift);
-    field = _mm512_and_si512(field, _mm512_set1_epi32((1 << width) - 1));
-    code = _mm512_or_si512(code, _mm512_slli_epi32(field, low_bit));
+    if (masked) field = _mm512_and_si512(field, _mm512_set1_epi32((1 << width) - 1));
+    code = p == 0 ? field : _mm512_or_si512(code, _mm512_slli_epi32(field, low_bit));
     low_bit += width;
     chunk += 4 * width;
   }
   return code;
 }
 
-void decode_affine(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    float scale, zero;
-    chunk_affine_params(w, row, c, &scale, &zero);
-    const __m512 s = _mm512_set1_ps(scale), z = _mm512_set1_ps(zero);
-    for (int h = 0; h < 2; ++h) {
-      const __m512 code = _mm512_cvtepi32_ps(chunk_codes(chunk, planes, h));
-      _mm512_storeu_ps(out + 16 * h, _mm512_mul_ps(_mm512_sub_ps(code, z), s));
+// load_scale with the F16C instruction (exact, as the reference's conversion).
+inline float load_scale_f16c(const void* scales, DType dtype, int64_t index) {
+  if (dtype == DType::f16) return _cvtsh_ss(static_cast<const uint16_t*>(scales)[index]);
+  return load_scale(scales, dtype, index);
+}
+
+// i & (2^Bits - 1) for lane i: the code each entry of a 16-entry table stands for.
+template <int Bits>
+inline __m512i table_codes() {
+  return _mm512_and_si512(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                          _mm512_set1_epi32(Bits >= 4 ? 15 : (1 << Bits) - 1));
+}
+
+// The scales and zero points of up to kGroupsPerBlock consecutive groups as
+// fp32, converted 16 at a time (exactly, like the reference's scalar widening),
+// so that starting a group costs two broadcasts from L1 instead of a scalar
+// conversion chain.
+constexpr int kGroupsPerBlock = 64;
+
+struct GroupBlock {
+  alignas(64) float scale[kGroupsPerBlock];
+  alignas(64) float zero[kGroupsPerBlock];
+
+  void load(const PackedWeights& w, int64_t first, int count) {
+    for (int j = 0; j < count; j += 16) {
+      const int n = count - j < 16 ? count - j : 16;
+      const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
+      const int64_t g = first + j;
+      __m512 s;
+      if (w.scale_dtype == DType::f16) {
+        s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.scales) + g));
+      } else if (w.scale_dtype == DType::bf16) {
+        const __m256i bits = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w.scales) + g);
+        s = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+      } else {
+        s = _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w.scales) + g);
+      }
+      _mm512_store_ps(scale + j, s);
+      const __m512 z = w.zero_points
+                           ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, w.zero_points + g)))
+                           : _mm512_set1_ps(static_cast<float>(w.symmetric_zero_point()));
+      _mm512_store_ps(zero + j, z);
     }
+  }
+};
+
+template <int Bits>
+struct AffineValues {
+  __m512 table = _mm512_setzero_ps(), scale = _mm512_setzero_ps(), zero = _mm512_setzero_ps();
+
+  void start_group(const GroupBlock& block, int j) { set(_mm512_set1_ps(block.scale[j]), _mm512_set1_ps(block.zero[j])); }
+
+  void start_group(const PackedWeights& w, int64_t group) {
+    set(_mm512_set1_ps(load_scale_f16c(w.scales, w.scale_dtype, group)),
+        _mm512_set1_ps(static_cast<float>(w.zero_points ? w.zero_points[group] : w.symmetric_zero_point())));
+  }
+
+  void set(__m512 s, __m512 z) {
+    scale = s;
+    zero = z;
+    if constexpr (Bits <= 4) table = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(table_codes<Bits>()), zero), scale);
+  }
+  void start_row(const PackedWeights&, int64_t) {}
+
+  __m512 operator()(const uint8_t* chunk, int h) const {
+    const __m512i code = chunk_codes<Bits>(chunk, h);
+    if constexpr (Bits <= 4) {
+      return _mm512_permutexvar_ps(code, table);
+    } else {
+      return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(code), zero), scale);
+    }
+  }
+};
+
+template <int Bits>
+struct LutValues {
+  static constexpr int kEntries = 1 << Bits;
+  const float* lut = nullptr;
+  __m512 lut0 = _mm512_setzero_ps(), lut1 = _mm512_setzero_ps(), lut2 = _mm512_setzero_ps(), lut3 = _mm512_setzero_ps();
+
+  void start_row(const PackedWeights& w, int64_t row) {
+    lut = row_lut(w, row);
+    if (Bits <= 4) {
+      lut0 = _mm512_permutexvar_ps(table_codes<Bits>(), _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << kEntries) - 1u), lut));
+    } else if (Bits == 6) {
+      lut0 = _mm512_loadu_ps(lut);
+      lut1 = _mm512_loadu_ps(lut + 16);
+      lut2 = _mm512_loadu_ps(lut + 32);
+      lut3 = _mm512_loadu_ps(lut + 48);
+    }
+  }
+  void start_group(const PackedWeights&, int64_t) {}
+  void start_group(const GroupBlock&, int) {}
+
+  __m512 operator()(const uint8_t* chunk, int h) const {
+    const __m512i code = chunk_codes<Bits>(chunk, h);
+    if (Bits <= 4) return _mm512_permutexvar_ps(code, lut0);
+    if (Bits == 6) {
+      const __m512 low = _mm512_permutex2var_ps(lut0, code, lut1);
+      const __m512 high = _mm512_permutex2var_ps(lut2, code, lut3);
+      return _mm512_mask_blend_ps(_mm512_test_epi32_mask(code, _mm512_set1_epi32(32)), low, high);
+    }
+    return _mm512_i32gather_ps(code, lut, 4);
+  }
+};
+
+// Chunks per group of one scale; the LUT (and a per-row group) spans the row.
+inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
+  if (w.kind == QuantKind::lut || w.group_size % kCodesPerChunk != 0) return chunks;
+  return w.group_size / kCodesPerChunk;
+}
+
+inline int64_t first_group_of_row(const PackedWeights& w, int64_t row) {
+  return w.kind == QuantKind::affine ? row * w.groups_per_row() : 0;
+}
+
+template <class Values>
+void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
+  const int64_t group_chunks = chunks_per_group(w, chunks_per_row(w.cols));
+  const uint8_t* packed_row = w.packed + row * w.row_bytes;
+  Values values;
+  values.start_row(w, row);
+  const int64_t first_group = first_group_of_row(w, row);
+  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
+    if (c == chunk_begin || c % group_chunks == 0) values.start_group(w, first_group + c / group_chunks);
+    const uint8_t* chunk = packed_row + c * 4 * w.bits;
+    _mm512_storeu_ps(out, values(chunk, 0));
+    _mm512_storeu_ps(out + 16, values(chunk, 1));
   }
 }
 
-void decode_lut(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  const PlaneLayout planes = plane_layout(w.bits);
-  const uint8_t* packed_row = w.packed + row * w.row_bytes;
-  const int chunk_bytes = 4 * w.bits;
-  const float* lut = row_lut(w, row);
-  const int entries = 1 << w.bits;
-  const __m512 lut0 = _mm512_maskz_loadu_ps(entries >= 16 ? 0xFFFF : (1u << entries) - 1u, lut);
-  const __m512 lut1 = entries >= 32 ? _mm512_loadu_ps(lut + 16) : lut0;
-  const __m512 lut2 = entries >= 64 ? _mm512_loadu_ps(lut + 32) : lut0;
-  const __m512 lut3 = entries >= 64 ? _mm512_loadu_ps(lut + 48) : lut0;
-  for (int64_t c = chunk_begin; c < chunk_end; ++c, out += kCodesPerChunk) {
-    const uint8_t* chunk = packed_row + c * chunk_bytes;
-    for (int h = 0; h < 2; ++h) {
-      const __m512i code = chunk_codes(chunk, planes, h);
-      __m512 value;
-      if (entries <= 16) {
-        value = _mm512_permutexvar_ps(code, lut0);
-      } else if (entries <= 64) {
-        const __m512 low = _mm512_permutex2var_ps(lut0, code, lut1);
-        const __m512 high = _mm512_permutex2var_ps(lut2, code, lut3);
-        const __mmask16 is_high = _mm512_test_epi32_mask(code, _mm512_set1_epi32(32));
-        value = _mm512_mask_blend_ps(is_high, low, high);
-      } else {
-        value = _mm512_i32gather_ps(code, lut, 4);
+// R weight rows at once against M activation rows: each x vector is loaded once
+// for R rows, and R * M * 2 independent FMA chains hide the FMA latency.
+// GroupChunks > 0 fixes the chunks per scale group at compile time (groups of
+// 32, 64, 128) so the short per-group loop unrolls; 0 reads it at run time.
+template <class Values, int M, int GroupChunks, int R>
+void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t ldx, int m, float* y, int64_t ldy) {
+  const int64_t chunks = chunks_per_row(w.cols);
+  const int64_t group_chunks = GroupChunks > 0 ? GroupChunks : chunks_per_group(w, chunks);
+  const int64_t chunk_bytes = 4 * w.bits;
+  const int64_t prefetch_distance = 2 * R * w.row_bytes;
+  const uint8_t* chunk[R];
+  Values values[R];
+  __m512 acc[R][M][2];
+  for (int r = 0; r < R; ++r) {
+    chunk[r] = w.packed + (row + r) * w.row_bytes;
+    values[r].start_row(w, row + r);
+    for (int i = 0; i < M; ++i) acc[r][i][0] = acc[r][i][1] = _mm512_setzero_ps();
+  }
+  const int64_t groups = (chunks + group_chunks - 1) / group_chunks;
+  if (w.kind == QuantKind::affine) prefetch_group_params(w, row + 2 * R, R);
+  int64_t c = 0;
+  for (int64_t g0 = 0; g0 < groups; g0 += kGroupsPerBlock) {
+    const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
+    GroupBlock block[R];
+    if (w.kind == QuantKind::affine)
+      for (int r = 0; r < R; ++r) block[r].load(w, first_group_of_row(w, row + r) + g0, count);
+    for (int j = 0; j < count; ++j) {
+      for (int r = 0; r < R; ++r) values[r].start_group(block[r], j);
+      const int64_t c1 = c + group_chunks < chunks ? c + group_chunks : chunks;
+      for (; c < c1; ++c) {
+        const float* xc = x + c * kCodesPerChunk;
+        __m512 x0[M], x1[M];
+        for (int i = 0; i < M; ++i) {
+          x0[i] = _mm512_loadu_ps(xc + i * ldx);
+          x1[i] = _mm512_loadu_ps(xc + i * ldx + 16);
+        }
+        for (int r = 0; r < R; ++r) {
+          // Rows are short streams (2 KiB at K = 4096, 4 bits) that the hardware
+          // prefetcher picks up late: fetch the same place two steps of R rows
+          // ahead (prefetches never fault, also past the last row).
+          prefetch_line(chunk[r] + prefetch_distance);
+          const __m512 v0 = values[r](chunk[r], 0), v1 = values[r](chunk[r], 1);
+          chunk[r] += chunk_bytes;
+          for (int i = 0; i < M; ++i) {
+            acc[r][i][0] = _mm512_fmadd_ps(x0[i], v0, acc[r][i][0]);
+            acc[r][i][1] = _mm512_fmadd_ps(x1[i], v1, acc[r][i][1]);
+          }
+        }
       }
-      _mm512_storeu_ps(out + 16 * h, value);
     }
   }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
 }
+
+// Rows in steps of R (4 for M <= 2, 2 for M = 4, 1 for M = 8: <= 16 accumulators).
+template <class Values, int M, int GroupChunks>
+void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+          int64_t ldy) {
+  constexpr int R = M <= 2 ? 4 : M == 4 ? 2 : 1;
+  int64_t row = row_begin;
+  for (; row + R <= row_end; row += R) gemv_rows_at<Values, M, GroupChunks, R>(w, row, x, ldx, m, y, ldy);
+  for (; row < row_end; ++row) gemv_rows_at<Values, M, GroupChunks, 1>(w, row, x, ldx, m, y, ldy);
+}
+
+template <class Values, int M>
+void gemv_groups(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m,
+                 float* y, int64_t ldy) {
+  switch (chunks_per_group(w, chunks_per_row(w.cols))) {
+    case 1: gemv<Values, M, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv<Values, M, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv<Values, M, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv<Values, M, 0>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
+template <template <int> class Values, int Bits>
+void gemv_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+               int64_t ldy) {
+  switch (gemv_padded_rows(m)) {
+    case 1: gemv_groups<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv_groups<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv_groups<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv_groups<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
+// Bits become a template argument here, so plane loops and masks are constants.
+template <template <int> class Values>
+struct ForFormat {
+  template <int Bits>
+  static void decode_bits(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    decode<Values<Bits>>(w, row, b, e, out);
+  }
+  static void decode_row(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
+    switch (w.bits) {
+      case 1: decode_bits<1>(w, row, b, e, out); break;
+      case 2: decode_bits<2>(w, row, b, e, out); break;
+      case 3: decode_bits<3>(w, row, b, e, out); break;
+      case 4: decode_bits<4>(w, row, b, e, out); break;
+      case 5: decode_bits<5>(w, row, b, e, out); break;
+      case 6: decode_bits<6>(w, row, b, e, out); break;
+      default: decode_bits<8>(w, row, b, e, out); break;
+    }
+  }
+  static void gemv(const PackedWeights& w, int64_t b, int64_t e, const float* x, int64_t ldx, int m, float* y,
+                   int64_t ldy) {
+    switch (w.bits) {
+      case 1: gemv_rows<Values, 1>(w, b, e, x, ldx, m, y, ldy); break;
+      case 2: gemv_rows<Values, 2>(w, b, e, x, ldx, m, y, ldy); break;
+      case 3: gemv_rows<Values, 3>(w, b, e, x, ldx, m, y, ldy); break;
+      case 4: gemv_rows<Values, 4>(w, b, e, x, ldx, m, y, ldy); break;
+      case 5: gemv_rows<Values, 5>(w, b, e, x, ldx, m, y, ldy); break;
+      case 6: gemv_rows<Values, 6>(w, b, e, x, ldx, m, y, ldy); break;
+      default: gemv_rows<Values, 8>(w, b, e, x, ldx, m, y, ldy); break;
+    }
+  }
+};
 
 void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
   if (w.kind == QuantKind::lut) {
-    decode_lut(w, row, chunk_begin, chunk_end, out);
+    ForFormat<LutValues>::decode_row(w, row, chunk_begin, chunk_end, out);
   } else {
-    decode_affine(w, row, chunk_begin, chunk_end, out);
+    ForFormat<AffineValues>::decode_row(w, row, chunk_begin, chunk_end, out);
+  }
+}
+
+void gemv_any(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
+              int64_t ldy) {
+  if (w.kind == QuantKind::lut) {
+    ForFormat<LutValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
+  } else {
+    ForFormat<AffineValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
   }
 }
 
@@ -121,8 +359,91 @@ void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, i
   }
 }
 
+template <int Bits>
+void unpack_codes_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, uint8_t* out) {
+  const uint8_t* chunk = w.packed + row * w.row_bytes + chunk_begin * 4 * Bits;
+  for (int64_t c = chunk_begin; c < chunk_end; ++c, chunk += 4 * Bits, out += kCodesPerChunk) {
+    if constexpr (Bits == 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(chunk)));
+    } else if constexpr (Bits == 4) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk));
+      const __m128i low = _mm_and_si128(bytes, _mm_set1_epi8(15));
+      const __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(15));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), low);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16), high);
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        const __m512i code = _mm512_and_si512(chunk_codes<Bits>(chunk, h), _mm512_set1_epi32((1 << Bits) - 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * h), _mm512_cvtepi32_epi8(code));
+      }
+    }
+  }
+}
+
+void unpack_codes(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, uint8_t* out) {
+  switch (w.bits) {
+    case 1: unpack_codes_bits<1>(w, row, chunk_begin, chunk_end, out); break;
+    case 2: unpack_codes_bits<2>(w, row, chunk_begin, chunk_end, out); break;
+    case 3: unpack_codes_bits<3>(w, row, chunk_begin, chunk_end, out); break;
+    case 4: unpack_codes_bits<4>(w, row, chunk_begin, chunk_end, out); break;
+    case 5: unpack_codes_bits<5>(w, row, chunk_begin, chunk_end, out); break;
+    case 6: unpack_codes_bits<6>(w, row, chunk_begin, chunk_end, out); break;
+    default: unpack_codes_bits<8>(w, row, chunk_begin, chunk_end, out); break;
+  }
+}
+
+// vpdpbusd: 64 unsigned codes times 64 signed activations into 16 int32 lanes,
+// exact within a group; at each group end the lanes are scaled into fp32.
+template <int M, int N>
+void dot_int8_block(const int8_t* xq, int64_t ldx, const uint8_t* codes, int64_t ldw, int64_t k, int64_t group,
+                    const float* scales, int64_t lds, float* c, int64_t ldc) {
+  __m512 sum[M][N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) sum[i][j] = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < k; k0 += group) {
+    __m512i dot[M][N];
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) dot[i][j] = _mm512_setzero_si512();
+    for (int64_t t = k0; t < k0 + group; t += 64) {
+      const __mmask64 mask = k0 + group - t >= 64 ? ~__mmask64(0) : (__mmask64(1) << 32) - 1;  // groups: multiples of 32
+      __m512i wv[N];
+      for (int j = 0; j < N; ++j) wv[j] = _mm512_maskz_loadu_epi8(mask, codes + j * ldw + t);
+      for (int i = 0; i < M; ++i) {
+        const __m512i xv = _mm512_maskz_loadu_epi8(mask, xq + i * ldx + t);
+        for (int j = 0; j < N; ++j) dot[i][j] = _mm512_dpbusd_epi32(dot[i][j], wv[j], xv);
+      }
+    }
+    for (int j = 0; j < N; ++j) {
+      const __m512 scale = _mm512_set1_ps(scales[j * lds + k0 / group]);
+      for (int i = 0; i < M; ++i) sum[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][j]), scale, sum[i][j]);
+    }
+  }
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) c[i * ldc + j] += _mm512_reduce_add_ps(sum[i][j]);
+}
+
+template <int M>
+void dot_int8_rows(const int8_t* xq, int64_t ldx, const uint8_t* codes, int64_t ldw, int n, int64_t k, int64_t group,
+                   const float* scales, int64_t lds, float* c, int64_t ldc) {
+  if (n == 1) {
+    dot_int8_block<M, 1>(xq, ldx, codes, ldw, k, group, scales, lds, c, ldc);
+  } else {
+    dot_int8_block<M, 2>(xq, ldx, codes, ldw, k, group, scales, lds, c, ldc);
+  }
+}
+
+void dot_int8(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_t ldw, int n, int64_t k, int64_t group,
+              const float* scales, int64_t lds, float* c, int64_t ldc) {
+  switch (m) {
+    case 1: dot_int8_rows<1>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+    case 2: dot_int8_rows<2>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+    case 3: dot_int8_rows<3>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+    default: dot_int8_rows<4>(xq, ldx, codes, ldw, n, k, group, scales, lds, c, ldc); break;
+  }
+}
+
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8};
 
 }  // namespace pocketml::avx512

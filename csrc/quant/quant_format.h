@@ -27,7 +27,7 @@ struct PlaneLayout {
   int width[2] = {};  // bits per code in each plane, low bits first
 };
 
-static inline PlaneLayout plane_layout(int bits) {
+static constexpr PlaneLayout plane_layout(int bits) {
   switch (bits) {
     case 1: return {1, {1, 0}};
     case 2: return {1, {2, 0}};

@@ -4,7 +4,7 @@
 //
 // The scale is rounded to its storage dtype before the codes are chosen, so
 // codes are optimal for the scale the kernels will actually read. Rounding is
-// to nearest, ties to even (std::nearbyint). Rows are independent, so the
+// to nearest, ties to even (round_half_even). Rows are independent, so the
 // result does not depend on the number of threads.
 #include <algorithm>
 #include <cmath>
@@ -51,12 +51,12 @@ class GroupQuantizer {
                     std::string(dtype_name(scale_dtype_)) + " overflowing for weights up to " +
                         std::to_string(std::max(-lo, hi)) + " (use fp32 scales)");
     p.scale = stored;
-    if (!options_.symmetric) p.zero = static_cast<int>(std::clamp(std::nearbyint(-lo / stored), 0.0f, float(max_code_)));
+    if (!options_.symmetric) p.zero = static_cast<int>(std::clamp(round_half_even(-lo / stored), 0.0f, float(max_code_)));
     return p;
   }
 
   uint8_t code(float w, const GroupParams& p) const {
-    const float q = std::nearbyint(w / p.scale) + static_cast<float>(p.zero);
+    const float q = round_half_even(w / p.scale) + static_cast<float>(p.zero);
     return static_cast<uint8_t>(std::clamp(q, 0.0f, static_cast<float>(max_code_)));
   }
 

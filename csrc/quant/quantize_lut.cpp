@@ -2,9 +2,9 @@
 // channels), k-means++ initialisation from a seeded generator.
 //
 // 1-D k-means needs no per-point work per iteration: with the values sorted
-// and prefix sums of weight and weight * value, each cluster is a contiguous
-// run between the midpoints of neighbouring centroids, found by binary search,
-// so an iteration costs O(k log n). Lloyd's iterations run to convergence or
+// once (radix sort) and prefix sums of weight and weight * value, each cluster
+// is a contiguous run between the midpoints of neighbouring centroids, found by
+// binary search, so an iteration costs O(k log n). Lloyd's iterations run to convergence or
 // max_iterations. The initialisation works on at most kSeedPoints weighted
 // quantiles so its O(n k) cost stays bounded for large tables. Tables are
 // independent and each is computed by one thread: results do not depend on
@@ -41,15 +41,43 @@ struct WeightedValues {
   std::vector<double> weight;  // total weight of each value
 };
 
-WeightedValues collect(std::vector<std::pair<float, float>>& points) {
-  std::sort(points.begin(), points.end());
+struct Point {
+  uint32_t key;  // the value's bits, mapped so that unsigned order is numeric order
+  float weight;
+};
+
+uint32_t sort_key(float v) {
+  const uint32_t bits = float_bits(v);
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+
+float key_value(uint32_t key) { return bits_float(key & 0x80000000u ? key & 0x7FFFFFFFu : ~key); }
+
+// LSD radix sort on the 32-bit keys, 11 bits per pass: O(n), several times
+// faster than a comparison sort on the millions of points of a large table.
+void radix_sort(std::vector<Point>& points) {
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  std::vector<Point> scratch(points.size());
+  for (int shift = 0; shift < 32; shift += kBits) {
+    std::vector<size_t> offset(kBuckets + 1, 0);
+    for (const Point& p : points) ++offset[((p.key >> shift) & (kBuckets - 1)) + 1];
+    for (int b = 0; b < kBuckets; ++b) offset[b + 1] += offset[b];
+    for (const Point& p : points) scratch[offset[(p.key >> shift) & (kBuckets - 1)]++] = p;
+    points.swap(scratch);
+  }
+}
+
+// Distinct values in ascending order with their total weight (-0 and +0 merge).
+WeightedValues collect(std::vector<Point>& points) {
+  radix_sort(points);
   WeightedValues out;
-  for (const auto& [v, w] : points) {
+  for (const Point& p : points) {
+    const float v = key_value(p.key);
     if (!out.value.empty() && out.value.back() == v) {
-      out.weight.back() += w;
+      out.weight.back() += p.weight;
     } else {
       out.value.push_back(v);
-      out.weight.push_back(w);
+      out.weight.push_back(p.weight);
     }
   }
   return out;
@@ -182,14 +210,14 @@ void quantize_lut(const TensorView& weight, const LutOptions& options, const Ten
     std::vector<float> row(static_cast<size_t>(cols));
     std::vector<uint8_t> codes(static_cast<size_t>(cols));
     for (int64_t t = begin; t < end; ++t) {
-      std::vector<std::pair<float, float>> points;
+      std::vector<Point> points;
       points.reserve(static_cast<size_t>(group * cols));
       for (int64_t r = t * group; r < (t + 1) * group; ++r) {
         load_weight_row(weight, r, row.data());
-        for (int64_t k = 0; k < cols; ++k) points.emplace_back(row[k], channel_weight ? channel_weight[k] : 1.0f);
+        for (int64_t k = 0; k < cols; ++k) points.push_back({sort_key(row[k]), channel_weight ? channel_weight[k] : 1.0f});
       }
       WeightedValues data = collect(points);
-      std::vector<std::pair<float, float>>().swap(points);
+      std::vector<Point>().swap(points);
       double total = std::accumulate(data.weight.begin(), data.weight.end(), 0.0);
       if (total == 0.0) {  // every weight ignored: fall back to an unweighted fit
         std::fill(data.weight.begin(), data.weight.end(), 1.0);

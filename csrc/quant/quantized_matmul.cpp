@@ -5,15 +5,19 @@
 // of kRowsPerBlock weight rows and M into blocks of at most kMaxRowsPerXBlock
 // activation rows; each task decodes its weight rows kChunkCodes columns at a
 // time into a tile that stays in L1/L2 and multiplies every activation row of
-// its block against it. For M <= kMaxRowsPerXBlock (decode, M = 1..8) there is
-// one block over M, so the packed weights stream from memory exactly once.
+// its block against it. For M <= kMaxRowsPerXBlock there is one block over M,
+// so the packed weights stream from memory exactly once. For M <= kMaxGemvRows
+// (decode) a variant's fused GEMV, when it has one, decodes in registers and
+// skips the tile.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "convert/convert.h"
 #include "quant/quant.h"
 #include "quant/quant_kernels.h"
+#include "quant/weight_rows.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/error.h"
 #include "runtime/thread_pool.h"
@@ -24,6 +28,7 @@ namespace {
 constexpr int64_t kRowsPerBlock = 16;        // weight rows per task: 16 x 512 fp32 = a 32 KiB tile
 constexpr int64_t kChunkCodes = 512;         // columns decoded per tile
 constexpr int64_t kMaxRowsPerXBlock = 128;   // x rows per task: 128 x 512 fp32 = 256 KiB, in L2
+constexpr int64_t kGemvRowsPerTask = 32;     // 32 rows of 4096 4-bit codes = 64 KiB streamed per task
 
 // The fp32 copy of a float matrix [rows, cols] padded with zeros to `padded_cols`.
 void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padded_cols, float* dst) {
@@ -46,6 +51,113 @@ struct WeightsWithLut {
     w = make_packed_weights(q, lut.data());
   }
 };
+
+// out32 [m, n] = x32 [m, padded_cols] @ W^T through decoded tiles (see the top).
+void tiled_matmul(const QuantKernels& kernels, const PackedWeights& w, const float* x32, int64_t m, int64_t padded_cols,
+                  float* out32) {
+  const int64_t n = w.rows;
+  std::fill(out32, out32 + m * n, 0.0f);
+  const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
+  const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
+  const int64_t w_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  // Tasks run weight block by weight block so that threads share an x block in L3.
+  parallel_for(w_blocks * x_blocks, 1, [&](int64_t begin, int64_t end) {
+    AlignedBuffer<float> tile(static_cast<size_t>(kRowsPerBlock * kChunkCodes));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = (task / x_blocks) * kRowsPerBlock, n1 = std::min(n, n0 + kRowsPerBlock);
+      const int64_t m0 = (task % x_blocks) * x_rows_per_block, m1 = std::min(m, m0 + x_rows_per_block);
+      for (int64_t k0 = 0; k0 < padded_cols; k0 += kChunkCodes) {
+        const int64_t k1 = std::min(padded_cols, k0 + kChunkCodes);
+        for (int64_t r = n0; r < n1; ++r)
+          kernels.decode_row(w, r, k0 / kCodesPerChunk, k1 / kCodesPerChunk, tile.data() + (r - n0) * kChunkCodes);
+        for (int64_t i = m0; i < m1; i += kDotTileRows) {
+          for (int64_t j = n0; j < n1; j += kDotTileRows) {
+            kernels.dot_tile(x32 + i * padded_cols + k0, padded_cols, static_cast<int>(std::min<int64_t>(kDotTileRows, m1 - i)),
+                             tile.data() + (j - n0) * kChunkCodes, kChunkCodes,
+                             static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), k1 - k0, out32 + i * n + j, n);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The kernels of the int8 path, falling back to the reference where a variant lacks them.
+const QuantKernels& int8_kernels() {
+  const QuantKernels& active = quant_tables().active();
+  return active.dot_int8 != nullptr ? active : *quant_tables().scalar;
+}
+
+// See quantized_matmul's act_bits = 8 in quant.h. Tasks as in tiled_matmul, each
+// with whole rows of codes (K bytes each) unpacked once.
+void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m, int64_t padded_cols, float* out32) {
+  const QuantKernels& kernels = int8_kernels();
+  const int64_t n = w.rows;
+  const int64_t group = w.group_size % kCodesPerChunk == 0 ? w.group_size : padded_cols;
+  const int64_t groups = padded_cols / group;
+  const int64_t padded_groups = (groups + kCodesPerChunk - 1) / kCodesPerChunk * kCodesPerChunk;
+  // Activations: one scale per row, int8 codes, and their sums per group.
+  std::vector<float> row_scale(static_cast<size_t>(m));
+  AlignedBuffer<int8_t> xq(static_cast<size_t>(m * padded_cols));
+  AlignedBuffer<float> group_sums(static_cast<size_t>(m * padded_groups));
+  parallel_for(m, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* row = x32 + i * padded_cols;
+      float max_abs = 0.0f;
+      for (int64_t k = 0; k < padded_cols; ++k) max_abs = std::max(max_abs, std::fabs(row[k]));
+      const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
+      row_scale[i] = scale;
+      int8_t* q = xq.data() + i * padded_cols;
+      for (int64_t k = 0; k < padded_cols; ++k) q[k] = static_cast<int8_t>(std::clamp(round_half_even(row[k] / scale), -127.0f, 127.0f));
+      float* sums = group_sums.data() + i * padded_groups;
+      std::fill(sums, sums + padded_groups, 0.0f);
+      for (int64_t g = 0; g < groups; ++g) {
+        int32_t sum = 0;
+        for (int64_t k = g * group; k < (g + 1) * group; ++k) sum += q[k];
+        sums[g] = static_cast<float>(sum);
+      }
+    }
+  });
+  std::fill(out32, out32 + m * n, 0.0f);
+  const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
+  const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
+  const int64_t w_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int64_t chunks = padded_cols / kCodesPerChunk;
+  parallel_for(w_blocks * x_blocks, 1, [&](int64_t begin, int64_t end) {
+    AlignedBuffer<uint8_t> codes(static_cast<size_t>(kRowsPerBlock * padded_cols));
+    std::vector<float> scales(static_cast<size_t>(kRowsPerBlock * groups));
+    AlignedBuffer<float> minus_scaled_zero(static_cast<size_t>(kRowsPerBlock * padded_groups));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = (task / x_blocks) * kRowsPerBlock, n1 = std::min(n, n0 + kRowsPerBlock);
+      const int64_t m0 = (task % x_blocks) * x_rows_per_block, m1 = std::min(m, m0 + x_rows_per_block);
+      std::fill(minus_scaled_zero.data(), minus_scaled_zero.data() + kRowsPerBlock * padded_groups, 0.0f);
+      for (int64_t r = n0; r < n1; ++r) {
+        kernels.unpack_codes(w, r, 0, chunks, codes.data() + (r - n0) * padded_cols);
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t index = r * w.groups_per_row() + g;
+          const float s = load_scale(w.scales, w.scale_dtype, index);
+          const float z = static_cast<float>(w.zero_points ? w.zero_points[index] : w.symmetric_zero_point());
+          scales[(r - n0) * groups + g] = s;
+          minus_scaled_zero[(r - n0) * padded_groups + g] = -(s * z);
+        }
+      }
+      for (int64_t i = m0; i < m1; i += kInt8TileRows) {
+        const int mi = static_cast<int>(std::min<int64_t>(kInt8TileRows, m1 - i));
+        for (int64_t j = n0; j < n1; j += kInt8TileCols)
+          kernels.dot_int8(xq.data() + i * padded_cols, padded_cols, mi, codes.data() + (j - n0) * padded_cols,
+                           padded_cols, static_cast<int>(std::min<int64_t>(kInt8TileCols, n1 - j)), padded_cols, group,
+                           scales.data() + (j - n0) * groups, groups, out32 + i * n + j, n);
+        // The zero points' share, sum_g (-scale_g zero_g) * sum_{k in g} xq, is a small fp32 product.
+        for (int64_t j = n0; j < n1; j += kDotTileRows)
+          kernels.dot_tile(group_sums.data() + i * padded_groups, padded_groups, std::min(mi, kDotTileRows),
+                           minus_scaled_zero.data() + (j - n0) * padded_groups, padded_groups,
+                           static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), padded_groups, out32 + i * n + j, n);
+        for (int64_t r = i; r < i + mi; ++r)
+          for (int64_t j = n0; j < n1; ++j) out32[r * n + j] *= row_scale[r];
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -87,7 +199,12 @@ void dequantize(const QuantizedViews& q, const TensorView& out) {
   });
 }
 
-void quantized_matmul(const TensorView& x, const QuantizedViews& q, const TensorView& out) {
+void quantized_matmul(const TensorView& x, const QuantizedViews& q, const TensorView& out, int act_bits) {
+  if (act_bits != 0 && act_bits != 8)
+    fail_argument(ErrorKind::InvalidArgument, "act_bits", "0 (floating-point activations) or 8", std::to_string(act_bits));
+  if (act_bits == 8 && q.kind != QuantKind::affine)
+    fail_argument(ErrorKind::NotImplemented, "act_bits", "floating-point activations for LUT weights",
+                  "8 (the int8-activation path needs affine weights)");
   const WeightsWithLut weights(q);
   const PackedWeights& w = weights.w;
   require_dtype(x, "x", {DType::f32, DType::f16, DType::bf16});
@@ -108,36 +225,30 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
 
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t padded_cols = chunks * kCodesPerChunk;
-  AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
+  const QuantKernels& kernels = quant_tables().active();
+  if (act_bits == 8) {
+    AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
+    widen_rows(x, m, w.cols, padded_cols, x32.data());
+    AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
+    float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
+    int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
+    if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
+    return;
+  }
+  const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
+  const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
+  AlignedBuffer<float> x32(static_cast<size_t>(x_rows * padded_cols));
   widen_rows(x, m, w.cols, padded_cols, x32.data());
+  std::fill(x32.data() + m * padded_cols, x32.data() + x_rows * padded_cols, 0.0f);
   AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
-  std::fill(out32, out32 + m * n, 0.0f);
-
-  const QuantKernels& kernels = quant_tables().active();
-  const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
-  const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
-  const int64_t w_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  // Tasks run weight block by weight block so that threads share an x block in L3.
-  parallel_for(w_blocks * x_blocks, 1, [&](int64_t begin, int64_t end) {
-    AlignedBuffer<float> tile(static_cast<size_t>(kRowsPerBlock * kChunkCodes));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n0 = (task / x_blocks) * kRowsPerBlock, n1 = std::min(n, n0 + kRowsPerBlock);
-      const int64_t m0 = (task % x_blocks) * x_rows_per_block, m1 = std::min(m, m0 + x_rows_per_block);
-      for (int64_t k0 = 0; k0 < padded_cols; k0 += kChunkCodes) {
-        const int64_t k1 = std::min(padded_cols, k0 + kChunkCodes);
-        for (int64_t r = n0; r < n1; ++r)
-          kernels.decode_row(w, r, k0 / kCodesPerChunk, k1 / kCodesPerChunk, tile.data() + (r - n0) * kChunkCodes);
-        for (int64_t i = m0; i < m1; i += kDotTileRows) {
-          for (int64_t j = n0; j < n1; j += kDotTileRows) {
-            kernels.dot_tile(x32.data() + i * padded_cols + k0, padded_cols, static_cast<int>(std::min<int64_t>(kDotTileRows, m1 - i)),
-                             tile.data() + (j - n0) * kChunkCodes, kChunkCodes,
-                             static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), k1 - k0, out32 + i * n + j, n);
-          }
-        }
-      }
-    }
-  });
+  if (fused) {
+    parallel_for(n, kGemvRowsPerTask, [&](int64_t begin, int64_t end) {
+      kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
+    });
+  } else {
+    tiled_matmul(kernels, w, x32.data(), m, padded_cols, out32);
+  }
   if (out.dtype != DType::f32)
     convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
 }

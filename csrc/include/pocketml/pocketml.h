@@ -76,6 +76,46 @@ POCKETML_API pocketml_status pocketml_dtype_size(pocketml_dtype dtype, size_t* o
 POCKETML_API pocketml_status pocketml_convert(const void* src, pocketml_dtype src_dtype, void* dst,
                                               pocketml_dtype dst_dtype, size_t count);
 
+/* ---- quantized weights (docs/formats.md, "Quantized weights") ---------------- */
+
+typedef enum pocketml_quant_kind {
+  POCKETML_QUANT_AFFINE = 0, /* w = scale * (code - zero_point), Core ML constexpr_blockwise_shift_scale */
+  POCKETML_QUANT_LUT = 1,    /* w = lut[code], Core ML constexpr_lut_to_dense */
+} pocketml_quant_kind;
+
+/*
+ * A quantized weight [rows, cols] in pocketml's packed layout. The arrays are
+ * row-major and stay owned by the caller; nothing is copied.
+ */
+typedef struct pocketml_quantized_weight {
+  pocketml_quant_kind kind;
+  int32_t bits;               /* affine: 2, 3, 4, 5, 6, 8; lut: 1, 2, 3, 4, 6, 8 */
+  int64_t rows, cols;         /* N output channels, K input channels */
+  int64_t group_size;         /* affine: columns per scale (32, 64, 128 or cols); lut: rows per table */
+  const uint8_t* packed;      /* [rows, pocketml_quant_packed_row_bytes(cols, bits)] */
+  const void* scales;         /* affine: [rows, cols / group_size] of scale_dtype */
+  pocketml_dtype scale_dtype; /* POCKETML_FP16, POCKETML_BF16 or POCKETML_FP32 */
+  const uint8_t* zero_points; /* affine: [rows, cols / group_size]; NULL: symmetric (2^(bits-1)) */
+  const void* lut;            /* lut: [rows / group_size, 2^bits] of lut_dtype */
+  pocketml_dtype lut_dtype;
+} pocketml_quantized_weight;
+
+/* Bytes of one packed row: ceil(cols / 32) * 4 * bits. */
+POCKETML_API pocketml_status pocketml_quant_packed_row_bytes(int64_t cols, int32_t bits, int64_t* out_bytes);
+
+/*
+ * out [m, rows] = x [m, cols] @ W^T, fp32 accumulation over the dequantized
+ * weights (the same kernels and results as pocketml.quant.matmul). x and out are
+ * contiguous, in POCKETML_FP32, POCKETML_FP16 or POCKETML_BF16.
+ */
+POCKETML_API pocketml_status pocketml_quant_matmul(const void* x, pocketml_dtype x_dtype, int64_t m,
+                                                   const pocketml_quantized_weight* weight, void* out,
+                                                   pocketml_dtype out_dtype);
+
+/* out [rows, cols] = the dequantized weight, in POCKETML_FP32, POCKETML_FP16 or POCKETML_BF16. */
+POCKETML_API pocketml_status pocketml_quant_dequantize(const pocketml_quantized_weight* weight, void* out,
+                                                       pocketml_dtype out_dtype);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,8 +18,9 @@ class QuantConfig:
     method "rtn" or "mse": group-wise affine (bits 2, 3, 4, 5, 6, 8; group_size 32, 64,
     128 or None = one group per output row). method "kmeans": LUT palettization (bits
     1, 2, 3, 4, 6, 8; lut_group_size output channels per table, None = one per tensor).
-    act_bits: None keeps activations in floating point (the exact path). The int8
-    activation path (act_bits=8) is not built yet and is refused, never substituted.
+    act_bits: None keeps activations in floating point (the exact path); 8 opts in to
+    int8 activations (rounded per row, VNNI dot products; affine weights only), which
+    changes results slightly and is never chosen implicitly.
     """
 
     bits: int = 4
@@ -49,11 +50,11 @@ class QuantConfig:
             raise ValueError(f"argument 'lut_group_size': expected a positive int or None, got {self.lut_group_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"argument 'seed': expected a non-negative int, got {self.seed!r}")
-        if self.act_bits is not None:
-            if self.act_bits != 8:
-                raise ValueError(f"argument 'act_bits': expected None or 8, got {self.act_bits!r}")
-            raise NotImplementedError("argument 'act_bits': the int8-activation (VNNI) path is not built yet; "
-                                      "use act_bits=None (exact floating-point activations)")
+        if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits != 8):
+            raise ValueError(f"argument 'act_bits': expected None or 8, got {self.act_bits!r}")
+        if self.act_bits == 8 and self.method == "kmeans":
+            raise ValueError("argument 'act_bits': expected None for method 'kmeans' (int8 activations need affine "
+                             "weights), got 8")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -21,7 +21,7 @@ class _QuantizedMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layer):
         ctx.layer = layer
-        return matmul(x, layer.qweight())
+        return matmul(x, layer.qweight(), act_bits=layer.config.act_bits)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -94,5 +94,6 @@ class QuantizedLinear(nn.Module):
         q = self.qweight()
         detail = (f"group_size={self.group_size}, symmetric={q.symmetric}" if self.kind == "affine"
                   else f"tables={q.lut.shape[0]}")
+        activations = "" if self.config.act_bits is None else f", act_bits={self.config.act_bits}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"kind={self.kind}, bits={self.bits}, {detail}, bits_per_weight={q.bits_per_weight:.3f}")
+                f"kind={self.kind}, bits={self.bits}, {detail}, bits_per_weight={q.bits_per_weight:.3f}{activations}")

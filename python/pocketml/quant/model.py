@@ -51,6 +51,17 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _check_fits(name: str, module: nn.Linear, config: QuantConfig) -> None:
+    if config.method == "kmeans":
+        size, dim, what = config.lut_group_size, module.out_features, "out_features"
+    else:
+        size, dim, what = config.group_size, module.in_features, "in_features"
+    if size is not None and dim % size:
+        option = "lut_group_size" if config.method == "kmeans" else "group_size"
+        raise ValueError(f"argument 'config': expected a {option} dividing layer {name!r}'s {what} = {dim}, "
+                         f"got {size} (skip the layer or choose another {option})")
+
+
 def quantize_model(model: nn.Module, config: QuantConfig,
                    skip: Callable[[str, nn.Module], bool] | None = None) -> QuantizationReport:
     """Replace every nn.Linear of `model` (in place) by a QuantizedLinear, except those
@@ -60,12 +71,17 @@ def quantize_model(model: nn.Module, config: QuantConfig,
     if not isinstance(config, QuantConfig):
         raise TypeError(f"argument 'config': expected a pocketml.quant.QuantConfig, got {type(config).__name__}")
     report = QuantizationReport(model_bytes_before=_model_bytes(model))
-    for name, module in list(model.named_modules()):
+    targets = []
+    for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
         if skip is not None and skip(name, module):
             report.skipped.append(name)
-            continue
+        else:
+            _check_fits(name, module, config)
+            targets.append((name, module))
+    # Every layer was checked above, so an error leaves the model untouched.
+    for name, module in targets:
         layer = QuantizedLinear.from_linear(module, config)
         report.weight_bytes_before += module.weight.numel() * 4
         report.weight_bytes_after += layer.nbytes
