@@ -25,4 +25,5 @@ PYBIND11_MODULE(_core, m) {
   pocketml::bindings::register_tensor_args(m);
   pocketml::bindings::register_runtime(m);
   pocketml::bindings::register_convert(m);
+  pocketml::bindings::register_attention(m);
 }

@@ -1,5 +1,6 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
+from pocketml import attention
 from pocketml.conversion import convert
 from pocketml.runtime import (
     active_isa,
@@ -15,6 +16,7 @@ __version__ = info()["version"]
 
 __all__ = [
     "active_isa",
+    "attention",
     "convert",
     "get_num_threads",
     "info",

@@ -1,0 +1,179 @@
+// AVX-512 attention tiles: 16 fp32 lanes, register-blocked GEMM of 6 rows x
+// 64 columns (24 accumulators + 4 B vectors + 1 broadcast of 32 registers),
+// and a vector exp for the online softmax. Tails are masked, not looped.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "attention/attention_kernels.h"
+
+namespace pocketml::avx512 {
+namespace {
+
+constexpr int kRows = 6;
+constexpr int kVectors = 4;
+
+inline __mmask16 tail_mask(int64_t remaining) {
+  return remaining >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << remaining) - 1u);
+}
+
+// exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its
+// degree-7 Taylor polynomial (relative error < 2e-8 on that interval).
+// vscalefps applies 2^n with correct underflow to 0; the clamp keeps -inf
+// (masked scores) from turning into NaN in r. NaN inputs stay NaN.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(88.8f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <int ROWS, int NV>
+void gemm_tile(int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb,
+               float* c, int64_t ldc, __mmask16 last) {
+  __m512 acc[ROWS][NV];
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, c + r * ldc + 16 * v);
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, b + k * ldb + 16 * v);
+    const float* a_k = a + k * a_col_stride;
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 av = _mm512_set1_ps(a_k[r * a_row_stride]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[r][v]);
+}
+
+using GemmTileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, __mmask16);
+
+template <int ROWS>
+GemmTileFn pick_vectors(int nv) {
+  switch (nv) {
+    case 1: return gemm_tile<ROWS, 1>;
+    case 2: return gemm_tile<ROWS, 2>;
+    case 3: return gemm_tile<ROWS, 3>;
+    default: return gemm_tile<ROWS, 4>;
+  }
+}
+
+GemmTileFn pick_tile(int rows, int nv) {
+  switch (rows) {
+    case 1: return pick_vectors<1>(nv);
+    case 2: return pick_vectors<2>(nv);
+    case 3: return pick_vectors<3>(nv);
+    case 4: return pick_vectors<4>(nv);
+    case 5: return pick_vectors<5>(nv);
+    default: return pick_vectors<6>(nv);
+  }
+}
+
+void gemm_accumulate(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                     const float* b, int64_t ldb, float* c, int64_t ldc) {
+  for (int64_t n0 = 0; n0 < N; n0 += 16 * kVectors) {
+    const int64_t width = N - n0 < 16 * kVectors ? N - n0 : 16 * kVectors;
+    const int nv = static_cast<int>((width + 15) / 16);
+    const __mmask16 last = tail_mask(width - 16 * (nv - 1));
+    const GemmTileFn full = pick_tile(kRows, nv);
+    int64_t m0 = 0;
+    for (; m0 + kRows <= M; m0 += kRows)
+      full(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc, last);
+    if (m0 < M)
+      pick_tile(static_cast<int>(M - m0), nv)(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb,
+                                               c + m0 * ldc + n0, ldc, last);
+  }
+}
+
+void dot_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t c_row_stride, int64_t c_col_stride) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* a_row = a + m * lda;
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 mk = tail_mask(K - k);
+        const __m512 av = _mm512_maskz_loadu_ps(mk, a_row + k);
+        s0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + n * ldb + k), s0);
+        s1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + (n + 1) * ldb + k), s1);
+        s2 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + (n + 2) * ldb + k), s2);
+        s3 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + (n + 3) * ldb + k), s3);
+      }
+      c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
+      c[m * c_row_stride + (n + 1) * c_col_stride] = _mm512_reduce_add_ps(s1);
+      c[m * c_row_stride + (n + 2) * c_col_stride] = _mm512_reduce_add_ps(s2);
+      c[m * c_row_stride + (n + 3) * c_col_stride] = _mm512_reduce_add_ps(s3);
+    }
+    for (; n < N; ++n) {
+      __m512 s0 = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 mk = tail_mask(K - k);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a_row + k), _mm512_maskz_loadu_ps(mk, b + n * ldb + k), s0);
+      }
+      c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
+    }
+  }
+}
+
+void softmax_update(float* st, int64_t n_keys, int64_t n_rows, float* row_max, float* row_sum, float* rescale) {
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  for (int64_t r = 0; r < n_rows; r += 16) {
+    const __mmask16 m = tail_mask(n_rows - r);
+    const __m512 old_max = _mm512_mask_loadu_ps(minus_inf, m, row_max + r);
+    __m512 new_max = old_max;
+    for (int64_t j = 0; j < n_keys; ++j) new_max = _mm512_max_ps(new_max, _mm512_mask_loadu_ps(minus_inf, m, st + j * n_rows + r));
+    // Rows still at -inf are fully masked so far: take exp against 0.
+    const __m512 reference = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(new_max, minus_inf, _CMP_EQ_OQ), new_max,
+                                                  _mm512_setzero_ps());
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_keys; ++j) {
+      float* s = st + j * n_rows + r;
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(minus_inf, m, s), reference));
+      _mm512_mask_storeu_ps(s, m, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const __m512 c = exp512(_mm512_sub_ps(old_max, reference));
+    _mm512_mask_storeu_ps(rescale + r, m, c);
+    _mm512_mask_storeu_ps(row_sum + r, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row_sum + r), c, sum));
+    _mm512_mask_storeu_ps(row_max + r, m, new_max);
+  }
+}
+
+void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
+  for (int64_t r = 0; r < n_rows; r += 16) {
+    const __mmask16 m = tail_mask(n_rows - r);
+    const __m512 l = _mm512_maskz_loadu_ps(m, lse + r);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      float* s = st + j * n_rows + r;
+      _mm512_mask_storeu_ps(s, m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s), l)));
+    }
+  }
+}
+
+void dequantize_int8(const int8_t* in, float scale, float* out, int64_t n) {
+  const __m512 s = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m128i bytes = _mm_maskz_loadu_epi8(m, in + i);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+  }
+}
+
+}  // namespace
+
+const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, dequantize_int8};
+
+}  // namespace pocketml::avx512

@@ -1,0 +1,156 @@
+// Backward driver (FlashAttention-2's algorithm): probabilities are recomputed
+// from the saved log-sum-exp, never stored. One task owns a (sequence, KV head)
+// pair: it accumulates dK and dV for all keys in fp32 while walking every query
+// head of its group block by block, so no two threads write the same gradient.
+#include <algorithm>
+#include <vector>
+
+#include "attention/attention.h"
+#include "attention/attention_problem.h"
+#include "runtime/thread_pool.h"
+
+namespace pocketml {
+namespace {
+
+using namespace attention_detail;
+
+struct Gradients {
+  Operand dout, dq, dk, dv;
+};
+
+void backward_block(const Problem& p, const Gradients& g, const AttentionKernels& kernels, const RowBlock& rows,
+                    Scratch& s, float* dk_acc, float* dv_acc) {
+  const int64_t n = rows.count, dim = p.head_dim, b = rows.batch;
+  const int64_t len_q = p.q_length(b), len_k = p.k_length(b);
+  const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b), head = rows.head[0];
+  const float scale = p.options.scale;
+
+  int64_t first = len_k, last = -1;
+  for (int64_t r = 0; r < n; ++r) {
+    const KeyBand band = key_band(p.options, rows.pos[r], len_q, len_k);
+    first = std::min(first, std::max<int64_t>(band.first, 0));
+    last = std::max(last, std::min(band.last, len_k - 1));
+  }
+
+  float* q_rows = s.q_rows.data();  // scale * Q, for dK
+  float* d_out = s.d_out.data();
+  float* lse = s.row_max.data();
+  float* delta = s.delta.data();
+  load_rows(p, p.q, nullptr, b, head, q0 + rows.pos[0], n, dim, q_rows, dim);
+  load_rows(p, g.dout, nullptr, b, head, q0 + rows.pos[0], n, dim, d_out, dim);
+  load_rows(p, p.out, nullptr, b, head, q0 + rows.pos[0], n, dim, s.acc.data(), dim);
+  for (int64_t r = 0; r < n; ++r) {
+    // delta_r = dO_r . O_r = sum_j P_rj dP_rj: the softmax Jacobian's row term.
+    float dot = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) dot += d_out[r * dim + d] * s.acc[r * dim + d];
+    delta[r] = dot;
+    lse[r] = *reinterpret_cast<const float*>(p.lse.row(b, head, q0 + rows.pos[r]));
+    for (int64_t d = 0; d < dim; ++d) {
+      q_rows[r * dim + d] *= scale;
+      s.q_t[d * n + r] = q_rows[r * dim + d];
+      s.d_out_t[d * n + r] = d_out[r * dim + d];
+    }
+  }
+  float* dq_acc = s.acc.data();
+  std::fill(dq_acc, dq_acc + n * dim, 0.0f);
+  float* st = s.scores.data();
+  float* dst = s.d_scores.data();
+  float* tanh_scores = p.options.softcap > 0.0f ? s.tanh_scores.data() : nullptr;
+  for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
+    const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
+    if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
+    int64_t ldk, ldv;
+    const float* k_tile = tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
+    const float* v_tile = tile_f32(p, p.v, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
+    std::fill(st, st + n_keys * n, 0.0f);
+    kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
+    if (tile_needs_modifiers(p, rows, j0, n_keys)) apply_score_modifiers(p, rows, j0, n_keys, st, tanh_scores);
+    kernels.exp_minus_lse(st, n_keys, n, lse);  // st = P^T
+    // dV += P^T dO
+    kernels.gemm_accumulate(n_keys, dim, n, st, n, 1, d_out, dim, dv_acc + j0 * dim, dim);
+    // dP^T = V dO^T
+    std::fill(dst, dst + n_keys * n, 0.0f);
+    kernels.gemm_accumulate(n_keys, n, dim, v_tile, ldv, 1, s.d_out_t.data(), n, dst, n);
+    // dS = P * (dP - delta), through the softcap's tanh when there is one.
+    for (int64_t j = 0; j < n_keys; ++j) {
+      float* ds_row = dst + j * n;
+      const float* p_row = st + j * n;
+      for (int64_t r = 0; r < n; ++r) ds_row[r] = p_row[r] * (ds_row[r] - delta[r]);
+      if (tanh_scores) {
+        const float* t_row = tanh_scores + j * n;
+        for (int64_t r = 0; r < n; ++r) ds_row[r] *= 1.0f - t_row[r] * t_row[r];
+      }
+    }
+    // dK += dS^T (scale Q);  dQ += dS K (scaled at the end)
+    kernels.gemm_accumulate(n_keys, dim, n, dst, n, 1, q_rows, dim, dk_acc + j0 * dim, dim);
+    kernels.gemm_accumulate(n, dim, n_keys, dst, 1, n, k_tile, ldk, dq_acc, dim);
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    float* a = dq_acc + r * dim;
+    for (int64_t d = 0; d < dim; ++d) a[d] *= scale;
+    store_row(a, dim, g.dq, g.dq.row(b, head, q0 + rows.pos[r]));
+  }
+}
+
+void run_backward(const Problem& p, const Gradients& g) {
+  const AttentionKernels& kernels = attention_tables().active();
+  const int64_t dim = p.head_dim, group = p.group();
+  parallel_for(p.batch * p.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(kBlockQ, dim);
+    s.d_out.resize(kBlockQ * dim);
+    s.d_out_t.resize(kBlockQ * dim);
+    s.d_scores.resize(kBlockK * kBlockQ);
+    s.delta.resize(kBlockQ);
+    int64_t heads[kBlockQ], positions[kBlockQ];
+    std::vector<float> dk_acc, dv_acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / p.kv_heads, kv_head = task % p.kv_heads;
+      const int64_t len_q = p.q_length(b), len_k = p.k_length(b);
+      dk_acc.assign(len_k * dim, 0.0f);
+      dv_acc.assign(len_k * dim, 0.0f);
+      for (int64_t h = kv_head * group; h < (kv_head + 1) * group; ++h) {
+        for (int64_t first = 0; first < len_q; first += kBlockQ) {
+          const int64_t n = std::min(kBlockQ, len_q - first);
+          for (int64_t r = 0; r < n; ++r) {
+            heads[r] = h;
+            positions[r] = first + r;
+          }
+          backward_block(p, g, kernels, RowBlock{b, kv_head, n, heads, positions}, s, dk_acc.data(), dv_acc.data());
+        }
+      }
+      const int64_t k0 = p.k_begin(b);
+      for (int64_t j = 0; j < len_k; ++j) {
+        store_row(dk_acc.data() + j * dim, dim, g.dk, g.dk.row(b, kv_head, k0 + j));
+        store_row(dv_acc.data() + j * dim, dim, g.dv, g.dv.row(b, kv_head, k0 + j));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void attention_backward(const TensorView& q, const TensorView& k, const TensorView& v, const AttentionBias& bias,
+                        const AttentionOptions& options, const TensorView& out, const TensorView& lse,
+                        const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+  Problem p = dense_problem(q, k, v, bias, options);
+  p.out = bind_like(p, out, q, "out", false);
+  p.lse = bind_lse(p, lse, false);
+  const Gradients g{bind_like(p, dout, q, "grad_out", false), bind_like(p, dq, q, "dq", false),
+                    bind_like(p, dk, k, "dk", false), bind_like(p, dv, v, "dv", false)};
+  run_backward(p, g);
+}
+
+void varlen_attention_backward(const TensorView& q, const TensorView& k, const TensorView& v,
+                               const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
+                               const AttentionOptions& options, const TensorView& out, const TensorView& lse,
+                               const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                               const TensorView& dv) {
+  Problem p = varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, options);
+  p.out = bind_like(p, out, q, "out", true);
+  p.lse = bind_lse(p, lse, true);
+  const Gradients g{bind_like(p, dout, q, "grad_out", true), bind_like(p, dq, q, "dq", true),
+                    bind_like(p, dk, k, "dk", true), bind_like(p, dv, v, "dv", true)};
+  run_backward(p, g);
+}
+
+}  // namespace pocketml

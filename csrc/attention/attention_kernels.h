@@ -1,0 +1,43 @@
+#pragma once
+// The attention kernel family: the few fp32 tile operations the flash-attention
+// drivers (forward, backward, decode) are built from. Inputs in fp16 / bf16 /
+// int8 are widened to fp32 tiles first (a tile is reused by a whole block of
+// queries, so widening costs ~1/(2 * block rows) of the arithmetic); every
+// variant therefore works on fp32 and accumulates in fp32.
+//
+// Score tiles are stored key-major: st[key * n_rows + row], so the softmax
+// statistics of a query row (max, sum) are vector operations across rows.
+#include <cstdint>
+
+#include "runtime/dispatch.h"
+
+namespace pocketml {
+
+struct AttentionKernels {
+  // C[m][n] += sum_k A(m, k) * B[k][n] for m < M, n < N, k < K, where
+  // A(m, k) = a[m * a_row_stride + k * a_col_stride] (any strides: A is only
+  // ever broadcast), B rows are `ldb` apart and C rows `ldc` apart.
+  void (*gemm_accumulate)(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride,
+                          int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc);
+  // C(m, n) = sum_k A[m][k] * B[n][k], written at c[m * c_row_stride + n * c_col_stride]:
+  // dot products of rows, for blocks with too few query rows to fill a vector.
+  void (*dot_rows)(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
+                   float* c, int64_t c_row_stride, int64_t c_col_stride);
+  // One online-softmax step on the key-major score tile st[n_keys][n_rows]:
+  // row_max <- max(row_max, column max); st <- exp(st - row_max);
+  // rescale <- exp(old row_max - new row_max); row_sum <- row_sum * rescale + column sum.
+  // A row whose maximum is still -inf keeps zeros (exp is taken against 0).
+  void (*softmax_update)(float* st, int64_t n_keys, int64_t n_rows, float* row_max, float* row_sum, float* rescale);
+  // st[key][row] <- exp(st[key][row] - lse[row]) (backward's recomputed probabilities).
+  void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* lse);
+  // out[i] = scale * in[i]: one int8 KV-cache row widened to fp32.
+  void (*dequantize_int8)(const int8_t* in, float scale, float* out, int64_t n);
+};
+
+namespace scalar { extern const AttentionKernels attention_kernels; }
+namespace avx2 { extern const AttentionKernels attention_kernels; }
+namespace avx512 { extern const AttentionKernels attention_kernels; }
+
+const IsaTables<AttentionKernels>& attention_tables();
+
+}  // namespace pocketml
