@@ -11,6 +11,7 @@ namespace pocketml::avx2 {
 namespace {
 
 constexpr int kRows = 6;
+constexpr int64_t kDepth = 64;
 constexpr int kVectors = 2;
 
 inline __m256i tail_mask(int64_t remaining) {
@@ -56,18 +57,25 @@ void gemm_tile(int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_st
                float* c, int64_t ldc, __m256i last) {
   const __m256i all = _mm256_set1_epi32(-1);
   __m256 acc[ROWS][NV];
+  #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r)
+    #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_maskload_ps(c + r * ldc + 8 * v, v == NV - 1 ? last : all);
   for (int64_t k = 0; k < K; ++k) {
     __m256 bv[NV];
+    #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) bv[v] = _mm256_maskload_ps(b + k * ldb + 8 * v, v == NV - 1 ? last : all);
     const float* a_k = a + k * a_col_stride;
+    #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) {
       const __m256 av = _mm256_broadcast_ss(a_k + r * a_row_stride);
+      #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r)
+    #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) _mm256_maskstore_ps(c + r * ldc + 8 * v, v == NV - 1 ? last : all, acc[r][v]);
 }
 
@@ -89,8 +97,8 @@ GemmTileFn pick_tile(int rows, int nv) {
   }
 }
 
-void gemm_accumulate(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
-                     const float* b, int64_t ldb, float* c, int64_t ldc) {
+void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                const float* b, int64_t ldb, float* c, int64_t ldc) {
   for (int64_t n0 = 0; n0 < N; n0 += 8 * kVectors) {
     const int64_t width = N - n0 < 8 * kVectors ? N - n0 : 8 * kVectors;
     const int nv = static_cast<int>((width + 7) / 8);
@@ -102,6 +110,18 @@ void gemm_accumulate(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
     if (m0 < M)
       pick_tile(static_cast<int>(M - m0), nv)(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb,
                                                c + m0 * ldc + n0, ldc, last);
+  }
+}
+
+
+void gemm_accumulate(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                     const float* b, int64_t ldb, float* c, int64_t ldc) {
+  // The reduction runs in slices of kDepth so that the B slice one column
+  // block streams (kDepth rows of 64 floats = 16 KiB) stays in L1 across all
+  // row blocks even when K = D = 128 or 256.
+  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+    const int64_t depth = K - k0 < kDepth ? K - k0 : kDepth;
+    gemm_slice(M, N, depth, a + k0 * a_col_stride, a_row_stride, a_col_stride, b + k0 * ldb, ldb, c, ldc);
   }
 }
 
