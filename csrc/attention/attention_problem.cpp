@@ -163,6 +163,28 @@ void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, i
   }
 }
 
+namespace {
+
+// With few query rows (decode) each K/V tile is used once, straight from DRAM,
+// and the work per tile is too short for the hardware prefetcher alone to keep
+// enough cache lines in flight: request the tile kPrefetchTiles ahead (and the
+// first ones up front) while this one is computed.
+constexpr int64_t kPrefetchTiles = 2;
+
+void prefetch_tile(const Problem& p, int64_t b, int64_t kv_head, int64_t pos, int64_t count) {
+  const int64_t row_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.k.dtype));
+  for (int64_t r = 0; r < count; ++r) {
+    const char* k_row = p.k.row(b, kv_head, pos + r);
+    const char* v_row = p.v.row(b, kv_head, pos + r);
+    for (int64_t offset = 0; offset < row_bytes; offset += 64) {
+      __builtin_prefetch(k_row + offset);
+      __builtin_prefetch(v_row + offset);
+    }
+  }
+}
+
+}  // namespace
+
 void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBlock& rows, int64_t j_begin,
                   int64_t j_end, Scratch& s) {
   const int64_t n = rows.count, dim = p.head_dim, b = rows.batch;
@@ -194,9 +216,15 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
       for (int64_t d = 0; d < dim; ++d) s.q_t[d * n + r] = q_rows[r * dim + d];
   }
   float* st = s.scores.data();
+  const bool few_rows = n < 16;
   for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
     const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
+    if (few_rows) {
+      const int64_t ahead = j0 + kPrefetchTiles * kBlockK;
+      if (j0 == first) prefetch_tile(p, b, rows.kv_head, k0 + j0, std::min(ahead, last + 1) - j0);
+      else if (ahead <= last) prefetch_tile(p, b, rows.kv_head, k0 + ahead, std::min(kBlockK, last + 1 - ahead));
+    }
     int64_t ldk, ldv;
     const float* k_tile = tile_f32(p, p.k, k_scale, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
     if (transposed_q) {
