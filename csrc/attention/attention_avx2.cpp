@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "attention/attention_kernels.h"
+#include "runtime/half.h"
 
 namespace pocketml::avx2 {
 namespace {
@@ -192,18 +193,51 @@ void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) 
   }
 }
 
-void dequantize_int8(const int8_t* in, float scale, float* out, int64_t n) {
-  const __m256 s = _mm256_set1_ps(scale);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + i));
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))));
+// Full 8-element chunks in vectors; a dim that is not a multiple of 8 finishes
+// with the scalar reference conversions.
+void widen_f16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    int64_t d = 0;
+    for (; d + 8 <= dim; d += 8)
+      _mm256_storeu_ps(out + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + d))));
+    for (; d < dim; ++d) out[d] = fp16_to_fp32(in[d]);
   }
-  for (; i < n; ++i) out[i] = scale * static_cast<float>(in[i]);
+}
+
+void widen_bf16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    int64_t d = 0;
+    for (; d + 8 <= dim; d += 8) {
+      const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + d)));
+      _mm256_storeu_ps(out + d, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+    for (; d < dim; ++d) out[d] = bf16_to_fp32(in[d]);
+  }
+}
+
+void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride, int64_t rows,
+                     int64_t dim, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    const float scale = scales[r * scale_stride];
+    const __m256 scale_v = _mm256_set1_ps(scale);
+    int64_t d = 0;
+    for (; d + 8 <= dim; d += 8) {
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(in + d));
+      _mm256_storeu_ps(out + d, _mm256_mul_ps(scale_v, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))));
+    }
+    for (; d < dim; ++d) out[d] = scale * static_cast<float>(in[d]);
+  }
 }
 
 }  // namespace
 
-const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, dequantize_int8};
+const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, widen_f16_rows,
+                                           widen_bf16_rows, widen_int8_rows};
 
 }  // namespace pocketml::avx2

@@ -187,17 +187,56 @@ void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) 
   }
 }
 
-void dequantize_int8(const int8_t* in, float scale, float* out, int64_t n) {
-  const __m512 s = _mm512_set1_ps(scale);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = tail_mask(n - i);
-    const __m128i bytes = _mm_maskz_loadu_epi8(m, in + i);
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+// Full 16-element chunks run unmasked; only a dim that is not a multiple of 16
+// pays for a masked tail.
+void widen_f16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  const __mmask16 tail = tail_mask(dim % 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16)
+      _mm512_storeu_ps(out + d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + d))));
+    if (d < dim) _mm512_mask_storeu_ps(out + d, tail, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, in + d)));
+  }
+}
+
+inline __m512 bf16_to_f32(__m256i b) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)); }
+
+void widen_bf16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  const __mmask16 tail = tail_mask(dim % 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16)
+      _mm512_storeu_ps(out + d, bf16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + d))));
+    if (d < dim) _mm512_mask_storeu_ps(out + d, tail, bf16_to_f32(_mm256_maskz_loadu_epi16(tail, in + d)));
+  }
+}
+
+void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride, int64_t rows,
+                     int64_t dim, float* dst, int64_t ld) {
+  const __mmask16 tail = tail_mask(dim % 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    const __m512 scale = _mm512_set1_ps(scales[r * scale_stride]);
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + d));
+      _mm512_storeu_ps(out + d, _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+    }
+    if (d < dim) {
+      const __m128i bytes = _mm_maskz_loadu_epi8(tail, in + d);
+      _mm512_mask_storeu_ps(out + d, tail, _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+    }
   }
 }
 
 }  // namespace
 
-const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, dequantize_int8};
+const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, widen_f16_rows,
+                                           widen_bf16_rows, widen_int8_rows};
 
 }  // namespace pocketml::avx512

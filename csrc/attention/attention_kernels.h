@@ -30,8 +30,13 @@ struct AttentionKernels {
   void (*softmax_update)(float* st, int64_t n_keys, int64_t n_rows, float* row_max, float* row_sum, float* rescale);
   // st[key][row] <- exp(st[key][row] - lse[row]) (backward's recomputed probabilities).
   void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* lse);
-  // out[i] = scale * in[i]: one int8 KV-cache row widened to fp32.
-  void (*dequantize_int8)(const int8_t* in, float scale, float* out, int64_t n);
+  // Widens `rows` rows of `dim` elements, src rows `src_stride` elements apart,
+  // into fp32 rows `ld` apart: the K / V tiles of fp16, bf16 and int8 inputs.
+  // int8 rows are multiplied by their scale, scales[r * scale_stride].
+  void (*widen_f16_rows)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld);
+  void (*widen_bf16_rows)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld);
+  void (*widen_int8_rows)(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride,
+                          int64_t rows, int64_t dim, float* dst, int64_t ld);
 };
 
 namespace scalar { extern const AttentionKernels attention_kernels; }

@@ -60,21 +60,25 @@ float element_f32(const char* p, DType dtype) {
 
 void load_rows(const Problem& p, const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
                int64_t count, int64_t dim, float* dst, int64_t ld) {
-  const ConvertKernels& convert = convert_tables().active();
-  for (int64_t r = 0; r < count; ++r) {
-    const char* row = src.row(b, h, pos + r);
-    float* out = dst + r * ld;
-    switch (src.dtype) {
-      case DType::f32: std::memcpy(out, row, dim * sizeof(float)); break;
-      case DType::f16: convert.f16_to_f32(row, out, dim); break;
-      case DType::bf16: convert.bf16_to_f32(row, out, dim); break;
-      case DType::i8: {
-        const float s = *reinterpret_cast<const float*>(scale->row(b, h, pos + r));
-        attention_tables().active().dequantize_int8(reinterpret_cast<const int8_t*>(row), s, out, dim);
-        break;
-      }
-      default: fail(ErrorKind::Runtime, "attention: unexpected operand dtype");
-    }
+  const AttentionKernels& kernels = attention_tables().active();
+  const char* first = src.row(b, h, pos);
+  switch (src.dtype) {
+    case DType::f32:
+      for (int64_t r = 0; r < count; ++r)
+        std::memcpy(dst + r * ld, first + r * src.seq_stride * static_cast<int64_t>(sizeof(float)), dim * sizeof(float));
+      break;
+    case DType::f16:
+      kernels.widen_f16_rows(reinterpret_cast<const uint16_t*>(first), src.seq_stride, count, dim, dst, ld);
+      break;
+    case DType::bf16:
+      kernels.widen_bf16_rows(reinterpret_cast<const uint16_t*>(first), src.seq_stride, count, dim, dst, ld);
+      break;
+    case DType::i8:
+      kernels.widen_int8_rows(reinterpret_cast<const int8_t*>(first), src.seq_stride,
+                              reinterpret_cast<const float*>(scale->row(b, h, pos)), scale->seq_stride, count, dim,
+                              dst, ld);
+      break;
+    default: fail(ErrorKind::Runtime, "attention: unexpected operand dtype");
   }
 }
 

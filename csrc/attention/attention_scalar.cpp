@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "attention/attention_kernels.h"
+#include "runtime/half.h"
 
 namespace pocketml::scalar {
 namespace {
@@ -54,12 +55,27 @@ void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) 
     for (int64_t r = 0; r < n_rows; ++r) st[j * n_rows + r] = std::exp(st[j * n_rows + r] - lse[r]);
 }
 
-void dequantize_int8(const int8_t* in, float scale, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = scale * static_cast<float>(in[i]);
+void widen_f16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < dim; ++d) dst[r * ld + d] = fp16_to_fp32(src[r * src_stride + d]);
+}
+
+void widen_bf16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < dim; ++d) dst[r * ld + d] = bf16_to_fp32(src[r * src_stride + d]);
+}
+
+void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride, int64_t rows,
+                     int64_t dim, float* dst, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float scale = scales[r * scale_stride];
+    for (int64_t d = 0; d < dim; ++d) dst[r * ld + d] = scale * static_cast<float>(src[r * src_stride + d]);
+  }
 }
 
 }  // namespace
 
-const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, dequantize_int8};
+const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, widen_f16_rows,
+                                           widen_bf16_rows, widen_int8_rows};
 
 }  // namespace pocketml::scalar
