@@ -121,20 +121,34 @@ void gemm_accumulate(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_
   }
 }
 
+// Sums of 16-lane partial products; only a K that is not a multiple of 16 pays
+// for masked loads.
 void dot_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
               int64_t c_row_stride, int64_t c_col_stride) {
+  const int64_t full = K / 16 * 16;
+  const __mmask16 tail = tail_mask(K - full);
   for (int64_t m = 0; m < M; ++m) {
     const float* a_row = a + m * lda;
     int64_t n = 0;
     for (; n + 4 <= N; n += 4) {
+      const float* b0 = b + n * ldb;
+      const float* b1 = b0 + ldb;
+      const float* b2 = b1 + ldb;
+      const float* b3 = b2 + ldb;
       __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-      for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 mk = tail_mask(K - k);
-        const __m512 av = _mm512_maskz_loadu_ps(mk, a_row + k);
-        s0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + n * ldb + k), s0);
-        s1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + (n + 1) * ldb + k), s1);
-        s2 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + (n + 2) * ldb + k), s2);
-        s3 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, b + (n + 3) * ldb + k), s3);
+      for (int64_t k = 0; k < full; k += 16) {
+        const __m512 av = _mm512_loadu_ps(a_row + k);
+        s0 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b0 + k), s0);
+        s1 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b1 + k), s1);
+        s2 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b2 + k), s2);
+        s3 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b3 + k), s3);
+      }
+      if (full < K) {
+        const __m512 av = _mm512_maskz_loadu_ps(tail, a_row + full);
+        s0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b0 + full), s0);
+        s1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b1 + full), s1);
+        s2 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b2 + full), s2);
+        s3 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b3 + full), s3);
       }
       c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
       c[m * c_row_stride + (n + 1) * c_col_stride] = _mm512_reduce_add_ps(s1);
@@ -143,10 +157,10 @@ void dot_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, cons
     }
     for (; n < N; ++n) {
       __m512 s0 = _mm512_setzero_ps();
-      for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 mk = tail_mask(K - k);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a_row + k), _mm512_maskz_loadu_ps(mk, b + n * ldb + k), s0);
-      }
+      for (int64_t k = 0; k < full; k += 16)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a_row + k), _mm512_loadu_ps(b + n * ldb + k), s0);
+      if (full < K)
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a_row + full), _mm512_maskz_loadu_ps(tail, b + n * ldb + full), s0);
       c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
     }
   }
