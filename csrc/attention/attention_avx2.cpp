@@ -182,6 +182,39 @@ void softmax_update(float* st, int64_t n_keys, int64_t n_rows, float* row_max, f
   }
 }
 
+inline float hmax(__m256 v) {
+  v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  v = _mm256_max_ps(v, _mm256_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm256_cvtss_f32(_mm256_max_ps(v, _mm256_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum, float* rescale) {
+  const __m256 minus_inf = _mm256_set1_ps(-__builtin_inff());
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = s + r * n_keys;
+    __m256 m = minus_inf;
+    for (int64_t j = 0; j < n_keys; j += 8) {
+      const __m256i mk = tail_mask(n_keys - j);
+      m = _mm256_max_ps(m, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(row + j, mk), _mm256_castsi256_ps(mk)));
+    }
+    const float new_max = __builtin_fmaxf(row_max[r], hmax(m));
+    // A row still at -inf is fully masked so far: take exp against 0.
+    const float reference = new_max == -__builtin_inff() ? 0.0f : new_max;
+    const __m256 ref = _mm256_set1_ps(reference);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n_keys; j += 8) {
+      const __m256i mk = tail_mask(n_keys - j);
+      const __m256 p = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, mk), ref)), _mm256_castsi256_ps(mk));
+      _mm256_maskstore_ps(row + j, mk, p);
+      sum = _mm256_add_ps(sum, p);
+    }
+    const float c = _mm256_cvtss_f32(exp256(_mm256_set1_ps(row_max[r] - reference)));
+    rescale[r] = c;
+    row_sum[r] = row_sum[r] * c + hsum(sum);
+    row_max[r] = new_max;
+  }
+}
+
 void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
   for (int64_t r = 0; r < n_rows; r += 8) {
     const __m256i m = tail_mask(n_rows - r);
@@ -237,7 +270,18 @@ void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales,
 
 }  // namespace
 
-const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, widen_f16_rows,
-                                           widen_bf16_rows, widen_int8_rows};
+const AttentionKernels attention_kernels = {
+    gemm_accumulate,
+    dot_rows,
+    softmax_update,
+    softmax_update_rows,
+    exp_minus_lse,
+    widen_f16_rows,
+    widen_bf16_rows,
+    widen_int8_rows,
+    nullptr,
+    nullptr,
+    nullptr,
+};
 
 }  // namespace pocketml::avx2

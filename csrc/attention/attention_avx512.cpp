@@ -190,6 +190,30 @@ void softmax_update(float* st, int64_t n_keys, int64_t n_rows, float* row_max, f
   }
 }
 
+void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum, float* rescale) {
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = s + r * n_keys;
+    __m512 m = minus_inf;
+    for (int64_t j = 0; j < n_keys; j += 16) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(minus_inf, tail_mask(n_keys - j), row + j));
+    const float new_max = __builtin_fmaxf(row_max[r], _mm512_reduce_max_ps(m));
+    // A row still at -inf is fully masked so far: take exp against 0.
+    const float reference = new_max == -__builtin_inff() ? 0.0f : new_max;
+    const __m512 ref = _mm512_set1_ps(reference);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_keys; j += 16) {
+      const __mmask16 mk = tail_mask(n_keys - j);
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(minus_inf, mk, row + j), ref));
+      _mm512_mask_storeu_ps(row + j, mk, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const float c = _mm512_cvtss_f32(exp512(_mm512_set1_ps(row_max[r] - reference)));
+    rescale[r] = c;
+    row_sum[r] = row_sum[r] * c + _mm512_reduce_add_ps(sum);
+    row_max[r] = new_max;
+  }
+}
+
 void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
   for (int64_t r = 0; r < n_rows; r += 16) {
     const __mmask16 m = tail_mask(n_rows - r);
@@ -248,9 +272,132 @@ void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales,
   }
 }
 
+// --- AVX512-BF16: two products per lane and instruction --------------------
+
+inline __m512i broadcast_pair(const uint16_t* p) {
+  int32_t bits;
+  __builtin_memcpy(&bits, p, sizeof(bits));
+  return _mm512_set1_epi32(bits);
+}
+
+template <int ROWS, int NV>
+void gemm_bf16_tile(int64_t pairs, const uint16_t* a, int64_t a_row_stride, int64_t a_pair_stride, const uint16_t* b,
+                    int64_t ldb, float* c, int64_t ldc, __mmask16 last) {
+  __m512 acc[ROWS][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, c + r * ldc + 16 * v);
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512i bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_epi32(v == NV - 1 ? last : 0xFFFF, b + p * ldb + 32 * v);
+    const uint16_t* a_p = a + p * a_pair_stride;
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512bh av = (__m512bh)broadcast_pair(a_p + r * a_row_stride);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, (__m512bh)bv[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[r][v]);
+}
+
+using GemmBf16TileFn = void (*)(int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
+                                __mmask16);
+
+template <int ROWS>
+GemmBf16TileFn pick_bf16_vectors(int nv) {
+  switch (nv) {
+    case 1: return gemm_bf16_tile<ROWS, 1>;
+    case 2: return gemm_bf16_tile<ROWS, 2>;
+    case 3: return gemm_bf16_tile<ROWS, 3>;
+    default: return gemm_bf16_tile<ROWS, 4>;
+  }
+}
+
+GemmBf16TileFn pick_bf16_tile(int rows, int nv) {
+  switch (rows) {
+    case 1: return pick_bf16_vectors<1>(nv);
+    case 2: return pick_bf16_vectors<2>(nv);
+    case 3: return pick_bf16_vectors<3>(nv);
+    case 4: return pick_bf16_vectors<4>(nv);
+    case 5: return pick_bf16_vectors<5>(nv);
+    default: return pick_bf16_vectors<6>(nv);
+  }
+}
+
+void gemm_bf16_pairs(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int64_t a_row_stride,
+                     int64_t a_pair_stride, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  for (int64_t n0 = 0; n0 < N; n0 += 16 * kVectors) {
+    const int64_t width = N - n0 < 16 * kVectors ? N - n0 : 16 * kVectors;
+    const int nv = static_cast<int>((width + 15) / 16);
+    const __mmask16 last = tail_mask(width - 16 * (nv - 1));
+    const GemmBf16TileFn full = pick_bf16_tile(kRows, nv);
+    int64_t m0 = 0;
+    for (; m0 + kRows <= M; m0 += kRows)
+      full(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
+    if (m0 < M)
+      pick_bf16_tile(static_cast<int>(M - m0), nv)(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride,
+                                                   b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
+  }
+}
+
+// Interleaves the 16-bit lanes of two 16-lane rows: (x0, y0, x1, y1, ...).
+inline void store_interleaved(uint16_t* dst, __m256i x, __m256i y, int64_t count) {
+  const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                       39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i both = _mm512_permutex2var_epi16(_mm512_castsi256_si512(x), idx, _mm512_castsi256_si512(y));
+  _mm512_mask_storeu_epi32(dst, tail_mask(count), both);
+}
+
+void pair_rows_f32_to_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const float* x = src + r * ld;
+    const float* y = r + 1 < rows ? x + ld : nullptr;
+    uint16_t* out = dst + r * cols;  // pair row r / 2 holds 2 * cols values
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 m = tail_mask(cols - c);
+      const __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
+      const __m512 yv = y ? _mm512_maskz_loadu_ps(m, y + c) : _mm512_setzero_ps();
+      const __m256i xb = (__m256i)_mm512_cvtneps_pbh(xv);
+      const __m256i yb = (__m256i)_mm512_cvtneps_pbh(yv);
+      store_interleaved(out + 2 * c, xb, yb, cols - c);
+    }
+  }
+}
+
+void pair_rows_bf16(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const uint16_t* x = src + r * src_stride;
+    const uint16_t* y = r + 1 < rows ? x + src_stride : nullptr;
+    uint16_t* out = dst + r * cols;
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 m = tail_mask(cols - c);
+      const __m256i xv = _mm256_maskz_loadu_epi16(m, x + c);
+      const __m256i yv = y ? _mm256_maskz_loadu_epi16(m, y + c) : _mm256_setzero_si256();
+      store_interleaved(out + 2 * c, xv, yv, cols - c);
+    }
+  }
+}
+
 }  // namespace
 
-const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, widen_f16_rows,
-                                           widen_bf16_rows, widen_int8_rows};
+const AttentionKernels attention_kernels = {
+    gemm_accumulate,
+    dot_rows,
+    softmax_update,
+    softmax_update_rows,
+    exp_minus_lse,
+    widen_f16_rows,
+    widen_bf16_rows,
+    widen_int8_rows,
+    gemm_bf16_pairs,
+    pair_rows_f32_to_bf16,
+    pair_rows_bf16,
+};
 
 }  // namespace pocketml::avx512

@@ -64,7 +64,7 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     const float* v_tile = tile_f32(p, p.v, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
     std::fill(st, st + n_keys * n, 0.0f);
     kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
-    if (tile_needs_modifiers(p, rows, j0, n_keys)) apply_score_modifiers(p, rows, j0, n_keys, st, tanh_scores);
+    if (tile_needs_modifiers(p, rows, j0, n_keys)) apply_score_modifiers(p, rows, j0, n_keys, st, 1, n, tanh_scores);
     kernels.exp_minus_lse(st, n_keys, n, lse);  // st = P^T
     // dV += P^T dO
     kernels.gemm_accumulate(n_keys, dim, n, st, n, 1, d_out, dim, dv_acc + j0 * dim, dim);

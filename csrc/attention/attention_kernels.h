@@ -28,6 +28,10 @@ struct AttentionKernels {
   // rescale <- exp(old row_max - new row_max); row_sum <- row_sum * rescale + column sum.
   // A row whose maximum is still -inf keeps zeros (exp is taken against 0).
   void (*softmax_update)(float* st, int64_t n_keys, int64_t n_rows, float* row_max, float* row_sum, float* rescale);
+  // The same step on a query-major tile s[n_rows][n_keys] (vectors along keys),
+  // for blocks of few query rows (decode).
+  void (*softmax_update_rows)(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum,
+                              float* rescale);
   // st[key][row] <- exp(st[key][row] - lse[row]) (backward's recomputed probabilities).
   void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* lse);
   // Widens `rows` rows of `dim` elements, src rows `src_stride` elements apart,
@@ -37,6 +41,20 @@ struct AttentionKernels {
   void (*widen_bf16_rows)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld);
   void (*widen_int8_rows)(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride,
                           int64_t rows, int64_t dim, float* dst, int64_t ld);
+
+  // bf16 pair products (AVX512-BF16 vdpbf16ps); null where the ISA lacks them,
+  // and the drivers then widen bf16 to fp32 instead. Operands hold bf16 pairs
+  // (x[2p], x[2p+1]) along the reduction:
+  // C[m][n] += sum_p A(m, p) . B(p, n), where the pair A(m, p) starts at
+  // a[m * a_row_stride + p * a_pair_stride] and B(p, n) at b[p * ldb + 2 n]
+  // (strides in bf16 elements).
+  void (*gemm_bf16_pairs)(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int64_t a_row_stride,
+                          int64_t a_pair_stride, const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+  // dst[p][c] = (src[2p][c], src[2p+1][c]) for `rows` fp32 rows of `cols` (`ld`
+  // apart), rounded to bf16; an odd last row is paired with zeros.
+  void (*pair_rows_f32_to_bf16)(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst);
+  // The same interleave for bf16 rows `src_stride` elements apart (no rounding).
+  void (*pair_rows_bf16)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint16_t* dst);
 };
 
 namespace scalar { extern const AttentionKernels attention_kernels; }

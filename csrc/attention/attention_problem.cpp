@@ -6,6 +6,7 @@
 #include <string>
 
 #include "convert/convert_kernels.h"
+#include "runtime/cpu_features.h"
 #include "runtime/error.h"
 #include "runtime/half.h"
 
@@ -30,7 +31,10 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       row_max(max_rows),
       row_sum(max_rows),
       rescale(max_rows),
-      row_tmp(head_dim) {}
+      row_tmp(head_dim),
+      q_pairs(max_rows * (head_dim + 1)),
+      p_pairs(2 * (kBlockK / 2 + 1) * max_rows),
+      v_pairs(2 * (kBlockK / 2 + 1) * head_dim) {}
 
 namespace {
 
@@ -132,8 +136,8 @@ bool tile_needs_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, in
   return false;
 }
 
-void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys, float* st,
-                           float* tanh_out) {
+void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys, float* scores,
+                           int64_t row_stride, int64_t key_stride, float* tanh_out) {
   const int64_t n = rows.count;
   const int64_t len_q = p.q_length(rows.batch), len_k = p.k_length(rows.batch);
   const float cap = p.options.softcap;
@@ -146,10 +150,11 @@ void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, i
     const char* m = p.mask ? mask_row(p, rows.batch, rows.head[r], i) : nullptr;
     for (int64_t jj = 0; jj < n_keys; ++jj) {
       const int64_t j = j0 + jj;
-      float s = st[jj * n + r];
+      const int64_t at = r * row_stride + jj * key_stride;
+      float s = scores[at];
       if (cap > 0.0f) {
         const float t = std::tanh(s / cap);
-        if (tanh_out) tanh_out[jj * n + r] = t;
+        if (tanh_out) tanh_out[at] = t;
         s = cap * t;
       }
       if (p.alibi_slopes) s -= slope * static_cast<float>(std::llabs(diagonal - j));
@@ -162,7 +167,7 @@ void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, i
         }
       }
       if (j < band.first || j > band.last) s = -kInfinity;
-      st[jj * n + r] = s;
+      scores[at] = s;
     }
   }
 }
@@ -207,19 +212,32 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   last = std::min(last, j_end - 1);
   if (first > last) return;
 
+  // Enough rows to fill a vector: scores as a GEMM against Q transposed, in a
+  // key-major tile (query rows along the lanes). Few rows (decode): row dot
+  // products into a query-major tile (keys along the lanes).
+  const bool key_major = n >= 16;
+  // bf16 inputs with AVX512-BF16: Q, K, P and V enter vdpbf16ps as bf16 pairs;
+  // P is rounded to bf16 as FlashAttention does on GPUs.
+  const bool bf16_pairs = key_major && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && dim % 2 == 0 &&
+                          kernels.gemm_bf16_pairs != nullptr && cpu_features().avx512bf16;
   float* q_rows = s.q_rows.data();
-  for (int64_t r = 0; r < n; ++r) {
-    load_rows(p, p.q, nullptr, b, rows.head[r], q0 + rows.pos[r], 1, dim, q_rows + r * dim, dim);
-    for (int64_t d = 0; d < dim; ++d) q_rows[r * dim + d] *= p.options.scale;
+  if (bf16_pairs) {
+    // q_pairs[d / 2][r] = (q[r][d], q[r][d + 1]): a 32-bit transpose of Q, unscaled (exact).
+    uint32_t* q_pairs = reinterpret_cast<uint32_t*>(s.q_pairs.data());
+    for (int64_t r = 0; r < n; ++r) {
+      const char* q_row = p.q.row(b, rows.head[r], q0 + rows.pos[r]);
+      for (int64_t d = 0; d < dim / 2; ++d) std::memcpy(q_pairs + d * n + r, q_row + 4 * d, 4);
+    }
+  } else {
+    for (int64_t r = 0; r < n; ++r) {
+      load_rows(p, p.q, nullptr, b, rows.head[r], q0 + rows.pos[r], 1, dim, q_rows + r * dim, dim);
+      for (int64_t d = 0; d < dim; ++d) q_rows[r * dim + d] *= p.options.scale;
+    }
+    if (key_major)
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t d = 0; d < dim; ++d) s.q_t[d * n + r] = q_rows[r * dim + d];
   }
-  // Enough rows to fill a vector: scores as a GEMM against Q transposed (rows
-  // along the vector lanes); otherwise as row dot products.
-  const bool transposed_q = n >= 16;
-  if (transposed_q) {
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t d = 0; d < dim; ++d) s.q_t[d * n + r] = q_rows[r * dim + d];
-  }
-  float* st = s.scores.data();
+  float* scores = s.scores.data();
   const bool few_rows = n < 16;
   for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
     const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
@@ -229,24 +247,46 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
       if (j0 == first) prefetch_tile(p, b, rows.kv_head, k0 + j0, std::min(ahead, last + 1) - j0);
       else if (ahead <= last) prefetch_tile(p, b, rows.kv_head, k0 + ahead, std::min(kBlockK, last + 1 - ahead));
     }
+    const int64_t row_stride = key_major ? 1 : n_keys, key_stride = key_major ? n : 1;
     int64_t ldk, ldv;
-    const float* k_tile = tile_f32(p, p.k, k_scale, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
-    if (transposed_q) {
-      std::fill(st, st + n_keys * n, 0.0f);
-      kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
+    if (bf16_pairs) {
+      std::fill(scores, scores + n_keys * n, 0.0f);
+      kernels.gemm_bf16_pairs(n_keys, n, dim / 2, reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0)),
+                              p.k.seq_stride, 2, s.q_pairs.data(), 2 * n, scores, n);
+      for (int64_t i = 0; i < n_keys * n; ++i) scores[i] *= p.options.scale;
     } else {
-      kernels.dot_rows(n, n_keys, dim, q_rows, dim, k_tile, ldk, st, 1, n);
+      const float* k_tile = tile_f32(p, p.k, k_scale, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
+      if (key_major) {
+        std::fill(scores, scores + n_keys * n, 0.0f);
+        kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, scores, n);
+      } else {
+        kernels.dot_rows(n, n_keys, dim, q_rows, dim, k_tile, ldk, scores, n_keys, 1);
+      }
     }
-    if (tile_needs_modifiers(p, rows, j0, n_keys)) apply_score_modifiers(p, rows, j0, n_keys, st, nullptr);
-    kernels.softmax_update(st, n_keys, n, s.row_max.data(), s.row_sum.data(), s.rescale.data());
+    if (tile_needs_modifiers(p, rows, j0, n_keys))
+      apply_score_modifiers(p, rows, j0, n_keys, scores, row_stride, key_stride, nullptr);
+    if (key_major) {
+      kernels.softmax_update(scores, n_keys, n, s.row_max.data(), s.row_sum.data(), s.rescale.data());
+    } else {
+      kernels.softmax_update_rows(scores, n, n_keys, s.row_max.data(), s.row_sum.data(), s.rescale.data());
+    }
     for (int64_t r = 0; r < n; ++r) {
       const float c = s.rescale[r];
       if (c == 1.0f) continue;
       float* a = s.acc.data() + r * dim;
       for (int64_t d = 0; d < dim; ++d) a[d] *= c;
     }
-    const float* v_tile = tile_f32(p, p.v, v_scale, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
-    kernels.gemm_accumulate(n, dim, n_keys, st, 1, n, v_tile, ldv, s.acc.data(), dim);
+    if (bf16_pairs) {
+      // p_pairs[j / 2][r] and v_pairs[j / 2][d]: pairs of keys, an odd last key paired with zeros.
+      kernels.pair_rows_f32_to_bf16(scores, n, n_keys, n, s.p_pairs.data());
+      kernels.pair_rows_bf16(reinterpret_cast<const uint16_t*>(p.v.row(b, rows.kv_head, k0 + j0)), p.v.seq_stride,
+                             n_keys, dim, s.v_pairs.data());
+      kernels.gemm_bf16_pairs(n, dim, (n_keys + 1) / 2, s.p_pairs.data(), 2, 2 * n, s.v_pairs.data(), 2 * dim,
+                              s.acc.data(), dim);
+    } else {
+      const float* v_tile = tile_f32(p, p.v, v_scale, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
+      kernels.gemm_accumulate(n, dim, n_keys, scores, row_stride, key_stride, v_tile, ldv, s.acc.data(), dim);
+    }
   }
 }
 

@@ -74,6 +74,7 @@ struct Scratch {
   Scratch(int64_t max_rows, int64_t head_dim);
   std::vector<float> q_t, q_rows, scores, tanh_scores, k_tile, v_tile, acc, row_max, row_sum, rescale, row_tmp;
   std::vector<float> d_out, d_out_t, d_scores, delta;
+  std::vector<uint16_t> q_pairs, p_pairs, v_pairs;  // bf16 pair-packed operands (AVX512-BF16 path)
 };
 
 // Widened rows: `count` rows of `dim` elements, `ld` apart in dst.
@@ -89,8 +90,9 @@ void store_row(const float* src, int64_t dim, const Operand& dst, char* row);
 // to tanh_out when given (for the backward pass). Returns false when the whole
 // tile is masked by a boolean mask (nothing computed).
 bool tile_is_masked_out(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys);
-void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys, float* st,
-                           float* tanh_out);
+// Score (row r, key jj) lives at scores[r * row_stride + jj * key_stride].
+void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys, float* scores,
+                           int64_t row_stride, int64_t key_stride, float* tanh_out);
 bool tile_needs_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys);
 
 // Forward over keys [j_begin, j_end) of the block's sequence: acc (unnormalised

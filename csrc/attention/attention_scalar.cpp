@@ -50,6 +50,12 @@ void softmax_update(float* st, int64_t n_keys, int64_t n_rows, float* row_max, f
   }
 }
 
+void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum, float* rescale) {
+  // A query-major tile is the key-major tile of one row at a time.
+  for (int64_t r = 0; r < n_rows; ++r)
+    softmax_update(s + r * n_keys, n_keys, 1, row_max + r, row_sum + r, rescale + r);
+}
+
 void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
   for (int64_t j = 0; j < n_keys; ++j)
     for (int64_t r = 0; r < n_rows; ++r) st[j * n_rows + r] = std::exp(st[j * n_rows + r] - lse[r]);
@@ -75,7 +81,18 @@ void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales,
 
 }  // namespace
 
-const AttentionKernels attention_kernels = {gemm_accumulate, dot_rows, softmax_update, exp_minus_lse, widen_f16_rows,
-                                           widen_bf16_rows, widen_int8_rows};
+const AttentionKernels attention_kernels = {
+    gemm_accumulate,
+    dot_rows,
+    softmax_update,
+    softmax_update_rows,
+    exp_minus_lse,
+    widen_f16_rows,
+    widen_bf16_rows,
+    widen_int8_rows,
+    nullptr,
+    nullptr,
+    nullptr,
+};
 
 }  // namespace pocketml::scalar
