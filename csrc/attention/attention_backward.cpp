@@ -36,9 +36,9 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   float* d_out = s.d_out.data();
   float* lse = s.row_max.data();
   float* delta = s.delta.data();
-  load_rows(p, p.q, nullptr, b, head, q0 + rows.pos[0], n, dim, q_rows, dim);
-  load_rows(p, g.dout, nullptr, b, head, q0 + rows.pos[0], n, dim, d_out, dim);
-  load_rows(p, p.out, nullptr, b, head, q0 + rows.pos[0], n, dim, s.acc.data(), dim);
+  load_rows(p.q, nullptr, b, head, q0 + rows.pos[0], n, dim, q_rows, dim);
+  load_rows(g.dout, nullptr, b, head, q0 + rows.pos[0], n, dim, d_out, dim);
+  load_rows(p.out, nullptr, b, head, q0 + rows.pos[0], n, dim, s.acc.data(), dim);
   for (int64_t r = 0; r < n; ++r) {
     // delta_r = dO_r . O_r = sum_j P_rj dP_rj: the softmax Jacobian's row term.
     float dot = 0.0f;
@@ -133,10 +133,10 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
                         const AttentionOptions& options, const TensorView& out, const TensorView& lse,
                         const TensorView& dout, const TensorView& dq, const TensorView& dk, const TensorView& dv) {
   Problem p = dense_problem(q, k, v, bias, options);
-  p.out = bind_like(p, out, q, "out", false);
+  p.out = bind_like(out, q, "out", false);
   p.lse = bind_lse(p, lse, false);
-  const Gradients g{bind_like(p, dout, q, "grad_out", false), bind_like(p, dq, q, "dq", false),
-                    bind_like(p, dk, k, "dk", false), bind_like(p, dv, v, "dv", false)};
+  const Gradients g{bind_like(dout, q, "grad_out", false), bind_like(dq, q, "dq", false),
+                    bind_like(dk, k, "dk", false), bind_like(dv, v, "dv", false)};
   run_backward(p, g);
 }
 
@@ -146,10 +146,10 @@ void varlen_attention_backward(const TensorView& q, const TensorView& k, const T
                                const TensorView& dout, const TensorView& dq, const TensorView& dk,
                                const TensorView& dv) {
   Problem p = varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, options);
-  p.out = bind_like(p, out, q, "out", true);
+  p.out = bind_like(out, q, "out", true);
   p.lse = bind_lse(p, lse, true);
-  const Gradients g{bind_like(p, dout, q, "grad_out", true), bind_like(p, dq, q, "dq", true),
-                    bind_like(p, dk, k, "dk", true), bind_like(p, dv, v, "dv", true)};
+  const Gradients g{bind_like(dout, q, "grad_out", true), bind_like(dq, q, "dq", true),
+                    bind_like(dk, k, "dk", true), bind_like(dv, v, "dv", true)};
   run_backward(p, g);
 }
 

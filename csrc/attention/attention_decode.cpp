@@ -59,7 +59,6 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
       fail_argument(ErrorKind::InvalidArgument, "q", "contiguous last dimensions", "strides " + t->strides_string());
   if (options.softcap < 0.0f) fail_argument(ErrorKind::InvalidArgument, "softcap", "a number >= 0", "a negative one");
 
-  using attention_detail::Problem;
   Problem p;
   p.batch = q.shape[0];
   p.q_heads = q.shape[1];
@@ -70,7 +69,7 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
   p.q = Operand{static_cast<char*>(q.data), q.dtype, q.strides[0], q.strides[1], q.strides[2]};
   p.k = Operand{static_cast<char*>(k.data), k.dtype, k.strides[0], k.strides[1], k.strides[2]};
   p.v = Operand{static_cast<char*>(v.data), v.dtype, v.strides[0], v.strides[1], v.strides[2]};
-  p.out = bind_like(p, out, q, "out", false);
+  p.out = bind_like(out, q, "out", false);
   p.options = options;
   p.options.bottom_right = true;
   if (k.dtype == DType::i8) {
@@ -155,9 +154,6 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
                   " new positions", std::to_string(src.shape[2]));
   if (src.strides[3] != 1 || dst.strides[3] != 1)
     fail_argument(ErrorKind::InvalidArgument, "k", "a contiguous last dimension", "strides " + src.strides_string());
-  using attention_detail::Problem;
-  Problem p;
-  p.head_dim = src.shape[3];
   const Operand in{static_cast<char*>(src.data), src.dtype, src.strides[0], src.strides[1], src.strides[2]};
   const int64_t dim = src.shape[3], tokens = src.shape[2], heads = src.shape[1];
   parallel_for(src.shape[0] * heads, 1, [&](int64_t begin, int64_t end) {
@@ -165,7 +161,7 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / heads, h = pair % heads;
       for (int64_t t = 0; t < tokens; ++t) {
-        load_rows(p, in, nullptr, b, h, t, 1, dim, row.data(), dim);
+        load_rows(in, nullptr, b, h, t, 1, dim, row.data(), dim);
         float amax = 0.0f;
         for (float x : row) amax = std::max(amax, std::fabs(x));
         const float s = amax / 127.0f;

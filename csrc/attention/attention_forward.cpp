@@ -62,7 +62,7 @@ void run_forward(const Problem& p) {
 void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v, const AttentionBias& bias,
                        const AttentionOptions& options, const TensorView& out, const TensorView& lse) {
   Problem p = dense_problem(q, k, v, bias, options);
-  p.out = bind_like(p, out, q, "out", false);
+  p.out = bind_like(out, q, "out", false);
   p.lse = bind_lse(p, lse, false);
   run_forward(p);
 }
@@ -71,7 +71,7 @@ void varlen_attention_forward(const TensorView& q, const TensorView& k, const Te
                               const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
                               const AttentionOptions& options, const TensorView& out, const TensorView& lse) {
   Problem p = varlen_problem(q, k, v, cu_seqlens_q, cu_seqlens_k, options);
-  p.out = bind_like(p, out, q, "out", true);
+  p.out = bind_like(out, q, "out", true);
   p.lse = bind_lse(p, lse, true);
   run_forward(p);
 }

@@ -31,7 +31,6 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       row_max(max_rows),
       row_sum(max_rows),
       rescale(max_rows),
-      row_tmp(head_dim),
       q_pairs(max_rows * (head_dim + 1)),
       p_pairs(2 * (kBlockK / 2 + 1) * max_rows),
       v_pairs(2 * (kBlockK / 2 + 1) * head_dim) {}
@@ -62,7 +61,7 @@ float element_f32(const char* p, DType dtype) {
 
 }  // namespace
 
-void load_rows(const Problem& p, const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
+void load_rows(const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
                int64_t count, int64_t dim, float* dst, int64_t ld) {
   const AttentionKernels& kernels = attention_tables().active();
   const char* first = src.row(b, h, pos);
@@ -93,7 +92,7 @@ const float* tile_f32(const Problem& p, const Operand& src, const Operand* scale
     return reinterpret_cast<const float*>(src.row(b, h, pos));
   }
   *ld = p.head_dim;
-  load_rows(p, src, scale, b, h, pos, count, p.head_dim, buffer, p.head_dim);
+  load_rows(src, scale, b, h, pos, count, p.head_dim, buffer, p.head_dim);
   return buffer;
 }
 
@@ -230,7 +229,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
     }
   } else {
     for (int64_t r = 0; r < n; ++r) {
-      load_rows(p, p.q, nullptr, b, rows.head[r], q0 + rows.pos[r], 1, dim, q_rows + r * dim, dim);
+      load_rows(p.q, nullptr, b, rows.head[r], q0 + rows.pos[r], 1, dim, q_rows + r * dim, dim);
       for (int64_t d = 0; d < dim; ++d) q_rows[r * dim + d] *= p.options.scale;
     }
     if (key_major)
@@ -447,7 +446,7 @@ Problem varlen_problem(const TensorView& q, const TensorView& k, const TensorVie
   return p;
 }
 
-Operand bind_like(const Problem& p, const TensorView& t, const TensorView& like, const char* arg, bool packed) {
+Operand bind_like(const TensorView& t, const TensorView& like, const char* arg, bool packed) {
   require_writable(t, arg);
   if (t.dtype != like.dtype)
     fail_argument(ErrorKind::Type, arg, std::string("dtype ") + dtype_name(like.dtype), dtype_name(t.dtype));

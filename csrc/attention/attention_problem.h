@@ -72,28 +72,30 @@ struct RowBlock {
 // fp32 scratch of one thread for blocks of up to `max_rows` rows.
 struct Scratch {
   Scratch(int64_t max_rows, int64_t head_dim);
-  std::vector<float> q_t, q_rows, scores, tanh_scores, k_tile, v_tile, acc, row_max, row_sum, rescale, row_tmp;
+  std::vector<float> q_t, q_rows, scores, tanh_scores, k_tile, v_tile, acc, row_max, row_sum, rescale;
   std::vector<float> d_out, d_out_t, d_scores, delta;
   std::vector<uint16_t> q_pairs, p_pairs, v_pairs;  // bf16 pair-packed operands (AVX512-BF16 path)
 };
 
 // Widened rows: `count` rows of `dim` elements, `ld` apart in dst.
-void load_rows(const Problem& p, const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
+void load_rows(const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
                int64_t count, int64_t dim, float* dst, int64_t ld);
 // A K or V tile as fp32: points into the operand itself when it already is fp32.
 const float* tile_f32(const Problem& p, const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
                       int64_t count, float* buffer, int64_t* ld);
 void store_row(const float* src, int64_t dim, const Operand& dst, char* row);
 
-// Scores of the block rows against keys [j0, j0 + n_keys) in st[key][row], with
-// every modifier applied (softcap, ALiBi, masks, band). Writes tanh(s / softcap)
-// to tanh_out when given (for the backward pass). Returns false when the whole
-// tile is masked by a boolean mask (nothing computed).
+// True when a boolean mask removes every (row, key) of the tile: it is skipped.
 bool tile_is_masked_out(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys);
-// Score (row r, key jj) lives at scores[r * row_stride + jj * key_stride].
+// False when the tile's raw scores are final: no softcap, ALiBi or mask, and
+// the window / causal band covers the whole tile for every row.
+bool tile_needs_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys);
+// Applies softcap, ALiBi, masks and the band to the scaled scores of the block
+// rows against keys [j0, j0 + n_keys); score (row r, key jj) lives at
+// scores[r * row_stride + jj * key_stride]. Writes tanh(s / softcap) at the
+// same place in tanh_out when given (the backward pass needs it).
 void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys, float* scores,
                            int64_t row_stride, int64_t key_stride, float* tanh_out);
-bool tile_needs_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys);
 
 // Forward over keys [j_begin, j_end) of the block's sequence: acc (unnormalised
 // output, rows x D), row_max and row_sum hold the online-softmax state.
@@ -106,7 +108,7 @@ Problem dense_problem(const TensorView& q, const TensorView& k, const TensorView
 Problem varlen_problem(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& cu_q,
                        const TensorView& cu_k, const AttentionOptions& options);
 // Checks an output / gradient tensor against its input and binds it as an operand.
-Operand bind_like(const Problem& p, const TensorView& t, const TensorView& like, const char* arg, bool packed);
+Operand bind_like(const TensorView& t, const TensorView& like, const char* arg, bool packed);
 Operand bind_lse(const Problem& p, const TensorView& lse, bool packed);
 
 }  // namespace pocketml::attention_detail
