@@ -374,3 +374,23 @@ def test_bad_varlen_and_cache_input():
         A.decode(torch.randn(1, 2, 9, 16), cache)
     with pytest.raises(ValueError, match="argument 'cache'.*dividing"):
         A.decode(torch.randn(1, 3, 1, 16), cache)
+
+
+def test_backward_split_over_keys_matches_single_range(isa):
+    # MQA at batch 1 has fewer (batch, KV head) pairs than threads: the keys are
+    # split into ranges and dQ partials summed. One thread runs one range.
+    q, k, v = make_qkv(1, 4, 1, 50, 200, 64)
+    grad = torch.randn(1, 4, 50, 64, generator=torch.Generator().manual_seed(4))
+    threads = pocketml.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 4):
+            pocketml.set_num_threads(n)
+            inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+            A.scaled_dot_product_attention(*inputs, is_causal=True, enable_gqa=True,
+                                           causal_alignment="bottom_right").backward(grad)
+            grads.append([x.grad for x in inputs])
+    finally:
+        pocketml.set_num_threads(threads)
+    for single, split in zip(*grads):
+        torch.testing.assert_close(split, single, atol=1e-6, rtol=1e-5)
