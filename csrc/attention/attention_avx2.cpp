@@ -282,6 +282,8 @@ const AttentionKernels attention_kernels = {
     nullptr,
     nullptr,
     nullptr,
+    nullptr,
+    nullptr,
 };
 
 }  // namespace pocketml::avx2

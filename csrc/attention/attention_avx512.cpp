@@ -14,6 +14,8 @@
 namespace pocketml::avx512 {
 namespace {
 
+constexpr size_t dtype_bytes(DType t) { return t == DType::f32 ? 4 : t == DType::i8 ? 1 : 2; }
+
 constexpr int kRows = 6;
 constexpr int64_t kDepth = 64;
 constexpr int kVectors = 4;
@@ -272,6 +274,122 @@ void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales,
   }
 }
 
+// --- decode: K / V rows straight from the cache ----------------------------
+
+// 16 elements of a cache row as fp32 (int8 without its scale).
+template <DType kType>
+inline __m512 load_row16(const void* row, int64_t d, __mmask16 m) {
+  if constexpr (kType == DType::f32) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + d);
+  } else if constexpr (kType == DType::f16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + d));
+  } else if constexpr (kType == DType::bf16) {
+    return bf16_to_f32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + d));
+  } else {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, static_cast<const int8_t*>(row) + d)));
+  }
+}
+
+template <DType kType>
+inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
+  return static_cast<const char*>(base) + j * stride * static_cast<int64_t>(dtype_bytes(kType));
+}
+
+// Four keys at a time against up to four query rows: each K chunk is loaded
+// (and converted) once for all rows, 16 accumulators, one reduction per score.
+template <DType kType>
+void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
+                         const float* k_scales, int64_t scale_stride, float* scores) {
+  for (int64_t j0 = 0; j0 < keys; j0 += 4) {
+    const int nk = keys - j0 < 4 ? static_cast<int>(keys - j0) : 4;
+    const void* key_rows[4];
+    for (int i = 0; i < 4; ++i) key_rows[i] = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
+      __m512 acc[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < dim; d += 16) {
+        const __mmask16 m = tail_mask(dim - d);
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) kv[i] = load_row16<kType>(key_rows[i], d, m);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          if (r >= nr) break;
+          const __m512 qv = _mm512_maskz_loadu_ps(m, q + (r0 + r) * dim + d);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_fmadd_ps(qv, kv[i], acc[r][i]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int i = 0; i < nk; ++i) {
+          float score = _mm512_reduce_add_ps(acc[r][i]);
+          if constexpr (kType == DType::i8) score *= k_scales[(j0 + i) * scale_stride];
+          scores[(r0 + r) * keys + j0 + i] = score;
+        }
+    }
+  }
+}
+
+// acc[r][c0:c0+64] += sum_j p[r][j] v[j][c0:c0+64] for up to four rows at a
+// time: each V chunk is loaded (and converted) once for all of them.
+template <DType kType>
+void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  for (int64_t c0 = 0; c0 < dim; c0 += 64) {
+    __mmask16 masks[4];
+    for (int i = 0; i < 4; ++i) masks[i] = c0 + 16 * i < dim ? tail_mask(dim - c0 - 16 * i) : 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
+      __m512 o[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+          o[r][i] = r < nr ? _mm512_maskz_loadu_ps(masks[i], acc + (r0 + r) * dim + c0 + 16 * i) : _mm512_setzero_ps();
+      for (int64_t j = 0; j < keys; ++j) {
+        const void* row = cache_row<kType>(v, j, v_stride);
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) vv[i] = load_row16<kType>(row, c0 + 16 * i, masks[i]);
+        const float row_scale = kType == DType::i8 ? v_scales[j * scale_stride] : 1.0f;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          if (r >= nr) break;
+          const __m512 pv = _mm512_set1_ps(p[(r0 + r) * keys + j] * row_scale);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) o[r][i] = _mm512_fmadd_ps(pv, vv[i], o[r][i]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int i = 0; i < 4; ++i) _mm512_mask_storeu_ps(acc + (r0 + r) * dim + c0 + 16 * i, masks[i], o[r][i]);
+    }
+  }
+}
+
+void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
+                   int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores) {
+  switch (kv) {
+    case DType::f16: return decode_scores_typed<DType::f16>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
+    case DType::bf16: return decode_scores_typed<DType::bf16>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
+    case DType::i8: return decode_scores_typed<DType::i8>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
+    default: return decode_scores_typed<DType::f32>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
+  }
+}
+
+void decode_accumulate(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                       int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  switch (kv) {
+    case DType::f16: return decode_accumulate_typed<DType::f16>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
+    case DType::bf16: return decode_accumulate_typed<DType::bf16>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
+    case DType::i8: return decode_accumulate_typed<DType::i8>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
+    default: return decode_accumulate_typed<DType::f32>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
+  }
+}
+
 // --- AVX512-BF16: two products per lane and instruction --------------------
 
 inline __m512i broadcast_pair(const uint16_t* p) {
@@ -395,6 +513,8 @@ const AttentionKernels attention_kernels = {
     widen_f16_rows,
     widen_bf16_rows,
     widen_int8_rows,
+    decode_scores,
+    decode_accumulate,
     gemm_bf16_pairs,
     pair_rows_f32_to_bf16,
     pair_rows_bf16,

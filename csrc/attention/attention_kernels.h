@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "runtime/dispatch.h"
+#include "runtime/dtype.h"
 
 namespace pocketml {
 
@@ -41,6 +42,16 @@ struct AttentionKernels {
   void (*widen_bf16_rows)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld);
   void (*widen_int8_rows)(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride,
                           int64_t rows, int64_t dim, float* dst, int64_t ld);
+
+  // Decode tiles, reading K / V rows in their storage type (fp32, fp16, bf16,
+  // or int8 times the row's scale, scales[j * scale_stride]) without widening
+  // them first; null where the drivers widen tiles and use dot_rows / gemm.
+  // scores[r][j] = q[r] . k[j] for `rows` fp32 query rows of `dim`;
+  // acc[r][:] += sum_j p[r][j] v[j][:] with p [rows][keys].
+  void (*decode_scores)(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
+                        int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores);
+  void (*decode_accumulate)(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                            int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc);
 
   // bf16 pair products (AVX512-BF16 vdpbf16ps); null where the ISA lacks them,
   // and the drivers then widen bf16 to fp32 instead. Operands hold bf16 pairs

@@ -219,6 +219,8 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // P is rounded to bf16 as FlashAttention does on GPUs.
   const bool bf16_pairs = key_major && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && dim % 2 == 0 &&
                           kernels.gemm_bf16_pairs != nullptr && cpu_features().avx512bf16;
+  // Few rows with a direct decode kernel: K and V are read in their storage type.
+  const bool direct_rows = !key_major && kernels.decode_scores != nullptr;
   float* q_rows = s.q_rows.data();
   if (bf16_pairs) {
     // q_pairs[d / 2][r] = (q[r][d], q[r][d + 1]): a 32-bit transpose of Q, unscaled (exact).
@@ -253,6 +255,10 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
       kernels.gemm_bf16_pairs(n_keys, n, dim / 2, reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0)),
                               p.k.seq_stride, 2, s.q_pairs.data(), 2 * n, scores, n);
       for (int64_t i = 0; i < n_keys * n; ++i) scores[i] *= p.options.scale;
+    } else if (direct_rows) {
+      kernels.decode_scores(p.k.dtype, n, n_keys, dim, q_rows, p.k.row(b, rows.kv_head, k0 + j0), p.k.seq_stride,
+                            k_scale ? reinterpret_cast<const float*>(k_scale->row(b, rows.kv_head, k0 + j0)) : nullptr,
+                            k_scale ? k_scale->seq_stride : 0, scores);
     } else {
       const float* k_tile = tile_f32(p, p.k, k_scale, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
       if (key_major) {
@@ -282,6 +288,10 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
                              n_keys, dim, s.v_pairs.data());
       kernels.gemm_bf16_pairs(n, dim, (n_keys + 1) / 2, s.p_pairs.data(), 2, 2 * n, s.v_pairs.data(), 2 * dim,
                               s.acc.data(), dim);
+    } else if (direct_rows) {
+      kernels.decode_accumulate(p.v.dtype, n, n_keys, dim, scores, p.v.row(b, rows.kv_head, k0 + j0), p.v.seq_stride,
+                                v_scale ? reinterpret_cast<const float*>(v_scale->row(b, rows.kv_head, k0 + j0)) : nullptr,
+                                v_scale ? v_scale->seq_stride : 0, s.acc.data());
     } else {
       const float* v_tile = tile_f32(p, p.v, v_scale, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
       kernels.gemm_accumulate(n, dim, n_keys, scores, row_stride, key_stride, v_tile, ldv, s.acc.data(), dim);

@@ -93,6 +93,8 @@ const AttentionKernels attention_kernels = {
     nullptr,
     nullptr,
     nullptr,
+    nullptr,
+    nullptr,
 };
 
 }  // namespace pocketml::scalar
