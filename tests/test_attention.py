@@ -78,11 +78,20 @@ def test_forward_every_mask_kind(isa, kind, dtype):
     out = A.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
     assert out.dtype == q.dtype and out.shape == q.shape
     ref64 = check_against_reference(out, q, k, v, broadcast_mask(mask, (b, hq, lq, lk)), **ref_kwargs)
-    if kind in ("none", "causal", "bool", "additive") and dtype == "fp32":
-        # torch's math SDPA on the same inputs (its own mask conventions).
+    if kind != "softcap" and dtype == "fp32":
+        # torch's math SDPA on the same inputs; kinds torch lacks become the
+        # equivalent mask (a band for windows and bottom-right causal, a bias for ALiBi).
+        torch_mask, is_causal = kwargs.get("attn_mask"), kwargs.get("is_causal", False)
+        i, j = torch.arange(lq)[:, None], torch.arange(lk)[None, :]
+        if kind == "causal_bottom_right":
+            torch_mask, is_causal = j <= i + lk - lq, False
+        elif kind == "window":
+            torch_mask = (j >= i - 3) & (j <= i + 2)  # every row keeps keys: lq < lk
+        elif kind == "alibi":
+            torch_mask = -kwargs["alibi_slopes"][:, None, None] * (i - j).abs()
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-            expected = F.scaled_dot_product_attention(q, k, v, attn_mask=kwargs.get("attn_mask"),
-                                                      is_causal=kwargs.get("is_causal", False), enable_gqa=True)
+            expected = F.scaled_dot_product_attention(q, k, v, attn_mask=torch_mask, is_causal=is_causal,
+                                                      enable_gqa=True)
         torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(out.double(), ref64, atol=2e-5, rtol=1e-4)
 
