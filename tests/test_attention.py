@@ -405,3 +405,12 @@ def test_backward_split_over_keys_matches_single_range(isa):
         pocketml.set_num_threads(threads)
     for single, split in zip(*grads):
         torch.testing.assert_close(split, single, atol=1e-6, rtol=1e-5)
+
+
+def test_pocketml_imports_without_torch_and_exposes_attention_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, pocketml; assert 'torch' not in sys.modules; "
+            "import pocketml as pm; assert pm.attention.scaled_dot_product_attention")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,5 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
-from pocketml import attention
 from pocketml.conversion import convert
 from pocketml.runtime import (
     active_isa,
@@ -16,7 +15,6 @@ __version__ = info()["version"]
 
 __all__ = [
     "active_isa",
-    "attention",
     "convert",
     "get_num_threads",
     "info",
@@ -25,3 +23,12 @@ __all__ = [
     "supported_isas",
     "use_isa",
 ]
+
+
+def __getattr__(name):
+    # pocketml.attention works on torch tensors, and torch is optional: import it on first use.
+    if name == "attention":
+        import importlib
+
+        return importlib.import_module("pocketml.attention")
+    raise AttributeError(f"module 'pocketml' has no attribute {name!r}")
