@@ -148,6 +148,7 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         mask, alibi, scale, left, right, bottom_right, softcap = ctx.extras
@@ -229,6 +230,7 @@ class _VarlenAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
     def backward(ctx, grad_out):
         q, k, v, cu_q, cu_k, out, lse = ctx.saved_tensors
         scale, left, right, softcap = ctx.extras
