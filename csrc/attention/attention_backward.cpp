@@ -119,11 +119,7 @@ void run_backward(const Problem& p, const Gradients& g) {
   // Split: dQ partials per task, [group * len_q * D] floats each.
   std::vector<std::vector<float>> dq_partial(split ? pairs * ranges : 0);
   parallel_for(pairs * ranges, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(kBlockQ, dim);
-    s.d_out.resize(kBlockQ * dim);
-    s.d_out_t.resize(kBlockQ * dim);
-    s.d_scores.resize(kBlockK * kBlockQ);
-    s.delta.resize(kBlockQ);
+    Scratch& s = thread_scratch(kBlockQ, dim);
     int64_t heads[kBlockQ], positions[kBlockQ];
     std::vector<float> dk_acc, dv_acc;
     for (int64_t task = begin; task < end; ++task) {

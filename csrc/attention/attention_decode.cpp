@@ -92,7 +92,7 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
   std::vector<float> partial_max(pairs * n_chunks * rows_per_head), partial_sum(pairs * n_chunks * rows_per_head);
   const AttentionKernels& kernels = attention_tables().active();
   parallel_for(pairs * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(rows_per_head, dim);
+    Scratch& s = thread_scratch(rows_per_head, dim);
     std::vector<int64_t> heads(rows_per_head), positions(rows_per_head);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pair = task / n_chunks, c = task % n_chunks;
@@ -101,14 +101,14 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
         heads[r] = kv_head * group + r / len_q;
         positions[r] = r % len_q;
       }
-      std::fill(s.acc.begin(), s.acc.end(), 0.0f);
-      std::fill(s.row_max.begin(), s.row_max.end(), -kInfinity);
-      std::fill(s.row_sum.begin(), s.row_sum.end(), 0.0f);
+      std::fill(s.acc.begin(), s.acc.begin() + rows_per_head * dim, 0.0f);
+      std::fill(s.row_max.begin(), s.row_max.begin() + rows_per_head, -kInfinity);
+      std::fill(s.row_sum.begin(), s.row_sum.begin() + rows_per_head, 0.0f);
       attend_block(p, kernels, RowBlock{b, kv_head, rows_per_head, heads.data(), positions.data()}, c * chunk,
                    std::min(length, (c + 1) * chunk), s);
-      std::copy(s.acc.begin(), s.acc.end(), partial_out.begin() + task * rows_per_head * dim);
-      std::copy(s.row_max.begin(), s.row_max.end(), partial_max.begin() + task * rows_per_head);
-      std::copy(s.row_sum.begin(), s.row_sum.end(), partial_sum.begin() + task * rows_per_head);
+      std::copy_n(s.acc.begin(), rows_per_head * dim, partial_out.begin() + task * rows_per_head * dim);
+      std::copy_n(s.row_max.begin(), rows_per_head, partial_max.begin() + task * rows_per_head);
+      std::copy_n(s.row_sum.begin(), rows_per_head, partial_sum.begin() + task * rows_per_head);
     }
   });
   // Merge: out = sum_c exp(m_c - m) O_c / sum_c exp(m_c - m) l_c with m = max_c m_c.

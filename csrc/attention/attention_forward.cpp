@@ -29,7 +29,7 @@ void run_forward(const Problem& p) {
   const AttentionKernels& kernels = attention_tables().active();
   const int64_t dim = p.head_dim;
   parallel_for(static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
-    Scratch s(kBlockQ, dim);
+    Scratch& s = thread_scratch(kBlockQ, dim);
     int64_t heads[kBlockQ], positions[kBlockQ];
     for (int64_t t = begin; t < end; ++t) {
       const QueryBlock& blk = blocks[t];

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "convert/convert_kernels.h"
@@ -21,7 +22,9 @@ KeyBand key_band(const AttentionOptions& options, int64_t pos, int64_t len_q, in
 }
 
 Scratch::Scratch(int64_t max_rows, int64_t head_dim)
-    : q_t(max_rows * head_dim),
+    : max_rows(max_rows),
+      head_dim(head_dim),
+      q_t(max_rows * head_dim),
       q_rows(max_rows * head_dim),
       scores(kBlockK * max_rows),
       tanh_scores(kBlockK * max_rows),
@@ -31,9 +34,20 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       row_max(max_rows),
       row_sum(max_rows),
       rescale(max_rows),
+      d_out(max_rows * head_dim),
+      d_out_t(max_rows * head_dim),
+      d_scores(kBlockK * max_rows),
+      delta(max_rows),
       q_pairs(max_rows * (head_dim + 1)),
       p_pairs(2 * (kBlockK / 2 + 1) * max_rows),
       v_pairs(2 * (kBlockK / 2 + 1) * head_dim) {}
+
+Scratch& thread_scratch(int64_t max_rows, int64_t head_dim) {
+  thread_local std::unique_ptr<Scratch> scratch;
+  if (!scratch || scratch->max_rows != max_rows || scratch->head_dim != head_dim)
+    scratch = std::make_unique<Scratch>(max_rows, head_dim);
+  return *scratch;
+}
 
 namespace {
 

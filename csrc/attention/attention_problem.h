@@ -72,10 +72,16 @@ struct RowBlock {
 // fp32 scratch of one thread for blocks of up to `max_rows` rows.
 struct Scratch {
   Scratch(int64_t max_rows, int64_t head_dim);
+  int64_t max_rows, head_dim;
   std::vector<float> q_t, q_rows, scores, tanh_scores, k_tile, v_tile, acc, row_max, row_sum, rescale;
   std::vector<float> d_out, d_out_t, d_scores, delta;
   std::vector<uint16_t> q_pairs, p_pairs, v_pairs;  // bf16 pair-packed operands (AVX512-BF16 path)
 };
+
+// The calling thread's scratch, kept between tasks and calls: one task (a block
+// of 64 queries over 512 keys is ~50 us) is too short to pay for ~200 KiB of
+// fresh zeroed buffers.
+Scratch& thread_scratch(int64_t max_rows, int64_t head_dim);
 
 // Widened rows: `count` rows of `dim` elements, `ld` apart in dst.
 void load_rows(const Operand& src, const Operand* scale, int64_t b, int64_t h, int64_t pos,
