@@ -204,7 +204,8 @@ void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_ma
     __m256 sum = _mm256_setzero_ps();
     for (int64_t j = 0; j < n_keys; j += 8) {
       const __m256i mk = tail_mask(n_keys - j);
-      const __m256 p = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, mk), ref)), _mm256_castsi256_ps(mk));
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, mk), ref));
+      const __m256 p = _mm256_and_ps(e, _mm256_castsi256_ps(mk));  // lanes past the tile add nothing
       _mm256_maskstore_ps(row + j, mk, p);
       sum = _mm256_add_ps(sum, p);
     }

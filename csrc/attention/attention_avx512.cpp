@@ -14,8 +14,6 @@
 namespace pocketml::avx512 {
 namespace {
 
-constexpr size_t dtype_bytes(DType t) { return t == DType::f32 ? 4 : t == DType::i8 ? 1 : 2; }
-
 constexpr int kRows = 6;
 constexpr int64_t kDepth = 64;
 constexpr int kVectors = 4;
@@ -162,7 +160,8 @@ void dot_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, cons
       for (int64_t k = 0; k < full; k += 16)
         s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a_row + k), _mm512_loadu_ps(b + n * ldb + k), s0);
       if (full < K)
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a_row + full), _mm512_maskz_loadu_ps(tail, b + n * ldb + full), s0);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a_row + full), _mm512_maskz_loadu_ps(tail, b + n * ldb + full),
+                             s0);
       c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
     }
   }
@@ -174,7 +173,8 @@ void softmax_update(float* st, int64_t n_keys, int64_t n_rows, float* row_max, f
     const __mmask16 m = tail_mask(n_rows - r);
     const __m512 old_max = _mm512_mask_loadu_ps(minus_inf, m, row_max + r);
     __m512 new_max = old_max;
-    for (int64_t j = 0; j < n_keys; ++j) new_max = _mm512_max_ps(new_max, _mm512_mask_loadu_ps(minus_inf, m, st + j * n_rows + r));
+    for (int64_t j = 0; j < n_keys; ++j)
+      new_max = _mm512_max_ps(new_max, _mm512_mask_loadu_ps(minus_inf, m, st + j * n_rows + r));
     // Rows still at -inf are fully masked so far: take exp against 0.
     const __m512 reference = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(new_max, minus_inf, _CMP_EQ_OQ), new_max,
                                                   _mm512_setzero_ps());
@@ -197,7 +197,8 @@ void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_ma
   for (int64_t r = 0; r < n_rows; ++r) {
     float* row = s + r * n_keys;
     __m512 m = minus_inf;
-    for (int64_t j = 0; j < n_keys; j += 16) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(minus_inf, tail_mask(n_keys - j), row + j));
+    for (int64_t j = 0; j < n_keys; j += 16)
+      m = _mm512_max_ps(m, _mm512_mask_loadu_ps(minus_inf, tail_mask(n_keys - j), row + j));
     const float new_max = __builtin_fmaxf(row_max[r], _mm512_reduce_max_ps(m));
     // A row still at -inf is fully masked so far: take exp against 0.
     const float reference = new_max == -__builtin_inff() ? 0.0f : new_max;
@@ -290,9 +291,23 @@ inline __m512 load_row16(const void* row, int64_t d, __mmask16 m) {
   }
 }
 
+// The storage type of a cache element.
+template <DType kType>
+struct CacheElement {
+  using type = uint16_t;  // fp16, bf16
+};
+template <>
+struct CacheElement<DType::f32> {
+  using type = float;
+};
+template <>
+struct CacheElement<DType::i8> {
+  using type = int8_t;
+};
+
 template <DType kType>
 inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
-  return static_cast<const char*>(base) + j * stride * static_cast<int64_t>(dtype_bytes(kType));
+  return static_cast<const typename CacheElement<kType>::type*>(base) + j * stride;
 }
 
 // Four keys at a time against up to four query rows: each K chunk is loaded
@@ -372,21 +387,23 @@ void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const floa
 
 void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
                    int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores) {
+  auto run = [&](auto typed) { typed(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores); };
   switch (kv) {
-    case DType::f16: return decode_scores_typed<DType::f16>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
-    case DType::bf16: return decode_scores_typed<DType::bf16>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
-    case DType::i8: return decode_scores_typed<DType::i8>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
-    default: return decode_scores_typed<DType::f32>(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores);
+    case DType::f16: return run(decode_scores_typed<DType::f16>);
+    case DType::bf16: return run(decode_scores_typed<DType::bf16>);
+    case DType::i8: return run(decode_scores_typed<DType::i8>);
+    default: return run(decode_scores_typed<DType::f32>);
   }
 }
 
 void decode_accumulate(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
                        int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  auto run = [&](auto typed) { typed(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc); };
   switch (kv) {
-    case DType::f16: return decode_accumulate_typed<DType::f16>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
-    case DType::bf16: return decode_accumulate_typed<DType::bf16>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
-    case DType::i8: return decode_accumulate_typed<DType::i8>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
-    default: return decode_accumulate_typed<DType::f32>(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc);
+    case DType::f16: return run(decode_accumulate_typed<DType::f16>);
+    case DType::bf16: return run(decode_accumulate_typed<DType::bf16>);
+    case DType::i8: return run(decode_accumulate_typed<DType::i8>);
+    default: return run(decode_accumulate_typed<DType::f32>);
   }
 }
 

@@ -42,7 +42,8 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
     fail_argument(ErrorKind::InvalidArgument, "q", "4-D q [B, Hq, Lq, D] and cache [B, Hkv, max_len, D]",
                   "shapes " + q.shape_string() + ", " + k.shape_string());
   if (q.shape[2] < 1 || q.shape[2] > kMaxDecodeQueries)
-    fail_argument(ErrorKind::InvalidArgument, "q", "1 to 8 queries per head (dimension 2)", "shape " + q.shape_string());
+    fail_argument(ErrorKind::InvalidArgument, "q", "1 to 8 queries per head (dimension 2)",
+                  "shape " + q.shape_string());
   if (v.dtype != k.dtype) fail_argument(ErrorKind::Type, "cache.v", dtype_name(k.dtype), dtype_name(v.dtype));
   require_same_shape(v, "cache.v", k, "cache.k");
   if (k.shape[0] != q.shape[0] || k.shape[3] != q.shape[3] || q.shape[3] == 0)
@@ -150,8 +151,9 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
     fail_argument(ErrorKind::InvalidArgument, "k", "shape (batch, kv_heads, T, head_dim) of the cache " +
                   dst.shape_string(), "shape " + src.shape_string());
   if (start < 0 || start + src.shape[2] > dst.shape[2])
-    fail_argument(ErrorKind::InvalidArgument, "k", "at most " + std::to_string(dst.shape[2] - std::max<int64_t>(start, 0)) +
-                  " new positions", std::to_string(src.shape[2]));
+    fail_argument(ErrorKind::InvalidArgument, "k",
+                  "at most " + std::to_string(dst.shape[2] - std::max<int64_t>(start, 0)) + " new positions",
+                  std::to_string(src.shape[2]));
   if (src.strides[3] != 1 || dst.strides[3] != 1)
     fail_argument(ErrorKind::InvalidArgument, "k", "a contiguous last dimension", "strides " + src.strides_string());
   const Operand in{static_cast<char*>(src.data), src.dtype, src.strides[0], src.strides[1], src.strides[2]};
@@ -166,10 +168,11 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
         for (float x : row) amax = std::max(amax, std::fabs(x));
         const float s = amax / 127.0f;
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int8_t* out = static_cast<int8_t*>(dst.data) + b * dst.strides[0] + h * dst.strides[1] + (start + t) * dst.strides[2];
+        const int64_t pos = start + t;
+        int8_t* out = static_cast<int8_t*>(dst.data) + b * dst.strides[0] + h * dst.strides[1] + pos * dst.strides[2];
         for (int64_t d = 0; d < dim; ++d)
           out[d] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[d] * inv))));
-        static_cast<float*>(scale.data)[b * scale.strides[0] + h * scale.strides[1] + (start + t) * scale.strides[2]] = s;
+        static_cast<float*>(scale.data)[b * scale.strides[0] + h * scale.strides[1] + pos * scale.strides[2]] = s;
       }
     }
   });

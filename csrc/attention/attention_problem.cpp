@@ -82,7 +82,7 @@ void load_rows(const Operand& src, const Operand* scale, int64_t b, int64_t h, i
   switch (src.dtype) {
     case DType::f32:
       for (int64_t r = 0; r < count; ++r)
-        std::memcpy(dst + r * ld, first + r * src.seq_stride * static_cast<int64_t>(sizeof(float)), dim * sizeof(float));
+        std::memcpy(dst + r * ld, reinterpret_cast<const float*>(first) + r * src.seq_stride, dim * sizeof(float));
       break;
     case DType::f16:
       kernels.widen_f16_rows(reinterpret_cast<const uint16_t*>(first), src.seq_stride, count, dim, dst, ld);
@@ -304,7 +304,8 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
                               s.acc.data(), dim);
     } else if (direct_rows) {
       kernels.decode_accumulate(p.v.dtype, n, n_keys, dim, scores, p.v.row(b, rows.kv_head, k0 + j0), p.v.seq_stride,
-                                v_scale ? reinterpret_cast<const float*>(v_scale->row(b, rows.kv_head, k0 + j0)) : nullptr,
+                                v_scale ? reinterpret_cast<const float*>(v_scale->row(b, rows.kv_head, k0 + j0))
+                                        : nullptr,
                                 v_scale ? v_scale->seq_stride : 0, s.acc.data());
     } else {
       const float* v_tile = tile_f32(p, p.v, v_scale, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
@@ -345,7 +346,8 @@ void require_dim(const TensorView& t, const char* arg, int dim, int64_t expected
 }
 
 void check_options(const AttentionOptions& o) {
-  if (!std::isfinite(o.scale)) fail_argument(ErrorKind::InvalidArgument, "scale", "a finite number", std::to_string(o.scale));
+  if (!std::isfinite(o.scale))
+    fail_argument(ErrorKind::InvalidArgument, "scale", "a finite number", std::to_string(o.scale));
   if (!(o.softcap >= 0.0f) || !std::isfinite(o.softcap))
     fail_argument(ErrorKind::InvalidArgument, "softcap", "a finite number >= 0", std::to_string(o.softcap));
   if (o.window_left < -1 || o.window_right < -1)

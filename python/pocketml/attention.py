@@ -261,7 +261,8 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"argument 'q': expected 3-D [tokens, heads, D] q, k and v, got shapes "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    for cu, longest, arg in ((cu_seqlens_q, max_seqlen_q, "max_seqlen_q"), (cu_seqlens_k, max_seqlen_k, "max_seqlen_k")):
+    for cu, longest, arg in ((cu_seqlens_q, max_seqlen_q, "max_seqlen_q"),
+                             (cu_seqlens_k, max_seqlen_k, "max_seqlen_k")):
         if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
             raise ValueError(f"argument '{arg}': expected at least the longest sequence "
                              f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
