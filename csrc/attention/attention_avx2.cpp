@@ -216,6 +216,18 @@ void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_ma
   }
 }
 
+void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (rescale[r] == 1.0f) continue;
+    const __m256 c = _mm256_set1_ps(rescale[r]);
+    float* row = acc + r * dim;
+    for (int64_t d = 0; d < dim; d += 8) {
+      const __m256i m = tail_mask(dim - d);
+      _mm256_maskstore_ps(row + d, m, _mm256_mul_ps(c, _mm256_maskload_ps(row + d, m)));
+    }
+  }
+}
+
 void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
   for (int64_t r = 0; r < n_rows; r += 8) {
     const __m256i m = tail_mask(n_rows - r);
@@ -276,6 +288,7 @@ const AttentionKernels attention_kernels = {
     dot_rows,
     softmax_update,
     softmax_update_rows,
+    scale_rows,
     exp_minus_lse,
     widen_f16_rows,
     widen_bf16_rows,

@@ -217,6 +217,18 @@ void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_ma
   }
 }
 
+void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (rescale[r] == 1.0f) continue;
+    const __m512 c = _mm512_set1_ps(rescale[r]);
+    float* row = acc + r * dim;
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail_mask(dim - d);
+      _mm512_mask_storeu_ps(row + d, m, _mm512_mul_ps(c, _mm512_maskz_loadu_ps(m, row + d)));
+    }
+  }
+}
+
 void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
   for (int64_t r = 0; r < n_rows; r += 16) {
     const __mmask16 m = tail_mask(n_rows - r);
@@ -526,6 +538,7 @@ const AttentionKernels attention_kernels = {
     dot_rows,
     softmax_update,
     softmax_update_rows,
+    scale_rows,
     exp_minus_lse,
     widen_f16_rows,
     widen_bf16_rows,

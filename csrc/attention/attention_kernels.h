@@ -33,6 +33,9 @@ struct AttentionKernels {
   // for blocks of few query rows (decode).
   void (*softmax_update_rows)(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum,
                               float* rescale);
+  // acc[r][:] *= rescale[r] for `rows` rows of `dim` (`dim` apart); rows whose
+  // factor is 1 are left alone. The output rescale of the online softmax.
+  void (*scale_rows)(float* acc, int64_t rows, int64_t dim, const float* rescale);
   // st[key][row] <- exp(st[key][row] - lse[row]) (backward's recomputed probabilities).
   void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* lse);
   // Widens `rows` rows of `dim` elements, src rows `src_stride` elements apart,

@@ -289,12 +289,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
     } else {
       kernels.softmax_update_rows(scores, n, n_keys, s.row_max.data(), s.row_sum.data(), s.rescale.data());
     }
-    for (int64_t r = 0; r < n; ++r) {
-      const float c = s.rescale[r];
-      if (c == 1.0f) continue;
-      float* a = s.acc.data() + r * dim;
-      for (int64_t d = 0; d < dim; ++d) a[d] *= c;
-    }
+    kernels.scale_rows(s.acc.data(), n, dim, s.rescale.data());
     if (bf16_pairs) {
       // p_pairs[j / 2][r] and v_pairs[j / 2][d]: pairs of keys, an odd last key paired with zeros.
       kernels.pair_rows_f32_to_bf16(scores, n, n_keys, n, s.p_pairs.data());

@@ -56,6 +56,13 @@ void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_ma
     softmax_update(s + r * n_keys, n_keys, 1, row_max + r, row_sum + r, rescale + r);
 }
 
+void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (rescale[r] == 1.0f) continue;
+    for (int64_t d = 0; d < dim; ++d) acc[r * dim + d] *= rescale[r];
+  }
+}
+
 void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
   for (int64_t j = 0; j < n_keys; ++j)
     for (int64_t r = 0; r < n_rows; ++r) st[j * n_rows + r] = std::exp(st[j * n_rows + r] - lse[r]);
@@ -86,6 +93,7 @@ const AttentionKernels attention_kernels = {
     dot_rows,
     softmax_update,
     softmax_update_rows,
+    scale_rows,
     exp_minus_lse,
     widen_f16_rows,
     widen_bf16_rows,
