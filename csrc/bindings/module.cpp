@@ -27,4 +27,5 @@ PYBIND11_MODULE(_core, m) {
   pocketml::bindings::register_convert(m);
   pocketml::bindings::register_quant(m);
   pocketml::bindings::register_data(m);
+  pocketml::bindings::register_attention(m);
 }

@@ -27,3 +27,12 @@ __all__ = [
     "supported_isas",
     "use_isa",
 ]
+
+
+def __getattr__(name):
+    # pocketml.attention works on torch tensors, and torch is optional: import it on first use.
+    if name == "attention":
+        import importlib
+
+        return importlib.import_module("pocketml.attention")
+    raise AttributeError(f"module 'pocketml' has no attribute {name!r}")
