@@ -1,7 +1,6 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
 from pocketml import quant
-from pocketml import data
 from pocketml.conversion import convert
 from pocketml.runtime import (
     active_isa,
@@ -17,8 +16,10 @@ __version__ = info()["version"]
 
 __all__ = [
     "active_isa",
+    "attention",
     "convert",
     "data",
+    "export",
     "get_num_threads",
     "info",
     "quant",
@@ -30,9 +31,10 @@ __all__ = [
 
 
 def __getattr__(name):
-    # pocketml.attention works on torch tensors, and torch is optional: import it on first use.
-    if name == "attention":
+    # These areas reach for torch (tensors, DataLoader, Core ML tracing), and torch is
+    # optional: import them on first use so `import pocketml` stays light.
+    if name in ("attention", "data", "export", "models"):
         import importlib
 
-        return importlib.import_module("pocketml.attention")
+        return importlib.import_module(f"pocketml.{name}")
     raise AttributeError(f"module 'pocketml' has no attribute {name!r}")
