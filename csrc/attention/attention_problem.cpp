@@ -253,11 +253,10 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
         for (int64_t d = 0; d < dim; ++d) s.q_t[d * n + r] = q_rows[r * dim + d];
   }
   float* scores = s.scores.data();
-  const bool few_rows = n < 16;
   for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
     const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
-    if (few_rows) {
+    if (!key_major) {
       const int64_t ahead = j0 + kPrefetchTiles * kBlockK;
       if (j0 == first) prefetch_tile(p, b, rows.kv_head, k0 + j0, std::min(ahead, last + 1) - j0);
       else if (ahead <= last) prefetch_tile(p, b, rows.kv_head, k0 + ahead, std::min(kBlockK, last + 1 - ahead));
