@@ -23,9 +23,11 @@ STAMP_INSTALL := $(VENV)/.stamp-install
 
 .PHONY: demo test test-python test-swift test-native test-arm bench dev native clean
 
-demo: $(STAMP_INSTALL)
+# The main job on the default real model (all-MiniLM-L6-v2, offline): quantize several
+# ways, measure, export to Core ML, write a golden bundle and validate it in Swift.
+demo: $(STAMP_INSTALL) native
 	$(VENV)/bin/pocketml info
-	$(VENV)/bin/pocketml selftest
+	$(VENV)/bin/pocketml optimize --out demo-output
 
 # pytest runs last so its summary closes the log.
 test: test-native test-arm test-swift test-python
