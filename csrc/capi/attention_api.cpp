@@ -48,11 +48,13 @@ extern "C" pocketml_status pocketml_attention_forward(const void* q, const void*
         fail_argument(ErrorKind::InvalidArgument, "mask", "a pocketml_attention_mask value (0..2)",
                       std::to_string(static_cast<int>(mask)));
     }
+    // Views in argument order, so the first bad pointer is the one reported.
+    const TensorView qv = view(q, t, s.batch, s.query_heads, s.query_len, s.head_dim, false, "q");
+    const TensorView kv = view(k, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "k");
+    const TensorView vv = view(v, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "v");
+    const TensorView out_view = view(out, t, s.batch, s.query_heads, s.query_len, s.head_dim, true, "out");
     std::vector<float> lse(static_cast<size_t>(s.batch * s.query_heads * s.query_len));
-    attention_forward(view(q, t, s.batch, s.query_heads, s.query_len, s.head_dim, false, "q"),
-                      view(k, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "k"),
-                      view(v, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "v"), AttentionBias{}, options,
-                      view(out, t, s.batch, s.query_heads, s.query_len, s.head_dim, true, "out"),
+    attention_forward(qv, kv, vv, AttentionBias{}, options, out_view,
                       contiguous_view(lse.data(), DType::f32, {s.batch, s.query_heads, s.query_len}));
   });
 }
@@ -66,9 +68,10 @@ extern "C" pocketml_status pocketml_attention_decode(const void* q, const void* 
     AttentionOptions options;
     options.scale = scale;
     options.window_right = 0;  // causal: each query sees the cache up to its own position
-    attention_decode(view(q, t, s.batch, s.query_heads, s.query_len, s.head_dim, false, "q"),
-                     view(k_cache, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "k_cache"),
-                     view(v_cache, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "v_cache"), nullptr, nullptr,
-                     length, options, view(out, t, s.batch, s.query_heads, s.query_len, s.head_dim, true, "out"));
+    const TensorView qv = view(q, t, s.batch, s.query_heads, s.query_len, s.head_dim, false, "q");
+    const TensorView kv = view(k_cache, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "k_cache");
+    const TensorView vv = view(v_cache, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "v_cache");
+    const TensorView out_view = view(out, t, s.batch, s.query_heads, s.query_len, s.head_dim, true, "out");
+    attention_decode(qv, kv, vv, nullptr, nullptr, length, options, out_view);
   });
 }

@@ -48,6 +48,7 @@ extern "C" pocketml_status pocketml_decoder_new(const pocketml_decoder_config* c
     if (c.num_layers <= 0 || c.hidden_size <= 0)
       fail_argument(ErrorKind::InvalidArgument, "config", "positive num_layers and hidden_size",
                     std::to_string(c.num_layers) + ", " + std::to_string(c.hidden_size));
+    const QuantizedViews embedding_views = capi::quantized_views(embedding, "embedding");
     capi::require_pointer(layers, "layers");
     std::vector<DecoderLayerViews> views(static_cast<size_t>(c.num_layers));
     for (size_t i = 0; i < views.size(); ++i) {
@@ -64,8 +65,8 @@ extern "C" pocketml_status pocketml_decoder_new(const pocketml_decoder_config* c
       v.up_proj = capi::quantized_views(&l.up_proj, name + "up_proj");
       v.down_proj = capi::quantized_views(&l.down_proj, name + "down_proj");
     }
-    *out_decoder = new pocketml_decoder_s{TransformerDecoder(c, capi::quantized_views(embedding, "embedding"), views,
-                                                             norm_view(final_norm, c.hidden_size, "final_norm"))};
+    const TensorView final_norm_view = norm_view(final_norm, c.hidden_size, "final_norm");
+    *out_decoder = new pocketml_decoder_s{TransformerDecoder(c, embedding_views, views, final_norm_view)};
   });
 }
 
