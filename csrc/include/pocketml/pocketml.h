@@ -157,7 +157,8 @@ POCKETML_API pocketml_status pocketml_attention_decode(const void* q, const void
  * A Llama-style decoder (token embedding, RMSNorm, RoPE in Hugging Face's
  * rotate-half layout, GQA attention with a KV cache, SwiGLU MLP, tied LM head)
  * on pocketml's quantized matmul and attention kernels. pocketml_decoder_new
- * copies every weight, so the caller's buffers may be freed afterwards.
+ * copies every weight, so the caller's buffers may be freed afterwards. A
+ * handle holds its KV cache and scratch: use it from one thread at a time.
  */
 typedef struct pocketml_decoder_s* pocketml_decoder;
 

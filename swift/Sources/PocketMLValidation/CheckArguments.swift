@@ -35,9 +35,9 @@ extension GoldenCheck {
     }
 
     func strings(_ key: String) throws -> [String] {
-        guard case .list(let items) = attrs[key], let names = Optional(items.compactMap(\.string)),
-            names.count == items.count
-        else { throw fail("attrs.\(key) must be a list of strings") }
+        guard case .list(let items) = attrs[key] else { throw fail("attrs.\(key) must be a list of strings") }
+        let names = items.compactMap(\.string)
+        guard names.count == items.count else { throw fail("attrs.\(key) must be a list of strings") }
         return names
     }
 
