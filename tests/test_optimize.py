@@ -20,6 +20,11 @@ def test_optimize_writes_a_complete_report(tmp_path):
     assert report.coreml_weights_identical
     assert (tmp_path / "model.mlpackage" / "Manifest.json").exists()
     assert (tmp_path / "golden" / "manifest.json").exists()
+    if report.swift_validation.startswith("passed"):  # Swift present: the layers pass, Core ML only on Apple
+        assert "passed: 3 checks" in report.swift_validation or "passed: 4 checks" in report.swift_validation
+        assert "coreml_predict" in report.swift_validation
+    else:
+        assert report.swift_validation.startswith("skipped"), report.swift_validation
     assert (tmp_path / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["chosen"] == "int8" and len(data["results"][0]["layer_speed"]) == 6

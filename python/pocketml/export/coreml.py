@@ -38,6 +38,8 @@ class CoreMLExport:
     unused_layers: list = field(default_factory=list)  # quantized layers whose output the exported graph drops
     minimum_deployment_target: str = "iOS18"
     compute_precision: str = "fp32"
+    inputs: list = field(default_factory=list)  # feature names of the model's inputs and outputs
+    outputs: list = field(default_factory=list)
 
 
 class _TensorOutputs(nn.Module):
@@ -160,7 +162,8 @@ def _input_types(ct, example_inputs, input_names):
 
 
 def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_target: str = "iOS18",
-              compute_precision: str = "fp32", input_names=None, overwrite: bool = False) -> CoreMLExport:
+              compute_precision: str = "fp32", input_names=None, output_names=None,
+              overwrite: bool = False) -> CoreMLExport:
     """Convert `model` (its Linear layers quantized by pocketml) into an .mlpackage at `path`.
 
     example_inputs: a tensor or tuple of tensors for tracing (their shapes become the
@@ -192,7 +195,8 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
     with torch.no_grad():
         traced = torch.jit.trace(_TensorOutputs(export).eval(), example_inputs, strict=False)
     precision = ct.precision.FLOAT32 if compute_precision == "fp32" else ct.precision.FLOAT16
-    prog = ct.convert(traced, inputs=input_types, convert_to="milinternal",
+    outputs = [ct.TensorType(name=name) for name in output_names] if output_names else None
+    prog = ct.convert(traced, inputs=input_types, outputs=outputs, convert_to="milinternal",
                       minimum_deployment_target=target, compute_precision=precision)
     replaced = _inject_weights(prog, by_key, np.float32 if compute_precision == "fp32" else np.float16)
     _refuse_uncompressed_copies(prog, by_key)
@@ -207,8 +211,9 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    description = mlmodel.get_spec().description
     return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), minimum_deployment_target,
-                        compute_precision)
+                        compute_precision, [f.name for f in description.input], [f.name for f in description.output])
 
 
 def inspect_coreml(path) -> dict:

@@ -20,6 +20,10 @@ for path in arguments {
         let bundle = try GoldenBundle(url: URL(fileURLWithPath: path))
         print("bundle \(bundle.name) (\(bundle.producer)) at \(path)")
         for result in try Validator.run(bundle) {
+            if let reason = result.skippedBecause {
+                print("  skip \(pad(result.name, 44)) \(pad(result.op, 18)) \(reason)")
+                continue
+            }
             let status = result.passed ? "ok  " : "FAIL"
             print("  \(status) \(pad(result.name, 44)) \(pad(result.op, 18)) max abs \(String(format: "%.3g", result.maxAbsError))"
                 + "  max rel \(String(format: "%.3g", result.maxRelError))  \(String(format: "%.3f", result.seconds * 1e3)) ms"

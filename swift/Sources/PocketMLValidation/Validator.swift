@@ -1,7 +1,8 @@
 import Foundation
 import PocketML
 
-/// The outcome of one check: the largest errors seen and the time the operation took.
+/// The outcome of one check: the largest errors seen and the time the operation took,
+/// or why this platform could not run it (a Core ML check off Apple platforms).
 public struct CheckResult {
     public let name: String
     public let op: String
@@ -9,14 +10,21 @@ public struct CheckResult {
     public let maxRelError: Double
     public let elementsOutOfTolerance: Int
     public let seconds: Double
+    public var skippedBecause: String? = nil
     public var passed: Bool { elementsOutOfTolerance == 0 }
+
+    static func skipped(_ check: GoldenCheck, because reason: String) -> CheckResult {
+        CheckResult(
+            name: check.name, op: check.op, maxAbsError: 0, maxRelError: 0, elementsOutOfTolerance: 0, seconds: 0,
+            skippedBecause: reason)
+    }
 }
 
 /// Recomputes every check of a golden bundle through the C ABI and compares it
 /// with the expected tensor. Element i passes when
 /// |got - expected| <= max_abs + max_rel * |expected|; NaN must meet NaN.
 public enum Validator {
-    public static let supportedOps = ["convert", "quant_matmul", "attention", "transformer_decode"]
+    public static let supportedOps = ["convert", "quant_matmul", "attention", "transformer_decode", "coreml_predict"]
 
     /// One result per check; a transformer_decode check gives one per step.
     public static func run(_ bundle: GoldenBundle) throws -> [CheckResult] {
@@ -26,6 +34,7 @@ public enum Validator {
     }
 
     static func run(_ check: GoldenCheck, in bundle: GoldenBundle) throws -> CheckResult {
+        if check.op == "coreml_predict" { return try coreMLPredict(check, bundle) }
         let expected = bundle.tensors[check.expected]!
         let start = DispatchTime.now().uptimeNanoseconds
         let got: GoldenTensor
