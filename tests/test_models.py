@@ -32,3 +32,9 @@ def test_bad_paths_are_clear(tmp_path):
         models.load_encoder(tmp_path / "missing")
     with pytest.raises(ValueError, match="config.json"):
         models.load_encoder(tmp_path)
+
+
+def test_unsupported_model_directories_are_clear(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ValueError, match="argument 'path': expected a Hugging Face encoder"):
+        models.load_encoder(tmp_path)

@@ -57,8 +57,15 @@ def load_encoder(path: str | os.PathLike | None = None):
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"argument 'path': expected a Hugging Face encoder with its tokenizer and safetensors "
+                         f"weights, got {str(path)!r} that transformers cannot load ({exc})") from exc
+    if getattr(model.config, "is_decoder", False) or getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(f"argument 'path': expected an encoder (BERT-style) model, got a "
+                         f"{model.config.model_type!r} decoder in {str(path)!r}")
     return model, tokenizer
 
 
