@@ -25,6 +25,7 @@ PYBIND11_MODULE(_core, m) {
   pocketml::bindings::register_tensor_args(m);
   pocketml::bindings::register_runtime(m);
   pocketml::bindings::register_convert(m);
-  pocketml::bindings::register_data(m);
   pocketml::bindings::register_quant(m);
+  pocketml::bindings::register_data(m);
+  pocketml::bindings::register_attention(m);
 }

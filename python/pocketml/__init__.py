@@ -1,6 +1,5 @@
 """pocketml: fast native kernels to take PyTorch generative models to Apple devices."""
 
-from pocketml import data
 from pocketml import quant
 from pocketml.conversion import convert
 from pocketml.runtime import (
@@ -17,8 +16,10 @@ __version__ = info()["version"]
 
 __all__ = [
     "active_isa",
+    "attention",
     "convert",
     "data",
+    "export",
     "get_num_threads",
     "info",
     "quant",
@@ -27,3 +28,13 @@ __all__ = [
     "supported_isas",
     "use_isa",
 ]
+
+
+def __getattr__(name):
+    # These areas reach for torch (tensors, DataLoader, Core ML tracing), and torch is
+    # optional: import them on first use so `import pocketml` stays light.
+    if name in ("attention", "data", "export", "models"):
+        import importlib
+
+        return importlib.import_module(f"pocketml.{name}")
+    raise AttributeError(f"module 'pocketml' has no attribute {name!r}")

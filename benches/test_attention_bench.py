@@ -1,0 +1,29 @@
+"""pytest-benchmark view of the attention kernels (`make bench`); compare.py holds the peer table."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pocketml import attention
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_pocketml_prefill(benchmark, dtype, causal):
+    q, k, v = (torch.randn(1, 8, 1024, 128).to(dtype) for _ in range(3))
+    benchmark(attention.scaled_dot_product_attention, q, k, v, is_causal=causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_torch_prefill(benchmark, dtype, causal):
+    q, k, v = (torch.randn(1, 8, 1024, 128).to(dtype) for _ in range(3))
+    benchmark(F.scaled_dot_product_attention, q, k, v, is_causal=causal)
+
+
+@pytest.mark.parametrize("cache_dtype", ["fp16", "int8"])
+def test_pocketml_decode(benchmark, cache_dtype):
+    cache = attention.KVCache(1, 8, 4096, 128, dtype=cache_dtype)
+    cache.append(torch.randn(1, 8, 4096, 128), torch.randn(1, 8, 4096, 128))
+    q = torch.randn(1, 32, 1, 128)
+    benchmark(attention.decode, q, cache)

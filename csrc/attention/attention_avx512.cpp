@@ -1,0 +1,553 @@
+// AVX-512 attention tiles: 16 fp32 lanes, register-blocked GEMM of 6 rows x
+// 64 columns (24 accumulators + 4 B vectors + 1 broadcast of 32 registers),
+// and a vector exp for the online softmax. Tails are masked, not looped.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "attention/attention_kernels.h"
+
+// GCC 12's avx512fintrin.h seeds masked intrinsics with _mm512_undefined_ps(),
+// which -Wmaybe-uninitialized reports once inlined (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace pocketml::avx512 {
+namespace {
+
+constexpr int kRows = 6;
+constexpr int64_t kDepth = 64;
+constexpr int kVectors = 4;
+
+inline __mmask16 tail_mask(int64_t remaining) {
+  return remaining >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << remaining) - 1u);
+}
+
+// exp(x) = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its
+// degree-7 Taylor polynomial (relative error < 2e-8 on that interval).
+// vscalefps applies 2^n with correct underflow to 0; the clamp keeps -inf
+// (masked scores) from turning into NaN in r. NaN inputs stay NaN.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(88.8f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <int ROWS, int NV>
+void gemm_tile(int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride, const float* b, int64_t ldb,
+               float* c, int64_t ldc, __mmask16 last) {
+  __m512 acc[ROWS][NV];
+  #pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+    #pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, c + r * ldc + 16 * v);
+  for (int64_t k = 0; k < K; ++k) {
+    __m512 bv[NV];
+    #pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, b + k * ldb + 16 * v);
+    const float* a_k = a + k * a_col_stride;
+    #pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 av = _mm512_set1_ps(a_k[r * a_row_stride]);
+      #pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+    #pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[r][v]);
+}
+
+using GemmTileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, __mmask16);
+
+template <int ROWS>
+GemmTileFn pick_vectors(int nv) {
+  switch (nv) {
+    case 1: return gemm_tile<ROWS, 1>;
+    case 2: return gemm_tile<ROWS, 2>;
+    case 3: return gemm_tile<ROWS, 3>;
+    default: return gemm_tile<ROWS, 4>;
+  }
+}
+
+GemmTileFn pick_tile(int rows, int nv) {
+  switch (rows) {
+    case 1: return pick_vectors<1>(nv);
+    case 2: return pick_vectors<2>(nv);
+    case 3: return pick_vectors<3>(nv);
+    case 4: return pick_vectors<4>(nv);
+    case 5: return pick_vectors<5>(nv);
+    default: return pick_vectors<6>(nv);
+  }
+}
+
+void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                const float* b, int64_t ldb, float* c, int64_t ldc) {
+  for (int64_t n0 = 0; n0 < N; n0 += 16 * kVectors) {
+    const int64_t width = N - n0 < 16 * kVectors ? N - n0 : 16 * kVectors;
+    const int nv = static_cast<int>((width + 15) / 16);
+    const __mmask16 last = tail_mask(width - 16 * (nv - 1));
+    const GemmTileFn full = pick_tile(kRows, nv);
+    int64_t m0 = 0;
+    for (; m0 + kRows <= M; m0 += kRows)
+      full(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc, last);
+    if (m0 < M)
+      pick_tile(static_cast<int>(M - m0), nv)(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb,
+                                               c + m0 * ldc + n0, ldc, last);
+  }
+}
+
+
+void gemm_accumulate(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
+                     const float* b, int64_t ldb, float* c, int64_t ldc) {
+  // The reduction runs in slices of kDepth so that the B slice one column
+  // block streams (kDepth rows of 64 floats = 16 KiB) stays in L1 across all
+  // row blocks even when K = D = 128 or 256.
+  for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+    const int64_t depth = K - k0 < kDepth ? K - k0 : kDepth;
+    gemm_slice(M, N, depth, a + k0 * a_col_stride, a_row_stride, a_col_stride, b + k0 * ldb, ldb, c, ldc);
+  }
+}
+
+// Sums of 16-lane partial products; only a K that is not a multiple of 16 pays
+// for masked loads.
+void dot_rows(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t c_row_stride, int64_t c_col_stride) {
+  const int64_t full = K / 16 * 16;
+  const __mmask16 tail = tail_mask(K - full);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* a_row = a + m * lda;
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+      const float* b0 = b + n * ldb;
+      const float* b1 = b0 + ldb;
+      const float* b2 = b1 + ldb;
+      const float* b3 = b2 + ldb;
+      __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+      for (int64_t k = 0; k < full; k += 16) {
+        const __m512 av = _mm512_loadu_ps(a_row + k);
+        s0 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b0 + k), s0);
+        s1 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b1 + k), s1);
+        s2 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b2 + k), s2);
+        s3 = _mm512_fmadd_ps(av, _mm512_loadu_ps(b3 + k), s3);
+      }
+      if (full < K) {
+        const __m512 av = _mm512_maskz_loadu_ps(tail, a_row + full);
+        s0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b0 + full), s0);
+        s1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b1 + full), s1);
+        s2 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b2 + full), s2);
+        s3 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, b3 + full), s3);
+      }
+      c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
+      c[m * c_row_stride + (n + 1) * c_col_stride] = _mm512_reduce_add_ps(s1);
+      c[m * c_row_stride + (n + 2) * c_col_stride] = _mm512_reduce_add_ps(s2);
+      c[m * c_row_stride + (n + 3) * c_col_stride] = _mm512_reduce_add_ps(s3);
+    }
+    for (; n < N; ++n) {
+      __m512 s0 = _mm512_setzero_ps();
+      for (int64_t k = 0; k < full; k += 16)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a_row + k), _mm512_loadu_ps(b + n * ldb + k), s0);
+      if (full < K)
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a_row + full), _mm512_maskz_loadu_ps(tail, b + n * ldb + full),
+                             s0);
+      c[m * c_row_stride + n * c_col_stride] = _mm512_reduce_add_ps(s0);
+    }
+  }
+}
+
+void softmax_update(float* st, int64_t n_keys, int64_t n_rows, float* row_max, float* row_sum, float* rescale) {
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  for (int64_t r = 0; r < n_rows; r += 16) {
+    const __mmask16 m = tail_mask(n_rows - r);
+    const __m512 old_max = _mm512_mask_loadu_ps(minus_inf, m, row_max + r);
+    __m512 new_max = old_max;
+    for (int64_t j = 0; j < n_keys; ++j)
+      new_max = _mm512_max_ps(new_max, _mm512_mask_loadu_ps(minus_inf, m, st + j * n_rows + r));
+    // Rows still at -inf are fully masked so far: take exp against 0.
+    const __m512 reference = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(new_max, minus_inf, _CMP_EQ_OQ), new_max,
+                                                  _mm512_setzero_ps());
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_keys; ++j) {
+      float* s = st + j * n_rows + r;
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(minus_inf, m, s), reference));
+      _mm512_mask_storeu_ps(s, m, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const __m512 c = exp512(_mm512_sub_ps(old_max, reference));
+    _mm512_mask_storeu_ps(rescale + r, m, c);
+    _mm512_mask_storeu_ps(row_sum + r, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, row_sum + r), c, sum));
+    _mm512_mask_storeu_ps(row_max + r, m, new_max);
+  }
+}
+
+void softmax_update_rows(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum, float* rescale) {
+  const __m512 minus_inf = _mm512_set1_ps(-__builtin_inff());
+  for (int64_t r = 0; r < n_rows; ++r) {
+    float* row = s + r * n_keys;
+    __m512 m = minus_inf;
+    for (int64_t j = 0; j < n_keys; j += 16)
+      m = _mm512_max_ps(m, _mm512_mask_loadu_ps(minus_inf, tail_mask(n_keys - j), row + j));
+    const float new_max = __builtin_fmaxf(row_max[r], _mm512_reduce_max_ps(m));
+    // A row still at -inf is fully masked so far: take exp against 0.
+    const float reference = new_max == -__builtin_inff() ? 0.0f : new_max;
+    const __m512 ref = _mm512_set1_ps(reference);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n_keys; j += 16) {
+      const __mmask16 mk = tail_mask(n_keys - j);
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(minus_inf, mk, row + j), ref));
+      _mm512_mask_storeu_ps(row + j, mk, p);
+      sum = _mm512_add_ps(sum, p);
+    }
+    const float c = _mm512_cvtss_f32(exp512(_mm512_set1_ps(row_max[r] - reference)));
+    rescale[r] = c;
+    row_sum[r] = row_sum[r] * c + _mm512_reduce_add_ps(sum);
+    row_max[r] = new_max;
+  }
+}
+
+void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    if (rescale[r] == 1.0f) continue;
+    const __m512 c = _mm512_set1_ps(rescale[r]);
+    float* row = acc + r * dim;
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail_mask(dim - d);
+      _mm512_mask_storeu_ps(row + d, m, _mm512_mul_ps(c, _mm512_maskz_loadu_ps(m, row + d)));
+    }
+  }
+}
+
+void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
+  for (int64_t r = 0; r < n_rows; r += 16) {
+    const __mmask16 m = tail_mask(n_rows - r);
+    const __m512 l = _mm512_maskz_loadu_ps(m, lse + r);
+    for (int64_t j = 0; j < n_keys; ++j) {
+      float* s = st + j * n_rows + r;
+      _mm512_mask_storeu_ps(s, m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s), l)));
+    }
+  }
+}
+
+// Full 16-element chunks run unmasked; only a dim that is not a multiple of 16
+// pays for a masked tail.
+void widen_f16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  const __mmask16 tail = tail_mask(dim % 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16)
+      _mm512_storeu_ps(out + d, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + d))));
+    if (d < dim) _mm512_mask_storeu_ps(out + d, tail, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail, in + d)));
+  }
+}
+
+inline __m512 bf16_to_f32(__m256i b) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)); }
+
+void widen_bf16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {
+  const __mmask16 tail = tail_mask(dim % 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16)
+      _mm512_storeu_ps(out + d, bf16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + d))));
+    if (d < dim) _mm512_mask_storeu_ps(out + d, tail, bf16_to_f32(_mm256_maskz_loadu_epi16(tail, in + d)));
+  }
+}
+
+void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride, int64_t rows,
+                     int64_t dim, float* dst, int64_t ld) {
+  const __mmask16 tail = tail_mask(dim % 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int8_t* in = src + r * src_stride;
+    float* out = dst + r * ld;
+    const __m512 scale = _mm512_set1_ps(scales[r * scale_stride]);
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16) {
+      const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + d));
+      _mm512_storeu_ps(out + d, _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+    }
+    if (d < dim) {
+      const __m128i bytes = _mm_maskz_loadu_epi8(tail, in + d);
+      _mm512_mask_storeu_ps(out + d, tail, _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))));
+    }
+  }
+}
+
+// --- decode: K / V rows straight from the cache ----------------------------
+
+// 16 elements of a cache row as fp32 (int8 without its scale).
+template <DType kType>
+inline __m512 load_row16(const void* row, int64_t d, __mmask16 m) {
+  if constexpr (kType == DType::f32) {
+    return _mm512_maskz_loadu_ps(m, static_cast<const float*>(row) + d);
+  } else if constexpr (kType == DType::f16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + d));
+  } else if constexpr (kType == DType::bf16) {
+    return bf16_to_f32(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(row) + d));
+  } else {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, static_cast<const int8_t*>(row) + d)));
+  }
+}
+
+// The storage type of a cache element.
+template <DType kType>
+struct CacheElement {
+  using type = uint16_t;  // fp16, bf16
+};
+template <>
+struct CacheElement<DType::f32> {
+  using type = float;
+};
+template <>
+struct CacheElement<DType::i8> {
+  using type = int8_t;
+};
+
+template <DType kType>
+inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
+  return static_cast<const typename CacheElement<kType>::type*>(base) + j * stride;
+}
+
+// Four keys at a time against up to four query rows: each K chunk is loaded
+// (and converted) once for all rows, 16 accumulators, one reduction per score.
+template <DType kType>
+void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
+                         const float* k_scales, int64_t scale_stride, float* scores) {
+  for (int64_t j0 = 0; j0 < keys; j0 += 4) {
+    const int nk = keys - j0 < 4 ? static_cast<int>(keys - j0) : 4;
+    const void* key_rows[4];
+    for (int i = 0; i < 4; ++i) key_rows[i] = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
+      __m512 acc[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < dim; d += 16) {
+        const __mmask16 m = tail_mask(dim - d);
+        __m512 kv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) kv[i] = load_row16<kType>(key_rows[i], d, m);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          if (r >= nr) break;
+          const __m512 qv = _mm512_maskz_loadu_ps(m, q + (r0 + r) * dim + d);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_fmadd_ps(qv, kv[i], acc[r][i]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int i = 0; i < nk; ++i) {
+          float score = _mm512_reduce_add_ps(acc[r][i]);
+          if constexpr (kType == DType::i8) score *= k_scales[(j0 + i) * scale_stride];
+          scores[(r0 + r) * keys + j0 + i] = score;
+        }
+    }
+  }
+}
+
+// acc[r][c0:c0+64] += sum_j p[r][j] v[j][c0:c0+64] for up to four rows at a
+// time: each V chunk is loaded (and converted) once for all of them.
+template <DType kType>
+void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  for (int64_t c0 = 0; c0 < dim; c0 += 64) {
+    __mmask16 masks[4];
+    for (int i = 0; i < 4; ++i) masks[i] = c0 + 16 * i < dim ? tail_mask(dim - c0 - 16 * i) : 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
+      __m512 o[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+          o[r][i] = r < nr ? _mm512_maskz_loadu_ps(masks[i], acc + (r0 + r) * dim + c0 + 16 * i) : _mm512_setzero_ps();
+      for (int64_t j = 0; j < keys; ++j) {
+        const void* row = cache_row<kType>(v, j, v_stride);
+        __m512 vv[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) vv[i] = load_row16<kType>(row, c0 + 16 * i, masks[i]);
+        const float row_scale = kType == DType::i8 ? v_scales[j * scale_stride] : 1.0f;
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          if (r >= nr) break;
+          const __m512 pv = _mm512_set1_ps(p[(r0 + r) * keys + j] * row_scale);
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) o[r][i] = _mm512_fmadd_ps(pv, vv[i], o[r][i]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int i = 0; i < 4; ++i) _mm512_mask_storeu_ps(acc + (r0 + r) * dim + c0 + 16 * i, masks[i], o[r][i]);
+    }
+  }
+}
+
+void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
+                   int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores) {
+  auto run = [&](auto typed) { typed(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores); };
+  switch (kv) {
+    case DType::f16: return run(decode_scores_typed<DType::f16>);
+    case DType::bf16: return run(decode_scores_typed<DType::bf16>);
+    case DType::i8: return run(decode_scores_typed<DType::i8>);
+    default: return run(decode_scores_typed<DType::f32>);
+  }
+}
+
+void decode_accumulate(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                       int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  auto run = [&](auto typed) { typed(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc); };
+  switch (kv) {
+    case DType::f16: return run(decode_accumulate_typed<DType::f16>);
+    case DType::bf16: return run(decode_accumulate_typed<DType::bf16>);
+    case DType::i8: return run(decode_accumulate_typed<DType::i8>);
+    default: return run(decode_accumulate_typed<DType::f32>);
+  }
+}
+
+// --- AVX512-BF16: two products per lane and instruction --------------------
+
+inline __m512i broadcast_pair(const uint16_t* p) {
+  int32_t bits;
+  __builtin_memcpy(&bits, p, sizeof(bits));
+  return _mm512_set1_epi32(bits);
+}
+
+template <int ROWS, int NV>
+void gemm_bf16_tile(int64_t pairs, const uint16_t* a, int64_t a_row_stride, int64_t a_pair_stride, const uint16_t* b,
+                    int64_t ldb, float* c, int64_t ldc, __mmask16 last) {
+  __m512 acc[ROWS][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, c + r * ldc + 16 * v);
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512i bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_maskz_loadu_epi32(v == NV - 1 ? last : 0xFFFF, b + p * ldb + 32 * v);
+    const uint16_t* a_p = a + p * a_pair_stride;
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512bh av = (__m512bh)broadcast_pair(a_p + r * a_row_stride);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, (__m512bh)bv[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[r][v]);
+}
+
+using GemmBf16TileFn = void (*)(int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
+                                __mmask16);
+
+template <int ROWS>
+GemmBf16TileFn pick_bf16_vectors(int nv) {
+  switch (nv) {
+    case 1: return gemm_bf16_tile<ROWS, 1>;
+    case 2: return gemm_bf16_tile<ROWS, 2>;
+    case 3: return gemm_bf16_tile<ROWS, 3>;
+    default: return gemm_bf16_tile<ROWS, 4>;
+  }
+}
+
+GemmBf16TileFn pick_bf16_tile(int rows, int nv) {
+  switch (rows) {
+    case 1: return pick_bf16_vectors<1>(nv);
+    case 2: return pick_bf16_vectors<2>(nv);
+    case 3: return pick_bf16_vectors<3>(nv);
+    case 4: return pick_bf16_vectors<4>(nv);
+    case 5: return pick_bf16_vectors<5>(nv);
+    default: return pick_bf16_vectors<6>(nv);
+  }
+}
+
+void gemm_bf16_pairs(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int64_t a_row_stride,
+                     int64_t a_pair_stride, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
+  for (int64_t n0 = 0; n0 < N; n0 += 16 * kVectors) {
+    const int64_t width = N - n0 < 16 * kVectors ? N - n0 : 16 * kVectors;
+    const int nv = static_cast<int>((width + 15) / 16);
+    const __mmask16 last = tail_mask(width - 16 * (nv - 1));
+    const GemmBf16TileFn full = pick_bf16_tile(kRows, nv);
+    int64_t m0 = 0;
+    for (; m0 + kRows <= M; m0 += kRows)
+      full(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
+    if (m0 < M)
+      pick_bf16_tile(static_cast<int>(M - m0), nv)(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride,
+                                                   b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
+  }
+}
+
+// Interleaves the 16-bit lanes of two 16-lane rows: (x0, y0, x1, y1, ...).
+inline void store_interleaved(uint16_t* dst, __m256i x, __m256i y, int64_t count) {
+  const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                       39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i both = _mm512_permutex2var_epi16(_mm512_castsi256_si512(x), idx, _mm512_castsi256_si512(y));
+  _mm512_mask_storeu_epi32(dst, tail_mask(count), both);
+}
+
+void pair_rows_f32_to_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const float* x = src + r * ld;
+    const float* y = r + 1 < rows ? x + ld : nullptr;
+    uint16_t* out = dst + r * cols;  // pair row r / 2 holds 2 * cols values
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 m = tail_mask(cols - c);
+      const __m512 xv = _mm512_maskz_loadu_ps(m, x + c);
+      const __m512 yv = y ? _mm512_maskz_loadu_ps(m, y + c) : _mm512_setzero_ps();
+      const __m256i xb = (__m256i)_mm512_cvtneps_pbh(xv);
+      const __m256i yb = (__m256i)_mm512_cvtneps_pbh(yv);
+      store_interleaved(out + 2 * c, xb, yb, cols - c);
+    }
+  }
+}
+
+void pair_rows_bf16(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint16_t* dst) {
+  for (int64_t r = 0; r < rows; r += 2) {
+    const uint16_t* x = src + r * src_stride;
+    const uint16_t* y = r + 1 < rows ? x + src_stride : nullptr;
+    uint16_t* out = dst + r * cols;
+    for (int64_t c = 0; c < cols; c += 16) {
+      const __mmask16 m = tail_mask(cols - c);
+      const __m256i xv = _mm256_maskz_loadu_epi16(m, x + c);
+      const __m256i yv = y ? _mm256_maskz_loadu_epi16(m, y + c) : _mm256_setzero_si256();
+      store_interleaved(out + 2 * c, xv, yv, cols - c);
+    }
+  }
+}
+
+}  // namespace
+
+const AttentionKernels attention_kernels = {
+    gemm_accumulate,
+    dot_rows,
+    softmax_update,
+    softmax_update_rows,
+    scale_rows,
+    exp_minus_lse,
+    widen_f16_rows,
+    widen_bf16_rows,
+    widen_int8_rows,
+    decode_scores,
+    decode_accumulate,
+    gemm_bf16_pairs,
+    pair_rows_f32_to_bf16,
+    pair_rows_bf16,
+};
+
+}  // namespace pocketml::avx512

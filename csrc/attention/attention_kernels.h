@@ -1,0 +1,80 @@
+#pragma once
+// The attention kernel family: the few fp32 tile operations the flash-attention
+// drivers (forward, backward, decode) are built from. Inputs in fp16 / bf16 /
+// int8 are widened to fp32 tiles first (a tile is reused by a whole block of
+// queries, so widening costs ~1/(2 * block rows) of the arithmetic); every
+// variant therefore works on fp32 and accumulates in fp32.
+//
+// Score tiles are stored key-major: st[key * n_rows + row], so the softmax
+// statistics of a query row (max, sum) are vector operations across rows.
+#include <cstdint>
+
+#include "runtime/dispatch.h"
+#include "runtime/dtype.h"
+
+namespace pocketml {
+
+struct AttentionKernels {
+  // C[m][n] += sum_k A(m, k) * B[k][n] for m < M, n < N, k < K, where
+  // A(m, k) = a[m * a_row_stride + k * a_col_stride] (any strides: A is only
+  // ever broadcast), B rows are `ldb` apart and C rows `ldc` apart.
+  void (*gemm_accumulate)(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride,
+                          int64_t a_col_stride, const float* b, int64_t ldb, float* c, int64_t ldc);
+  // C(m, n) = sum_k A[m][k] * B[n][k], written at c[m * c_row_stride + n * c_col_stride]:
+  // dot products of rows, for blocks with too few query rows to fill a vector.
+  void (*dot_rows)(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* b, int64_t ldb,
+                   float* c, int64_t c_row_stride, int64_t c_col_stride);
+  // One online-softmax step on the key-major score tile st[n_keys][n_rows]:
+  // row_max <- max(row_max, column max); st <- exp(st - row_max);
+  // rescale <- exp(old row_max - new row_max); row_sum <- row_sum * rescale + column sum.
+  // A row whose maximum is still -inf keeps zeros (exp is taken against 0).
+  void (*softmax_update)(float* st, int64_t n_keys, int64_t n_rows, float* row_max, float* row_sum, float* rescale);
+  // The same step on a query-major tile s[n_rows][n_keys] (vectors along keys),
+  // for blocks of few query rows (decode).
+  void (*softmax_update_rows)(float* s, int64_t n_rows, int64_t n_keys, float* row_max, float* row_sum,
+                              float* rescale);
+  // acc[r][:] *= rescale[r] for `rows` rows of `dim` (`dim` apart); rows whose
+  // factor is 1 are left alone. The output rescale of the online softmax.
+  void (*scale_rows)(float* acc, int64_t rows, int64_t dim, const float* rescale);
+  // st[key][row] <- exp(st[key][row] - lse[row]) (backward's recomputed probabilities).
+  void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* lse);
+  // Widens `rows` rows of `dim` elements, src rows `src_stride` elements apart,
+  // into fp32 rows `ld` apart: the K / V tiles of fp16, bf16 and int8 inputs.
+  // int8 rows are multiplied by their scale, scales[r * scale_stride].
+  void (*widen_f16_rows)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld);
+  void (*widen_bf16_rows)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld);
+  void (*widen_int8_rows)(const int8_t* src, int64_t src_stride, const float* scales, int64_t scale_stride,
+                          int64_t rows, int64_t dim, float* dst, int64_t ld);
+
+  // Decode tiles, reading K / V rows in their storage type (fp32, fp16, bf16,
+  // or int8 times the row's scale, scales[j * scale_stride]) without widening
+  // them first; null where the drivers widen tiles and use dot_rows / gemm.
+  // scores[r][j] = q[r] . k[j] for `rows` fp32 query rows of `dim`;
+  // acc[r][:] += sum_j p[r][j] v[j][:] with p [rows][keys].
+  void (*decode_scores)(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
+                        int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores);
+  void (*decode_accumulate)(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                            int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc);
+
+  // bf16 pair products (AVX512-BF16 vdpbf16ps); null where the ISA lacks them,
+  // and the drivers then widen bf16 to fp32 instead. Operands hold bf16 pairs
+  // (x[2p], x[2p+1]) along the reduction:
+  // C[m][n] += sum_p A(m, p) . B(p, n), where the pair A(m, p) starts at
+  // a[m * a_row_stride + p * a_pair_stride] and B(p, n) at b[p * ldb + 2 n]
+  // (strides in bf16 elements).
+  void (*gemm_bf16_pairs)(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int64_t a_row_stride,
+                          int64_t a_pair_stride, const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+  // dst[p][c] = (src[2p][c], src[2p+1][c]) for `rows` fp32 rows of `cols` (`ld`
+  // apart), rounded to bf16; an odd last row is paired with zeros.
+  void (*pair_rows_f32_to_bf16)(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst);
+  // The same interleave for bf16 rows `src_stride` elements apart (no rounding).
+  void (*pair_rows_bf16)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint16_t* dst);
+};
+
+namespace scalar { extern const AttentionKernels attention_kernels; }
+namespace avx2 { extern const AttentionKernels attention_kernels; }
+namespace avx512 { extern const AttentionKernels attention_kernels; }
+
+const IsaTables<AttentionKernels>& attention_tables();
+
+}  // namespace pocketml

@@ -1,0 +1,377 @@
+"""Fused attention on the CPU: torch-compatible SDPA with autograd, packed
+variable-length sequences, and KV-cache decoding.
+
+Scores follow FlashAttention's conventions (see csrc/attention/attention.h)::
+
+    s = scale * q . k
+    s = softcap * tanh(s / softcap)                  # softcap
+    s -= slope[h] * |i + diagonal - j|               # alibi_slopes
+    s += attn_mask  or  s = -inf where not attn_mask # additive / boolean mask
+    s = -inf outside  i + diagonal - left <= j <= i + diagonal + right   # window, causal
+
+``diagonal`` is 0 for the top-left alignment (torch's ``is_causal``) and
+``Lk - Lq`` for the bottom-right one (a query block at the end of a KV cache).
+``window=(left, right)`` is FlashAttention's ``window_size``; -1 is unbounded,
+and ``is_causal`` means ``right = 0``.
+
+A query row whose keys are all masked gets a zero output (torch's math SDPA
+gives NaN there) and a zero gradient.
+
+Inputs are fp32, fp16 or bf16 (accumulated in fp32); any strides work, a
+last dimension that is not contiguous is copied. float64 inputs (used by
+``torch.autograd.gradcheck``) run through :func:`reference_attention`, the
+same semantics written with torch operations, since the native kernels stop
+at fp32 accumulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from pocketml._native import core
+
+_NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ALIGNMENTS = ("top_left", "bottom_right")
+
+__all__ = ["KVCache", "decode", "reference_attention", "scaled_dot_product_attention", "sdpa_override",
+           "varlen_attention"]
+
+
+# --- argument handling -------------------------------------------------------
+
+def _require_tensor(x, arg):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"argument '{arg}': expected a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"argument '{arg}': expected a CPU tensor, got a tensor on {x.device}")
+
+
+def _window_bounds(window, is_causal):
+    if window is None:
+        left, right = -1, -1
+    else:
+        try:
+            left, right = (int(w) for w in window)
+        except (TypeError, ValueError):
+            raise TypeError(f"argument 'window': expected a pair (left, right) of ints, got {window!r}") from None
+        if left < -1 or right < -1:
+            raise ValueError(f"argument 'window': expected bounds >= 0 or -1 (unbounded), got {window!r}")
+    if is_causal:
+        right = 0 if right < 0 else min(right, 0)
+    return left, right
+
+
+def _softcap_value(softcap):
+    if softcap is None:
+        return 0.0
+    softcap = float(softcap)
+    if not softcap > 0 or not math.isfinite(softcap):
+        raise ValueError(f"argument 'softcap': expected a finite number > 0, got {softcap!r}")
+    return softcap
+
+
+def _last_dim_contiguous(x):
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+def _prepare_mask(attn_mask, q, target_shape):
+    _require_tensor(attn_mask, "attn_mask")
+    try:
+        mask = torch.broadcast_to(attn_mask, target_shape)
+    except RuntimeError:
+        raise ValueError(f"argument 'attn_mask': expected a mask broadcastable to {tuple(target_shape)}, "
+                         f"got shape {tuple(attn_mask.shape)}") from None
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8)
+    if not mask.is_floating_point():
+        raise TypeError(f"argument 'attn_mask': expected a bool or floating-point mask, got {mask.dtype}")
+    return mask if mask.dtype == q.dtype else mask.to(q.dtype)
+
+
+def _check_dtypes(q, k, v):
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"argument 'k', 'v': expected the dtype of q ({q.dtype}), got {k.dtype} and {v.dtype}")
+    if q.dtype not in _NATIVE_DTYPES + (torch.float64,):
+        raise TypeError(f"argument 'q': expected float32, float16, bfloat16 or float64, got {q.dtype}")
+
+
+# --- reference (float64 path and tests) -------------------------------------
+
+def reference_attention(q, k, v, attn_mask=None, scale=None, *, window=(-1, -1), bottom_right=False, softcap=None,
+                        alibi_slopes=None):
+    """Naive attention with pocketml's semantics in q's dtype: [B, Hq, Lq, D] -> [B, Hq, Lq, D].
+
+    ``attn_mask`` must already broadcast to [B, Hq, Lq, Lk]; fully masked rows give zeros."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    lq, lk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    i = torch.arange(lq).unsqueeze(1) + (lk - lq if bottom_right else 0)
+    j = torch.arange(lk).unsqueeze(0)
+    if alibi_slopes is not None:
+        s = s - alibi_slopes.to(s.dtype).view(1, -1, 1, 1) * (i - j).abs().to(s.dtype)
+    allowed = torch.ones(lq, lk, dtype=torch.bool)
+    if window[0] >= 0:
+        allowed &= j >= i - window[0]
+    if window[1] >= 0:
+        allowed &= j <= i + window[1]
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = allowed & attn_mask
+        else:
+            s = s + attn_mask.to(s.dtype)
+    s = s.masked_fill(~allowed, -math.inf)
+    row_max = s.amax(-1, keepdim=True)
+    dead = torch.isneginf(row_max)
+    p = torch.exp(s - torch.where(dead, torch.zeros_like(row_max), row_max))
+    p = p / p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    return torch.where(dead, torch.zeros_like(p), p) @ v
+
+
+# --- dense SDPA ---------------------------------------------------------------
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, alibi, scale, left, right, bottom_right, softcap):
+        out = torch.empty(q.shape, dtype=q.dtype)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32)
+        core.attention_forward(q, k, v, mask, alibi, out, lse, scale, left, right, bottom_right, softcap)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.extras = (mask, alibi, scale, left, right, bottom_right, softcap)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        mask, alibi, scale, left, right, bottom_right, softcap = ctx.extras
+        grad_out = grad_out.contiguous() if grad_out.stride(-1) != 1 or 0 in grad_out.stride() else grad_out
+        dq = torch.empty(q.shape, dtype=q.dtype)
+        dk = torch.empty(k.shape, dtype=k.dtype)
+        dv = torch.empty(v.shape, dtype=v.dtype)
+        core.attention_backward(q, k, v, mask, alibi, out, lse, grad_out, dq, dk, dv, scale, left, right,
+                                bottom_right, softcap)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False, *, window=None, softcap=None, alibi_slopes=None,
+                                 causal_alignment="top_left"):
+    """torch.nn.functional.scaled_dot_product_attention on pocketml's fused kernels.
+
+    query [B, Hq, Lq, D] (or [B, Lq, D]), key / value [B, Hkv, Lk, D]; Hq != Hkv
+    needs ``enable_gqa=True`` as in torch. Extras: ``window=(left, right)``,
+    ``softcap``, ``alibi_slopes`` (fp32 [Hq]) and ``causal_alignment``
+    ('top_left' as torch, or 'bottom_right') for the causal mask, window and
+    ALiBi. Differentiable in q, k and v (masks and slopes are constants)."""
+    for x, arg in ((query, "query"), (key, "key"), (value, "value")):
+        _require_tensor(x, arg)
+    if dropout_p != 0.0:
+        raise NotImplementedError(f"argument 'dropout_p': pocketml attention has no dropout; expected 0.0, "
+                                  f"got {dropout_p}")
+    if causal_alignment not in _ALIGNMENTS:
+        raise ValueError(f"argument 'causal_alignment': expected one of {_ALIGNMENTS}, got {causal_alignment!r}")
+    if is_causal and attn_mask is not None:
+        raise ValueError("argument 'attn_mask': expected None when is_causal=True (as torch), got a mask")
+    _check_dtypes(query, key, value)
+    if query.dim() != key.dim() or query.dim() not in (3, 4) or value.dim() != key.dim():
+        raise ValueError(f"argument 'query': expected 4-D [B, H, L, D] (or 3-D [B, L, D]) query, key and value, "
+                         f"got shapes {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    squeeze = query.dim() == 3
+    q, k, v = (x.unsqueeze(1) if squeeze else x for x in (query, key, value))
+    if q.shape[1] != k.shape[1] and not enable_gqa:
+        raise ValueError(f"argument 'key': expected {q.shape[1]} heads like query (or enable_gqa=True), "
+                         f"got {k.shape[1]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"argument 'key': expected a number of heads dividing query's {q.shape[1]}, "
+                         f"got {k.shape[1]}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"argument 'query': expected a head dimension D > 0, got shape {tuple(query.shape)}")
+    left, right = _window_bounds(window, is_causal)
+    cap = _softcap_value(softcap)
+    bottom_right = causal_alignment == "bottom_right"
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    b, hq, lq, _ = q.shape
+    mask = None
+    if attn_mask is not None:
+        mask_in = attn_mask.unsqueeze(-3) if squeeze and attn_mask.dim() >= 3 else attn_mask
+        mask = _prepare_mask(mask_in, q, (b, hq, lq, k.shape[2]))
+    alibi = None
+    if alibi_slopes is not None:
+        _require_tensor(alibi_slopes, "alibi_slopes")
+        alibi = alibi_slopes.to(torch.float32).contiguous()
+    if q.dtype == torch.float64:
+        ref_mask = None if mask is None else (mask.bool() if mask.dtype == torch.uint8 else mask)
+        out = reference_attention(q, k, v, ref_mask, scale, window=(left, right), bottom_right=bottom_right,
+                                  softcap=cap or None, alibi_slopes=alibi)
+    else:
+        q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+        out = _FusedAttention.apply(q, k, v, mask, alibi, scale, left, right, bottom_right, cap)
+    return out.squeeze(1) if squeeze else out
+
+
+# --- packed variable-length sequences ---------------------------------------
+
+class _VarlenAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, scale, left, right, softcap):
+        out = torch.zeros(q.shape, dtype=q.dtype)
+        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32)
+        core.varlen_attention_forward(q, k, v, cu_q, cu_k, out, lse, scale, left, right, True, softcap)
+        ctx.save_for_backward(q, k, v, cu_q, cu_k, out, lse)
+        ctx.extras = (scale, left, right, softcap)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
+    def backward(ctx, grad_out):
+        q, k, v, cu_q, cu_k, out, lse = ctx.saved_tensors
+        scale, left, right, softcap = ctx.extras
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        core.varlen_attention_backward(q, k, v, cu_q, cu_k, out, lse, grad_out, dq, dk, dv, scale, left, right, True,
+                                       softcap)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, scale=None,
+                     window=None, softcap=None):
+    """Attention over packed sequences, as FlashAttention's flash_attn_varlen_func.
+
+    q [Tq, Hq, D], k and v [Tk, Hkv, D]; sequence s owns rows
+    cu_seqlens_q[s]:cu_seqlens_q[s+1] of q and cu_seqlens_k[s]:cu_seqlens_k[s+1]
+    of k / v (int32 or int64). Tokens never attend across sequences, so a
+    training batch packed without padding needs no mask: documents packed
+    into one row are separated by giving each its own cu_seqlens entry.
+    ``causal`` and ``window`` are aligned bottom-right within each sequence
+    (FlashAttention >= 2.1), which is top-left when Lq == Lk. max_seqlen_q /
+    max_seqlen_k are checked against cu_seqlens (kept for API compatibility)."""
+    for x, arg in ((q, "q"), (k, "k"), (v, "v"), (cu_seqlens_q, "cu_seqlens_q"), (cu_seqlens_k, "cu_seqlens_k")):
+        _require_tensor(x, arg)
+    _check_dtypes(q, k, v)
+    if q.dtype == torch.float64:
+        raise TypeError("argument 'q': varlen_attention runs fp32, fp16 or bf16, got float64")
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"argument 'q': expected 3-D [tokens, heads, D] q, k and v, got shapes "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    for cu, longest, arg in ((cu_seqlens_q, max_seqlen_q, "max_seqlen_q"),
+                             (cu_seqlens_k, max_seqlen_k, "max_seqlen_k")):
+        if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
+            raise ValueError(f"argument '{arg}': expected at least the longest sequence "
+                             f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
+    left, right = _window_bounds(window, causal)
+    cap = _softcap_value(softcap)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    return _VarlenAttention.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, left, right, cap)
+
+
+# --- KV cache decoding ----------------------------------------------------------
+
+_CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+class KVCache:
+    """Keys and values of past positions, [batch, kv_heads, max_len, head_dim], filled in place.
+
+    dtype 'fp16', 'bf16', 'fp32' or 'int8'. int8 stores one fp32 scale per
+    token and head (max |x| / 127, round to nearest even): each dequantized
+    element is within scale / 2 = max|row| / 254 of the value appended."""
+
+    def __init__(self, batch, kv_heads, max_len, head_dim, dtype="fp16"):
+        if dtype not in _CACHE_DTYPES:
+            raise ValueError(f"argument 'dtype': expected one of {tuple(_CACHE_DTYPES)}, got {dtype!r}")
+        for value, arg in ((batch, "batch"), (kv_heads, "kv_heads"), (max_len, "max_len"), (head_dim, "head_dim")):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"argument '{arg}': expected a positive int, got {value!r}")
+        self.dtype = dtype
+        shape = (batch, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=_CACHE_DTYPES[dtype])
+        self.v = torch.zeros(shape, dtype=_CACHE_DTYPES[dtype])
+        quantized = dtype == "int8"
+        self.k_scale = torch.zeros(shape[:3], dtype=torch.float32) if quantized else None
+        self.v_scale = torch.zeros(shape[:3], dtype=torch.float32) if quantized else None
+        self.length = 0
+
+    @property
+    def max_len(self):
+        return self.k.shape[2]
+
+    def append(self, k, v):
+        """Appends k, v [batch, kv_heads, T, head_dim] (fp32/fp16/bf16) after the current length."""
+        for x, arg in ((k, "k"), (v, "v")):
+            _require_tensor(x, arg)
+            expected = (self.k.shape[0], self.k.shape[1], x.shape[2] if x.dim() == 4 else -1, self.k.shape[3])
+            if x.dim() != 4 or tuple(x.shape) != expected:
+                raise ValueError(f"argument '{arg}': expected shape (batch, kv_heads, T, head_dim) = "
+                                 f"{expected[:2]} + (T, {expected[3]}), got {tuple(x.shape)}")
+            if x.dtype not in _NATIVE_DTYPES:
+                raise TypeError(f"argument '{arg}': expected float32, float16 or bfloat16, got {x.dtype}")
+        if k.shape != v.shape:
+            raise ValueError(f"argument 'v': expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+        t = k.shape[2]
+        if self.length + t > self.max_len:
+            raise ValueError(f"argument 'k': expected at most {self.max_len - self.length} new positions "
+                             f"(cache of {self.max_len}), got {t}")
+        if self.dtype == "int8":
+            core.kv_quantize_int8(_last_dim_contiguous(k), self.k, self.k_scale, self.length)
+            core.kv_quantize_int8(_last_dim_contiguous(v), self.v, self.v_scale, self.length)
+        else:
+            self.k[:, :, self.length:self.length + t].copy_(k)
+            self.v[:, :, self.length:self.length + t].copy_(v)
+        self.length += t
+
+    def reset(self):
+        self.length = 0
+
+
+def decode(q, cache, scale=None, window=None, softcap=None):
+    """Attention of q [B, Hq, Lq <= 8, D] (the newest Lq positions, already
+    appended) over the cache's first ``cache.length`` positions.
+
+    Causal among the new queries (bottom-right); ``window=(left, right)``
+    overrides the bound (default (-1, 0)). Returns [B, Hq, Lq, D] in q's dtype."""
+    _require_tensor(q, "q")
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"argument 'cache': expected a pocketml.attention.KVCache, got {type(cache).__name__}")
+    if q.dtype not in _NATIVE_DTYPES:
+        raise TypeError(f"argument 'q': expected float32, float16 or bfloat16, got {q.dtype}")
+    left, right = _window_bounds(window, False) if window is not None else (-1, 0)
+    cap = _softcap_value(softcap)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    q = _last_dim_contiguous(q)
+    out = torch.empty(q.shape, dtype=q.dtype)
+    core.attention_decode(q, cache.k, cache.v, cache.k_scale, cache.v_scale, cache.length, out, scale, left, right,
+                          cap)
+    return out
+
+
+# --- routing torch's SDPA ------------------------------------------------------
+
+@contextlib.contextmanager
+def sdpa_override():
+    """Routes torch.nn.functional.scaled_dot_product_attention to pocketml for
+    CPU tensors in fp32/fp16/bf16 without dropout; anything else (CUDA, float64,
+    dropout) keeps torch's own. The original function is restored on exit."""
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+
+    def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        tensors = (query, key, value) + ((attn_mask,) if attn_mask is not None else ())
+        if dropout_p == 0.0 and all(t.device.type == "cpu" for t in tensors) and query.dtype in _NATIVE_DTYPES:
+            return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, enable_gqa=enable_gqa)
+
+    functional.scaled_dot_product_attention = routed
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = original

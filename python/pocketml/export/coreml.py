@@ -1,0 +1,228 @@
+"""Core ML export with pocketml's exact compressed weights.
+
+The model is traced with each QuantizedLinear replaced by an nn.Linear holding
+its dequantized weight; after coremltools converts the trace, every weight
+constant that equals a quantized layer's dequantized weight is replaced by a
+compressed constant op carrying that layer's own codes, scales and tables:
+
+* affine -> ``constexpr_blockwise_shift_scale(data, scale, offset)``, iOS18;
+* LUT    -> ``constexpr_lut_to_dense(indices, lut)``, iOS18.
+
+Nothing is re-quantized: Core ML decompresses to the values
+``QuantizedTensor.dequantize()`` returns, bit for bit (see inspect_coreml).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pocketml.quant.linear import QuantizedLinear
+
+_PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass
+class CoreMLExport:
+    path: Path
+    compressed_layers: dict = field(default_factory=dict)  # layer name -> Core ML op type
+    unused_layers: list = field(default_factory=list)  # quantized layers whose output the exported graph drops
+    minimum_deployment_target: str = "iOS18"
+    compute_precision: str = "fp32"
+
+
+class _TensorOutputs(nn.Module):
+    """Traceable view of a model whose forward returns a ModelOutput or dict."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        out = self.model(*inputs)
+        if hasattr(out, "to_tuple"):
+            out = out.to_tuple()
+        elif isinstance(out, dict):
+            out = tuple(out.values())
+        return out
+
+
+def _weight_key(weight: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(weight).tobytes()).hexdigest()
+
+
+def _dequantized_copy(model: nn.Module, precision: str):
+    """A copy of `model` with QuantizedLinear layers as nn.Linear, and the layers by the
+    key of their weight as coremltools will hold it (fp32, or fp16 after its cast)."""
+    export = copy.deepcopy(model).eval()
+    by_key = {}
+    for name, module in list(export.named_modules()):
+        if not isinstance(module, QuantizedLinear):
+            continue
+        qweight = module.qweight()
+        weight = np.asarray(qweight.dequantize("fp32"))
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight))
+            if module.bias is not None:
+                linear.bias.copy_(module.bias.detach().float())
+        parent_name, _, child = name.rpartition(".")
+        setattr(export.get_submodule(parent_name) if parent_name else export, child, linear)
+        held = weight if precision == "fp32" else np.asarray(qweight.dequantize("fp16"))
+        by_key.setdefault(_weight_key(held), []).append((name, qweight))
+    return export, by_key
+
+
+def _float_values(array, dst_dtype, what: str):
+    """`array` as dst_dtype, refusing a rounding that would change decompressed weights."""
+    values = np.asarray(array.float() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
+    cast = values.astype(dst_dtype)
+    if not np.array_equal(cast.astype(np.float32), values):
+        raise ValueError(f"compute_precision 'fp16': the {what} are not exactly representable in fp16; "
+                         "quantize with scale_dtype='fp16' or export with compute_precision='fp32'")
+    return cast
+
+
+def _compressed_op(mb, types, qweight, op, dst_dtype):
+    """Builds the compressed constant for one layer before `op`."""
+    arrays = qweight.to_coreml()
+    name = op.name + "_pocketml"
+    if qweight.kind == "affine":
+        storage = types.np_uint4_dtype if qweight.bits <= 4 else np.uint8
+        scale = _float_values(arrays["scale"], dst_dtype, "scales")
+        return mb.constexpr_blockwise_shift_scale(data=arrays["data"].astype(storage), scale=scale,
+                                                  offset=arrays["offset"].astype(storage), before_op=op, name=name)
+    storage = {1: types.np_uint1_dtype, 2: types.np_uint2_dtype, 3: types.np_uint3_dtype, 4: types.np_uint4_dtype,
+               6: types.np_uint6_dtype, 8: np.uint8}[qweight.bits]
+    lut = _float_values(arrays["lut"], dst_dtype, "lookup tables")
+    return mb.constexpr_lut_to_dense(indices=arrays["indices"].astype(storage), lut=lut, before_op=op, name=name)
+
+
+def _inject_weights(prog, by_key: dict, dst_dtype) -> dict:
+    """Replaces matching weight constants in every function of `prog`."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.scope import ScopeInfo, ScopeSource
+
+    replaced = {}
+    for function in prog.functions.values():
+        for op in list(function.operations):
+            value = op.outputs[0].val if op.op_type == "const" else None
+            if not isinstance(value, np.ndarray) or value.ndim != 2 or value.dtype != dst_dtype:
+                continue
+            layers = by_key.get(_weight_key(value))
+            if not layers:
+                continue
+            qweight = layers[0][1]
+            # Keep the source scopes conversion requires; graph-pass history stays behind.
+            scopes = [ScopeInfo(source=s, data=d) for s, d in op.scopes.items()
+                      if s != ScopeSource.COREMLTOOLS_GRAPH_PASS]
+            with function, mb.scope(*scopes):
+                compressed = _compressed_op(mb, types, qweight, op, dst_dtype)
+            function.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=compressed,
+                                                  no_check_var_types=True)
+            function.remove_ops([op])
+            for layer_name, _ in layers:
+                replaced[layer_name] = compressed.op.op_type
+    return replaced
+
+
+def _refuse_uncompressed_copies(prog, by_key: dict) -> None:
+    """A quantized weight must not survive in plain form, e.g. transposed by a graph pass."""
+    for function in prog.functions.values():
+        for op in function.operations:
+            value = op.outputs[0].val if op.op_type == "const" else None
+            if isinstance(value, np.ndarray) and value.ndim == 2:
+                layers = by_key.get(_weight_key(value)) or by_key.get(_weight_key(value.T))
+                if layers:
+                    raise RuntimeError(f"Core ML export: the weight of {layers[0][0]} reached the program in a "
+                                       f"form pocketml cannot replace (const {op.name}, shape {value.shape})")
+
+
+def _input_types(ct, example_inputs, input_names):
+    specs = []
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"argument 'example_inputs': expected torch tensors, got {type(x).__name__} at {i}")
+        dtype = np.int32 if not x.dtype.is_floating_point else np.float32
+        specs.append(ct.TensorType(name=input_names[i] if input_names else f"input_{i}", shape=tuple(x.shape),
+                                   dtype=dtype))
+    return specs
+
+
+def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_target: str = "iOS18",
+              compute_precision: str = "fp32", input_names=None, overwrite: bool = False) -> CoreMLExport:
+    """Convert `model` (its Linear layers quantized by pocketml) into an .mlpackage at `path`.
+
+    example_inputs: a tensor or tuple of tensors for tracing (their shapes become the
+    model's input shapes; integer inputs are declared int32). compute_precision
+    "fp32" keeps every decompressed weight equal to ``qt.dequantize('fp32')``;
+    "fp16" decompresses to fp16 (equal to ``qt.dequantize('fp16')``).
+    """
+    import coremltools as ct
+
+    path = Path(path)
+    if path.suffix != ".mlpackage":
+        raise ValueError(f"argument 'path': expected a path ending in .mlpackage, got {str(path)!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"argument 'path': {str(path)!r} exists (pass overwrite=True to replace it)")
+    if compute_precision not in _PRECISIONS:
+        raise ValueError(f"argument 'compute_precision': expected one of {', '.join(_PRECISIONS)}, "
+                         f"got {compute_precision!r}")
+    target = getattr(ct.target, minimum_deployment_target, None)
+    if target is None or target.value < ct.target.iOS18.value:
+        raise ValueError(f"argument 'minimum_deployment_target': expected iOS18 or later (compressed ops need it), "
+                         f"got {minimum_deployment_target!r}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    input_types = _input_types(ct, example_inputs, input_names)
+
+    export, by_key = _dequantized_copy(model, compute_precision)
+    quantized_names = {name for layers in by_key.values() for name, _ in layers}
+    with torch.no_grad():
+        traced = torch.jit.trace(_TensorOutputs(export).eval(), example_inputs, strict=False)
+    precision = ct.precision.FLOAT32 if compute_precision == "fp32" else ct.precision.FLOAT16
+    prog = ct.convert(traced, inputs=input_types, convert_to="milinternal",
+                      minimum_deployment_target=target, compute_precision=precision)
+    replaced = _inject_weights(prog, by_key, np.float32 if compute_precision == "fp32" else np.float16)
+    _refuse_uncompressed_copies(prog, by_key)
+    mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
+    try:
+        mlmodel.save(str(staging / path.name))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), minimum_deployment_target,
+                        compute_precision)
+
+
+def inspect_coreml(path) -> dict:
+    """The compressed weights of a saved .mlpackage, decompressed by coremltools'
+    reference implementation: op name -> (op type, NumPy array)."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+    mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = mlmodel.get_spec()
+    prog = load_milproto(spec, spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+    weights = {}
+    for function in prog.functions.values():
+        for op in function.operations:
+            if op.op_type in ("constexpr_blockwise_shift_scale", "constexpr_lut_to_dense"):
+                weights[op.name] = (op.op_type, op.materialized_val_inference())
+    return weights

