@@ -74,6 +74,7 @@ struct AttentionKernels {
 namespace scalar { extern const AttentionKernels attention_kernels; }
 namespace avx2 { extern const AttentionKernels attention_kernels; }
 namespace avx512 { extern const AttentionKernels attention_kernels; }
+namespace neon { extern const AttentionKernels attention_kernels; }
 
 const IsaTables<AttentionKernels>& attention_tables();
 

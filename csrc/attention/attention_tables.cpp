@@ -12,7 +12,11 @@ const IsaTables<AttentionKernels>& attention_tables() {
       nullptr,
       nullptr,
 #endif
-      nullptr,  // NEON variant: see the Apple silicon issue
+#if POCKETML_ARCH_ARM
+      &neon::attention_kernels,
+#else
+      nullptr,
+#endif
   };
   return tables;
 }
