@@ -3,11 +3,13 @@
 // registers), and the vector exp of the x86 variants for the online softmax.
 // NEON has no masked loads: partial vectors go through a small stack buffer,
 // and GEMM / dot-product columns past the last whole vector run scalar.
-// fp16 is widened with FCVTL (ARMv8.0); arithmetic stays fp32 throughout, as
-// in every variant, so no fp16-arithmetic file is needed.
+// Decode reads fp32 / fp16 / bf16 / int8 cache rows directly, converting in
+// registers. fp16 is widened with FCVTL (ARMv8.0); arithmetic stays fp32
+// throughout, as in every variant, so no fp16-arithmetic file is needed.
 #include <arm_neon.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "attention/attention_kernels.h"
 #include "runtime/half.h"
@@ -292,6 +294,152 @@ void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales,
   }
 }
 
+// --- decode: K / V rows read in their cache type, converted in registers ---
+
+template <DType kType>
+struct CacheElement {
+  using type = uint16_t;  // fp16, bf16
+};
+template <>
+struct CacheElement<DType::f32> {
+  using type = float;
+};
+template <>
+struct CacheElement<DType::i8> {
+  using type = int8_t;
+};
+
+template <DType kType>
+inline const typename CacheElement<kType>::type* cache_row(const void* base, int64_t j, int64_t stride) {
+  return static_cast<const typename CacheElement<kType>::type*>(base) + j * stride;
+}
+
+// Elements d .. d + 3 of a cache row as fp32 (int8 without its row scale).
+template <DType kType>
+inline float32x4_t load_row4(const typename CacheElement<kType>::type* row, int64_t d) {
+  if constexpr (kType == DType::f32) {
+    return vld1q_f32(row + d);
+  } else if constexpr (kType == DType::f16) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(row + d)));
+  } else if constexpr (kType == DType::bf16) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(row + d), 16));
+  } else {
+    uint32_t word;
+    std::memcpy(&word, row + d, 4);
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(word))))));
+  }
+}
+
+template <DType kType>
+inline float load_element(const typename CacheElement<kType>::type* row, int64_t d) {
+  if constexpr (kType == DType::f32) return row[d];
+  if constexpr (kType == DType::f16) return fp16_to_fp32(row[d]);
+  if constexpr (kType == DType::bf16) return bf16_to_fp32(row[d]);
+  return static_cast<float>(row[d]);
+}
+
+// Four keys at a time against up to four query rows: each K vector is loaded
+// (and converted) once for all rows, 16 accumulators, one reduction per score;
+// the last dim % 4 products are added after it.
+template <DType kType>
+void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
+                         const float* k_scales, int64_t scale_stride, float* scores) {
+  const int64_t vector_dim = dim / 4 * 4;
+  for (int64_t j0 = 0; j0 < keys; j0 += 4) {
+    const int nk = keys - j0 < 4 ? static_cast<int>(keys - j0) : 4;
+    const typename CacheElement<kType>::type* key_rows[4];
+    for (int i = 0; i < 4; ++i) key_rows[i] = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
+      float32x4_t acc[4][4];
+      for (int r = 0; r < 4; ++r)
+        for (int i = 0; i < 4; ++i) acc[r][i] = vdupq_n_f32(0.0f);
+      for (int64_t d = 0; d < vector_dim; d += 4) {
+        float32x4_t kv[4];
+        for (int i = 0; i < 4; ++i) kv[i] = load_row4<kType>(key_rows[i], d);
+        for (int r = 0; r < nr; ++r) {
+          const float32x4_t qv = vld1q_f32(q + (r0 + r) * dim + d);
+          for (int i = 0; i < 4; ++i) acc[r][i] = vfmaq_f32(acc[r][i], qv, kv[i]);
+        }
+      }
+      for (int r = 0; r < nr; ++r)
+        for (int i = 0; i < nk; ++i) {
+          float score = vaddvq_f32(acc[r][i]);
+          for (int64_t d = vector_dim; d < dim; ++d) score += q[(r0 + r) * dim + d] * load_element<kType>(key_rows[i], d);
+          if constexpr (kType == DType::i8) score *= k_scales[(j0 + i) * scale_stride];
+          scores[(r0 + r) * keys + j0 + i] = score;
+        }
+    }
+  }
+}
+
+// acc[r][c0 : c0 + 4 NV] += sum_j p[r][j] v[j][c0 : c0 + 4 NV] for up to four
+// rows at a time: each V vector is loaded (and converted) once for all of them.
+template <DType kType, int NV>
+void decode_accumulate_block(int64_t rows, int64_t keys, int64_t dim, int64_t c0, const float* p, const void* v,
+                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
+    float32x4_t o[4][NV];
+    for (int r = 0; r < 4; ++r)
+      for (int i = 0; i < NV; ++i) o[r][i] = r < nr ? vld1q_f32(acc + (r0 + r) * dim + c0 + 4 * i) : vdupq_n_f32(0.0f);
+    for (int64_t j = 0; j < keys; ++j) {
+      const auto* row = cache_row<kType>(v, j, v_stride);
+      float32x4_t vv[NV];
+      for (int i = 0; i < NV; ++i) vv[i] = load_row4<kType>(row, c0 + 4 * i);
+      const float row_scale = kType == DType::i8 ? v_scales[j * scale_stride] : 1.0f;
+      for (int r = 0; r < nr; ++r) {
+        const float32x4_t pv = vdupq_n_f32(p[(r0 + r) * keys + j] * row_scale);
+        for (int i = 0; i < NV; ++i) o[r][i] = vfmaq_f32(o[r][i], pv, vv[i]);
+      }
+    }
+    for (int r = 0; r < nr; ++r)
+      for (int i = 0; i < NV; ++i) vst1q_f32(acc + (r0 + r) * dim + c0 + 4 * i, o[r][i]);
+  }
+}
+
+template <DType kType>
+void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  const int64_t vector_dim = dim / 4 * 4;
+  for (int64_t c0 = 0; c0 < vector_dim; c0 += 16) {
+    switch ((vector_dim - c0 < 16 ? vector_dim - c0 : 16) / 4) {
+      case 1: decode_accumulate_block<kType, 1>(rows, keys, dim, c0, p, v, v_stride, v_scales, scale_stride, acc); break;
+      case 2: decode_accumulate_block<kType, 2>(rows, keys, dim, c0, p, v, v_stride, v_scales, scale_stride, acc); break;
+      case 3: decode_accumulate_block<kType, 3>(rows, keys, dim, c0, p, v, v_stride, v_scales, scale_stride, acc); break;
+      default: decode_accumulate_block<kType, 4>(rows, keys, dim, c0, p, v, v_stride, v_scales, scale_stride, acc); break;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)  // the last dim % 4 columns
+    for (int64_t j = 0; j < keys; ++j) {
+      const auto* row = cache_row<kType>(v, j, v_stride);
+      const float weight = p[r * keys + j] * (kType == DType::i8 ? v_scales[j * scale_stride] : 1.0f);
+      for (int64_t d = vector_dim; d < dim; ++d) acc[r * dim + d] += weight * load_element<kType>(row, d);
+    }
+}
+
+void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
+                   int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores) {
+  auto run = [&](auto typed) { typed(rows, keys, dim, q, k, k_stride, k_scales, scale_stride, scores); };
+  switch (kv) {
+    case DType::f16: return run(decode_scores_typed<DType::f16>);
+    case DType::bf16: return run(decode_scores_typed<DType::bf16>);
+    case DType::i8: return run(decode_scores_typed<DType::i8>);
+    default: return run(decode_scores_typed<DType::f32>);
+  }
+}
+
+void decode_accumulate(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                       int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  auto run = [&](auto typed) { typed(rows, keys, dim, p, v, v_stride, v_scales, scale_stride, acc); };
+  switch (kv) {
+    case DType::f16: return run(decode_accumulate_typed<DType::f16>);
+    case DType::bf16: return run(decode_accumulate_typed<DType::bf16>);
+    case DType::i8: return run(decode_accumulate_typed<DType::i8>);
+    default: return run(decode_accumulate_typed<DType::f32>);
+  }
+}
+
 }  // namespace
 
 const AttentionKernels attention_kernels = {
@@ -304,8 +452,8 @@ const AttentionKernels attention_kernels = {
     widen_f16_rows,
     widen_bf16_rows,
     widen_int8_rows,
-    nullptr,
-    nullptr,
+    decode_scores,
+    decode_accumulate,
     nullptr,
     nullptr,
     nullptr,

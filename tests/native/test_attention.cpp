@@ -252,44 +252,57 @@ TEST(forward_and_backward_agree_across_isas_with_gqa_odd_dims_and_a_masked_row) 
   }
 }
 
-TEST(decode_agrees_across_isas_for_fp32_fp16_and_int8_caches) {
-  const int64_t q_heads = 6, kv_heads = 2, len_q = 2, dim = 20, max_len = 40, length = 37;
-  const auto q = normal_values(q_heads * len_q * dim, 21), k = normal_values(kv_heads * max_len * dim, 22),
-             v = normal_values(kv_heads * max_len * dim, 23);
-  std::vector<uint16_t> k16(k.size()), v16(v.size());
-  for (size_t i = 0; i < k.size(); ++i) k16[i] = fp32_to_fp16(k[i]), v16[i] = fp32_to_fp16(v[i]);
-  std::vector<int8_t> k8(k.size()), v8(v.size());
-  std::vector<float> k_scale(kv_heads * max_len), v_scale(kv_heads * max_len);
-  kv_quantize_int8(contiguous_view(const_cast<float*>(k.data()), DType::f32, {1, kv_heads, max_len, dim}, false),
-                   contiguous_view(k8.data(), DType::i8, {1, kv_heads, max_len, dim}),
-                   contiguous_view(k_scale.data(), DType::f32, {1, kv_heads, max_len}), 0);
-  kv_quantize_int8(contiguous_view(const_cast<float*>(v.data()), DType::f32, {1, kv_heads, max_len, dim}, false),
-                   contiguous_view(v8.data(), DType::i8, {1, kv_heads, max_len, dim}),
-                   contiguous_view(v_scale.data(), DType::f32, {1, kv_heads, max_len}), 0);
-  AttentionOptions options;
-  options.scale = 0.3f;
-  for (DType cache : {DType::f32, DType::f16, DType::i8}) {
-    const void* k_data = cache == DType::f32 ? static_cast<const void*>(k.data())
-                         : cache == DType::f16 ? static_cast<const void*>(k16.data()) : k8.data();
-    const void* v_data = cache == DType::f32 ? static_cast<const void*>(v.data())
-                         : cache == DType::f16 ? static_cast<const void*>(v16.data()) : v8.data();
-    const TensorView ks = contiguous_view(k_scale.data(), DType::f32, {1, kv_heads, max_len}, false);
-    const TensorView vs = contiguous_view(v_scale.data(), DType::f32, {1, kv_heads, max_len}, false);
-    std::vector<float> reference;
-    for_every_isa([&](Isa isa) {
-      std::vector<float> out(q.size());
-      attention_decode(contiguous_view(const_cast<float*>(q.data()), DType::f32, {1, q_heads, len_q, dim}, false),
-                       contiguous_view(const_cast<void*>(k_data), cache, {1, kv_heads, max_len, dim}, false),
-                       contiguous_view(const_cast<void*>(v_data), cache, {1, kv_heads, max_len, dim}, false),
-                       cache == DType::i8 ? &ks : nullptr, cache == DType::i8 ? &vs : nullptr, length, options,
-                       contiguous_view(out.data(), DType::f32, {1, q_heads, len_q, dim}));
-      if (isa == Isa::scalar) {
-        reference = out;
-        return;
-      }
-      for (size_t i = 0; i < out.size(); ++i)
-        CHECK(std::fabs(out[i] - reference[i]) <= 1e-5f * (1.0f + std::fabs(reference[i])),
-              isa_name(isa) << " decode " << dtype_name(cache) << " at " << i << ": " << out[i] << " vs " << reference[i]);
-    });
+TEST(decode_agrees_across_isas_for_every_cache_type_and_odd_dims) {
+  for (int64_t dim : {19, 20}) {
+    const int64_t q_heads = 6, kv_heads = 2, len_q = 2, max_len = 40, length = 37;
+    const auto q = normal_values(q_heads * len_q * dim, 21), k = normal_values(kv_heads * max_len * dim, 22),
+               v = normal_values(kv_heads * max_len * dim, 23);
+    std::vector<uint16_t> k16(k.size()), v16(v.size()), kb16(k.size()), vb16(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k16[i] = fp32_to_fp16(k[i]), v16[i] = fp32_to_fp16(v[i]);
+      kb16[i] = fp32_to_bf16(k[i]), vb16[i] = fp32_to_bf16(v[i]);
+    }
+    std::vector<int8_t> k8(k.size()), v8(v.size());
+    std::vector<float> k_scale(kv_heads * max_len), v_scale(kv_heads * max_len);
+    kv_quantize_int8(contiguous_view(const_cast<float*>(k.data()), DType::f32, {1, kv_heads, max_len, dim}, false),
+                     contiguous_view(k8.data(), DType::i8, {1, kv_heads, max_len, dim}),
+                     contiguous_view(k_scale.data(), DType::f32, {1, kv_heads, max_len}), 0);
+    kv_quantize_int8(contiguous_view(const_cast<float*>(v.data()), DType::f32, {1, kv_heads, max_len, dim}, false),
+                     contiguous_view(v8.data(), DType::i8, {1, kv_heads, max_len, dim}),
+                     contiguous_view(v_scale.data(), DType::f32, {1, kv_heads, max_len}), 0);
+    AttentionOptions options;
+    options.scale = 0.3f;
+    for (DType cache : {DType::f32, DType::f16, DType::bf16, DType::i8}) {
+      auto pick = [&](const std::vector<float>& f32, const std::vector<uint16_t>& f16, const std::vector<uint16_t>& bf16,
+                      const std::vector<int8_t>& i8) -> const void* {
+        switch (cache) {
+          case DType::f16: return f16.data();
+          case DType::bf16: return bf16.data();
+          case DType::i8: return i8.data();
+          default: return f32.data();
+        }
+      };
+      const void* k_data = pick(k, k16, kb16, k8);
+      const void* v_data = pick(v, v16, vb16, v8);
+      const TensorView ks = contiguous_view(k_scale.data(), DType::f32, {1, kv_heads, max_len}, false);
+      const TensorView vs = contiguous_view(v_scale.data(), DType::f32, {1, kv_heads, max_len}, false);
+      std::vector<float> reference;
+      for_every_isa([&](Isa isa) {
+        std::vector<float> out(q.size());
+        attention_decode(contiguous_view(const_cast<float*>(q.data()), DType::f32, {1, q_heads, len_q, dim}, false),
+                         contiguous_view(const_cast<void*>(k_data), cache, {1, kv_heads, max_len, dim}, false),
+                         contiguous_view(const_cast<void*>(v_data), cache, {1, kv_heads, max_len, dim}, false),
+                         cache == DType::i8 ? &ks : nullptr, cache == DType::i8 ? &vs : nullptr, length, options,
+                         contiguous_view(out.data(), DType::f32, {1, q_heads, len_q, dim}));
+        if (isa == Isa::scalar) {
+          reference = out;
+          return;
+        }
+        for (size_t i = 0; i < out.size(); ++i)
+          CHECK(std::fabs(out[i] - reference[i]) <= 1e-5f * (1.0f + std::fabs(reference[i])),
+                isa_name(isa) << " decode " << dtype_name(cache) << " D " << dim << " at " << i << ": " << out[i]
+                              << " vs " << reference[i]);
+      });
+    }
   }
 }
