@@ -1,10 +1,13 @@
 // Attention without Python (runs under qemu-aarch64 and on devices): every tile
 // operation of every variant against the scalar reference on odd sizes and
-// edge values (-inf scores, fully masked rows), then forward, backward and
-// decode end to end on every ISA against the scalar ISA's results (odd head
-// dims, grouped-query heads, a fully masked row, fp16 and int8 caches).
+// edge values (-inf scores, fully masked rows), the bf16 pair kernels where
+// the CPU has them, then forward, backward and decode end to end on every ISA
+// against the scalar ISA's results (odd head dims, grouped-query heads, a fully
+// masked row, fp32 / fp16 / bf16 / int8 caches, bf16 prefill).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -176,6 +179,69 @@ TEST(every_rescale_exp_and_widening_variant_equals_the_reference) {
   }
 }
 
+// The bf16 pair kernels, on the variants whose instructions this CPU has
+// (AVX512-BF16, ARM FEAT_BF16): products of bf16 values against a double sum,
+// and the pair interleaves bit for bit.
+TEST(every_bf16_pair_variant_equals_a_double_product) {
+  std::vector<NamedKernels> variants;
+  for (const auto& v : optimized_variants())
+    if (v.kernels->gemm_bf16_pairs && (cpu_features().avx512bf16 || cpu_features().neon_bf16)) variants.push_back(v);
+  std::printf("    bf16 pair kernels on this CPU:");
+  for (const auto& v : variants) std::printf(" %s", v.name.c_str());
+  std::printf("\n");
+  auto to_bf16 = [](const std::vector<float>& x) {
+    std::vector<uint16_t> bits(x.size());
+    for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_bf16(x[i]);
+    return bits;
+  };
+  const auto a = to_bf16(normal_values(8 * 70, 31)), b = to_bf16(normal_values(33 * 40, 32));
+  const auto c0 = normal_values(8 * 20, 33);
+  for (const auto& v : variants) {
+    for (int64_t M : {1, 5, 7}) {
+      for (int64_t N : {1, 4, 13, 18}) {
+        for (int64_t pairs : {1, 8, 33}) {
+          std::vector<float> c(c0);
+          v.kernels->gemm_bf16_pairs(M, N, pairs, a.data(), 70, 2, b.data(), 40, c.data(), 20);
+          for (int64_t m = 0; m < 8; ++m) {
+            for (int64_t n = 0; n < 20; ++n) {
+              double expected = c0[m * 20 + n], magnitude = std::fabs(expected);
+              for (int64_t p = 0; m < M && n < N && p < pairs; ++p) {
+                for (int h = 0; h < 2; ++h) {
+                  const double product = double(bf16_to_fp32(a[m * 70 + 2 * p + h])) * bf16_to_fp32(b[p * 40 + 2 * n + h]);
+                  expected += product;
+                  magnitude += std::fabs(product);
+                }
+              }
+              CHECK(std::fabs(c[m * 20 + n] - expected) <= 1e-5 * magnitude,
+                    v.name << " gemm_bf16_pairs " << M << "x" << N << "x" << pairs << " [" << m << ", " << n << "]");
+            }
+          }
+        }
+      }
+    }
+    for (int64_t rows : {1, 4, 5}) {
+      for (int64_t cols : {3, 8, 13}) {
+        auto x = normal_values(rows * 16, 34);
+        x[0] = std::numeric_limits<float>::quiet_NaN();
+        x[1] = kInf;
+        x[2] = 1.00390625f;  // halfway between two bf16 values: rounds to even
+        std::vector<uint16_t> got(((rows + 1) / 2) * 2 * cols, 7), expected(got.size(), 7);
+        for (int64_t r = 0; r < rows; r += 2)
+          for (int64_t c = 0; c < cols; ++c) {
+            expected[r * cols + 2 * c] = fp32_to_bf16(x[r * 16 + c]);
+            expected[r * cols + 2 * c + 1] = r + 1 < rows ? fp32_to_bf16(x[(r + 1) * 16 + c]) : 0;
+          }
+        v.kernels->pair_rows_f32_to_bf16(x.data(), 16, rows, cols, got.data());
+        CHECK(got == expected, v.name << " pair_rows_f32_to_bf16 " << rows << "x" << cols);
+        const auto xb = to_bf16(x);
+        std::fill(got.begin(), got.end(), 7);
+        v.kernels->pair_rows_bf16(xb.data(), 16, rows, cols, got.data());
+        CHECK(got == expected, v.name << " pair_rows_bf16 " << rows << "x" << cols);
+      }
+    }
+  }
+}
+
 // --- the drivers on every ISA: the same problem, the scalar ISA's answer ---
 
 namespace {
@@ -305,4 +371,41 @@ TEST(decode_agrees_across_isas_for_every_cache_type_and_odd_dims) {
       });
     }
   }
+}
+
+// bf16 prefill (enough query rows for the key-major path, where BFDOT /
+// vdpbf16ps multiply bf16 pairs and P is rounded to bf16): within bf16's
+// rounding of the scalar ISA's output.
+TEST(bf16_forward_agrees_across_isas) {
+  const int64_t q_heads = 4, kv_heads = 2, len_q = 20, len_k = 37, dim = 32;
+  auto bits = [](const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = fp32_to_bf16(x[i]);
+    return b;
+  };
+  const auto q = bits(normal_values(q_heads * len_q * dim, 41)), k = bits(normal_values(kv_heads * len_k * dim, 42)),
+             v = bits(normal_values(kv_heads * len_k * dim, 43));
+  AttentionOptions options;
+  options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  options.window_right = 0;
+  options.bottom_right = true;
+  std::vector<uint16_t> reference;
+  for_every_isa([&](Isa isa) {
+    std::vector<uint16_t> out(q.size());
+    std::vector<float> lse(q_heads * len_q);
+    auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
+      return contiguous_view(const_cast<uint16_t*>(x.data()), DType::bf16, {1, heads, len, dim});
+    };
+    attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                      options, view(out, q_heads, len_q), contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q}));
+    if (isa == Isa::scalar) {
+      reference = out;
+      return;
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+      const float got = bf16_to_fp32(out[i]), expected = bf16_to_fp32(reference[i]);
+      CHECK(std::fabs(got - expected) <= 2e-2f * (0.1f + std::fabs(expected)),
+            isa_name(isa) << " bf16 forward at " << i << ": " << got << " vs " << expected);
+    }
+  });
 }
