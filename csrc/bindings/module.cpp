@@ -28,4 +28,5 @@ PYBIND11_MODULE(_core, m) {
   pocketml::bindings::register_quant(m);
   pocketml::bindings::register_data(m);
   pocketml::bindings::register_attention(m);
+  pocketml::bindings::register_models(m);
 }

@@ -9,5 +9,6 @@ void register_convert(pybind11::module_& m);
 void register_quant(pybind11::module_& m);
 void register_data(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
+void register_models(pybind11::module_& m);
 
 }  // namespace pocketml::bindings

@@ -2,58 +2,63 @@
 #include <string>
 
 #include "capi/guard.h"
+#include "capi/quantized_weight.h"
 #include "quant/quant.h"
 
 using namespace pocketml;
 
 namespace {
 
-void require_range(int64_t value, const char* arg, const char* expected) {
+void require_range(int64_t value, const std::string& arg, const char* expected) {
   if (value < 0) fail_argument(ErrorKind::InvalidArgument, arg, expected, std::to_string(value));
 }
 
+}  // namespace
+
+namespace pocketml::capi {
+
 // Views of the weight's arrays with the shapes the format implies; the core
 // checks bits, group size and shapes and reports the argument by name.
-QuantizedViews views_of(const pocketml_quantized_weight* weight) {
-  capi::require_pointer(weight, "weight");
+QuantizedViews quantized_views(const pocketml_quantized_weight* weight, const std::string& arg) {
+  require_pointer(weight, arg.c_str());
   const pocketml_quantized_weight& w = *weight;
   if (w.kind != POCKETML_QUANT_AFFINE && w.kind != POCKETML_QUANT_LUT)
-    fail_argument(ErrorKind::InvalidArgument, "weight.kind", "POCKETML_QUANT_AFFINE (0) or POCKETML_QUANT_LUT (1)",
+    fail_argument(ErrorKind::InvalidArgument, (arg + ".kind"), "POCKETML_QUANT_AFFINE (0) or POCKETML_QUANT_LUT (1)",
                   std::to_string(static_cast<int>(w.kind)));
-  require_range(w.rows, "weight.rows", "a non-negative row count");
-  if (w.cols <= 0) fail_argument(ErrorKind::InvalidArgument, "weight.cols", "a positive column count", std::to_string(w.cols));
+  require_range(w.rows, arg + ".rows", "a non-negative row count");
+  if (w.cols <= 0) fail_argument(ErrorKind::InvalidArgument, (arg + ".cols"), "a positive column count", std::to_string(w.cols));
   if (w.group_size <= 0)
-    fail_argument(ErrorKind::InvalidArgument, "weight.group_size", "a positive group size", std::to_string(w.group_size));
+    fail_argument(ErrorKind::InvalidArgument, (arg + ".group_size"), "a positive group size", std::to_string(w.group_size));
   QuantizedViews q;
   q.kind = w.kind == POCKETML_QUANT_AFFINE ? QuantKind::affine : QuantKind::lut;
   q.bits = w.bits;
   q.cols = w.cols;
   q.group_size = w.group_size;
   if (q.kind == QuantKind::affine) check_affine_bits(w.bits); else check_lut_bits(w.bits);
-  capi::require_pointer(w.packed, "weight.packed");
+  require_pointer(w.packed, (arg + ".packed").c_str());
   q.packed = contiguous_view(const_cast<uint8_t*>(w.packed), DType::u8, {w.rows, packed_row_bytes(w.cols, w.bits)}, false);
   if (q.kind == QuantKind::affine) {
-    capi::require_pointer(w.scales, "weight.scales");
+    require_pointer(w.scales, (arg + ".scales").c_str());
     if (w.cols % w.group_size != 0)
-      fail_argument(ErrorKind::InvalidArgument, "weight.group_size", "a divisor of cols = " + std::to_string(w.cols),
+      fail_argument(ErrorKind::InvalidArgument, (arg + ".group_size"), "a divisor of cols = " + std::to_string(w.cols),
                     std::to_string(w.group_size));
     const int64_t groups = w.cols / w.group_size;
-    q.scales = contiguous_view(const_cast<void*>(w.scales), capi::to_dtype(w.scale_dtype, "weight.scale_dtype"),
+    q.scales = contiguous_view(const_cast<void*>(w.scales), to_dtype(w.scale_dtype, (arg + ".scale_dtype").c_str()),
                                {w.rows, groups}, false);
     if (w.zero_points != nullptr)
       q.zero_points = contiguous_view(const_cast<uint8_t*>(w.zero_points), DType::u8, {w.rows, groups}, false);
   } else {
-    capi::require_pointer(w.lut, "weight.lut");
+    require_pointer(w.lut, (arg + ".lut").c_str());
     if (w.rows % w.group_size != 0)
-      fail_argument(ErrorKind::InvalidArgument, "weight.group_size", "a divisor of rows = " + std::to_string(w.rows),
+      fail_argument(ErrorKind::InvalidArgument, (arg + ".group_size"), "a divisor of rows = " + std::to_string(w.rows),
                     std::to_string(w.group_size));
-    q.lut = contiguous_view(const_cast<void*>(w.lut), capi::to_dtype(w.lut_dtype, "weight.lut_dtype"),
+    q.lut = contiguous_view(const_cast<void*>(w.lut), to_dtype(w.lut_dtype, (arg + ".lut_dtype").c_str()),
                             {w.rows / w.group_size, int64_t(1) << w.bits}, false);
   }
   return q;
 }
 
-}  // namespace
+}  // namespace pocketml::capi
 
 extern "C" pocketml_status pocketml_quant_packed_row_bytes(int64_t cols, int32_t bits, int64_t* out_bytes) {
   return capi::guarded([&] {
@@ -69,7 +74,7 @@ extern "C" pocketml_status pocketml_quant_matmul(const void* x, pocketml_dtype x
                                                  const pocketml_quantized_weight* weight, void* out,
                                                  pocketml_dtype out_dtype) {
   return capi::guarded([&] {
-    const QuantizedViews q = views_of(weight);
+    const QuantizedViews q = capi::quantized_views(weight, "weight");
     require_range(m, "m", "a non-negative row count");
     if (m == 0 || weight->rows == 0) return;
     capi::require_pointer(x, "x");
@@ -82,7 +87,7 @@ extern "C" pocketml_status pocketml_quant_matmul(const void* x, pocketml_dtype x
 extern "C" pocketml_status pocketml_quant_dequantize(const pocketml_quantized_weight* weight, void* out,
                                                      pocketml_dtype out_dtype) {
   return capi::guarded([&] {
-    const QuantizedViews q = views_of(weight);
+    const QuantizedViews q = capi::quantized_views(weight, "weight");
     if (weight->rows == 0) return;
     capi::require_pointer(out, "out");
     dequantize(q, contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {weight->rows, weight->cols}));

@@ -19,6 +19,7 @@ __all__ = [
     "attention",
     "convert",
     "data",
+    "decoder",
     "export",
     "get_num_threads",
     "info",
@@ -33,7 +34,7 @@ __all__ = [
 def __getattr__(name):
     # These areas reach for torch (tensors, DataLoader, Core ML tracing), and torch is
     # optional: import them on first use so `import pocketml` stays light.
-    if name in ("attention", "data", "export", "models"):
+    if name in ("attention", "data", "decoder", "export", "models"):
         import importlib
 
         return importlib.import_module(f"pocketml.{name}")

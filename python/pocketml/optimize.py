@@ -189,6 +189,7 @@ def _golden_bundle(model, tokenizer, sentences, path: Path) -> Path:
     import torch
 
     from pocketml.export import golden
+    from pocketml.export.standard_bundles import quant_matmul_check
     from pocketml.quant.linear import QuantizedLinear
 
     captured = {}
@@ -204,19 +205,9 @@ def _golden_bundle(model, tokenizer, sentences, path: Path) -> Path:
     for i, (name, layer) in enumerate(layers):
         qweight = layer.qweight()
         x = captured[name].reshape(-1, layer.in_features)[:8].float().contiguous()
-        expected = x.double() @ torch.from_numpy(np.asarray(qweight.dequantize("fp32"))).double().T
-        prefix = f"l{i}"
-        tensors[f"{prefix}.x"] = x
-        tensors[f"{prefix}.y"] = expected.float()
-        inputs = [f"{prefix}.x"]
-        for array_name, array in qweight.arrays().items():
-            tensors[f"{prefix}.{array_name}"] = array
-            inputs.append(f"{prefix}.{array_name}")
-        checks.append({"name": f"{name} ({qweight.kind} {qweight.bits}-bit)", "op": "quant_matmul", "inputs": inputs,
-                       "attrs": {"kind": qweight.kind, "bits": qweight.bits, "group_size": qweight.group_size,
-                                 "n": layer.out_features, "k": layer.in_features,
-                                 "arrays": list(qweight.arrays())},
-                       "expected": f"{prefix}.y", "tolerance": {"max_abs": 1e-4, "max_rel": 1e-4}})
+        layer_tensors, check = quant_matmul_check(f"l{i}", x, qweight, {"max_abs": 1e-4, "max_rel": 1e-4})
+        tensors.update(layer_tensors)
+        checks.append({**check, "name": f"{name} ({qweight.kind} {qweight.bits}-bit)"})
     return golden(path, "optimize-chosen-layers", tensors, checks, overwrite=True)
 
 

@@ -116,6 +116,81 @@ POCKETML_API pocketml_status pocketml_quant_matmul(const void* x, pocketml_dtype
 POCKETML_API pocketml_status pocketml_quant_dequantize(const pocketml_quantized_weight* weight, void* out,
                                                        pocketml_dtype out_dtype);
 
+/* ---- attention ----------------------------------------------------------------- */
+
+/* Shapes of one attention call: q [batch, query_heads, query_len, head_dim],
+ * k and v [batch, kv_heads, kv_len, head_dim], all contiguous. query_heads is a
+ * multiple of kv_heads (grouped-query attention: K/V are never repeated). */
+typedef struct pocketml_attention_shape {
+  int64_t batch, query_heads, kv_heads, query_len, kv_len, head_dim;
+} pocketml_attention_shape;
+
+typedef enum pocketml_attention_mask {
+  POCKETML_MASK_NONE = 0,
+  POCKETML_MASK_CAUSAL = 1,              /* query i sees keys j <= i (torch's is_causal, top-left) */
+  POCKETML_MASK_CAUSAL_BOTTOM_RIGHT = 2, /* query i sees keys j <= i + kv_len - query_len (a KV cache) */
+} pocketml_attention_mask;
+
+/*
+ * out [batch, query_heads, query_len, head_dim] = softmax(scale * q k^T + mask) v,
+ * fused (online softmax, fp32 accumulation). q, k, v and out share `dtype`
+ * (POCKETML_FP32, POCKETML_FP16 or POCKETML_BF16). A row whose keys are all masked
+ * gets zeros.
+ */
+POCKETML_API pocketml_status pocketml_attention_forward(const void* q, const void* k, const void* v,
+                                                        pocketml_dtype dtype, const pocketml_attention_shape* shape,
+                                                        float scale, pocketml_attention_mask mask, void* out);
+
+/*
+ * One decode step: q [batch, query_heads, query_len <= 8, head_dim] against the
+ * first `length` positions of a KV cache k_cache, v_cache [batch, kv_heads,
+ * shape->kv_len (the capacity), head_dim]; the queries are the last query_len of
+ * those positions (causal, bottom-right). The KV length is split across threads.
+ */
+POCKETML_API pocketml_status pocketml_attention_decode(const void* q, const void* k_cache, const void* v_cache,
+                                                       pocketml_dtype dtype, const pocketml_attention_shape* shape,
+                                                       int64_t length, float scale, void* out);
+
+/* ---- transformer decoder ----------------------------------------------------------- */
+
+/*
+ * A Llama-style decoder (token embedding, RMSNorm, RoPE in Hugging Face's
+ * rotate-half layout, GQA attention with a KV cache, SwiGLU MLP, tied LM head)
+ * on pocketml's quantized matmul and attention kernels. pocketml_decoder_new
+ * copies every weight, so the caller's buffers may be freed afterwards. A
+ * handle holds its KV cache and scratch: use it from one thread at a time.
+ */
+typedef struct pocketml_decoder_s* pocketml_decoder;
+
+typedef struct pocketml_decoder_config {
+  int64_t vocab_size, hidden_size, intermediate_size, num_layers;
+  int64_t num_heads, num_kv_heads, head_dim; /* num_kv_heads divides num_heads; head_dim even */
+  int64_t max_seq_len;                        /* KV cache capacity in tokens */
+  float rms_norm_eps, rope_theta;
+} pocketml_decoder_config;
+
+/* One layer; weights are [out_features, in_features], norms fp32 [hidden_size]. */
+typedef struct pocketml_decoder_layer {
+  const float* attn_norm;
+  pocketml_quantized_weight q_proj, k_proj, v_proj, o_proj; /* [heads * head_dim | kv_heads * head_dim, hidden] */
+  const float* mlp_norm;
+  pocketml_quantized_weight gate_proj, up_proj, down_proj;
+} pocketml_decoder_layer;
+
+/* embedding [vocab_size, hidden_size] is also the LM head (tied); layers[num_layers]. */
+POCKETML_API pocketml_status pocketml_decoder_new(const pocketml_decoder_config* config,
+                                                  const pocketml_quantized_weight* embedding,
+                                                  const pocketml_decoder_layer* layers, const float* final_norm,
+                                                  pocketml_decoder* out_decoder);
+POCKETML_API pocketml_status pocketml_decoder_free(pocketml_decoder decoder); /* NULL is a no-op */
+
+/* Appends `count` tokens (int32 ids) after the cached ones and writes their fp32
+ * logits [count, vocab_size]: the prompt in one call, then one token per step. */
+POCKETML_API pocketml_status pocketml_decoder_forward(pocketml_decoder decoder, const int32_t* tokens, int64_t count,
+                                                      float* out_logits);
+POCKETML_API pocketml_status pocketml_decoder_length(pocketml_decoder decoder, int64_t* out_length);
+POCKETML_API pocketml_status pocketml_decoder_reset(pocketml_decoder decoder); /* empties the KV cache */
+
 #ifdef __cplusplus
 }
 #endif

@@ -21,7 +21,7 @@ for path in arguments {
         print("bundle \(bundle.name) (\(bundle.producer)) at \(path)")
         for result in try Validator.run(bundle) {
             let status = result.passed ? "ok  " : "FAIL"
-            print("  \(status) \(pad(result.name, 28)) \(pad(result.op, 10)) max abs \(String(format: "%.3g", result.maxAbsError))"
+            print("  \(status) \(pad(result.name, 44)) \(pad(result.op, 18)) max abs \(String(format: "%.3g", result.maxAbsError))"
                 + "  max rel \(String(format: "%.3g", result.maxRelError))  \(String(format: "%.3f", result.seconds * 1e3)) ms"
                 + (result.passed ? "" : "  (\(result.elementsOutOfTolerance) elements out of tolerance)"))
             if !result.passed { exitCode = max(exitCode, 1) }

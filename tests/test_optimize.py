@@ -1,0 +1,35 @@
+"""The main job end to end on the real default model, with one configuration to stay quick."""
+
+import json
+
+import pytest
+
+from pocketml.cli import main
+from pocketml.optimize import optimize, preset_configs
+
+
+def test_optimize_writes_a_complete_report(tmp_path):
+    report = optimize(configs=["int8", "int4-g32"], out_dir=tmp_path, repeats=1, progress=False)
+    assert [r.name for r in report.results] == ["int8", "int4-g32"]
+    int8, int4 = report.results
+    assert int8.quantized_layers == int4.quantized_layers == 37
+    assert int4.weight_mib < int8.weight_mib < report.fp32_model_mib
+    assert 4.0 < int4.bits_per_weight < 5.0 and 8.0 <= int8.bits_per_weight < 8.2
+    assert int8.cosine_min > 0.999 > int4.cosine_min > 0.9
+    assert report.chosen == "int8"  # the only one above the default 0.99 threshold
+    assert report.coreml_weights_identical
+    assert (tmp_path / "model.mlpackage" / "Manifest.json").exists()
+    assert (tmp_path / "golden" / "manifest.json").exists()
+    assert (tmp_path / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["chosen"] == "int8" and len(data["results"][0]["layer_speed"]) == 6
+    assert "| int8 **(chosen)** |" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["optimize", str(tmp_path / "missing")]) == 2
+    assert "argument 'model': expected a Hugging Face model directory" in capsys.readouterr().err
+    assert main(["optimize", "--configs", "int8,int7", "--out", str(tmp_path)]) == 2
+    assert "argument '--configs': expected names from" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="argument 'configs'"):
+        preset_configs("fp8")
