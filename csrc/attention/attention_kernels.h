@@ -74,6 +74,10 @@ struct AttentionKernels {
 namespace scalar { extern const AttentionKernels attention_kernels; }
 namespace avx2 { extern const AttentionKernels attention_kernels; }
 namespace avx512 { extern const AttentionKernels attention_kernels; }
+namespace neon { extern const AttentionKernels attention_kernels; }  // ARMv8.0 only
+// BFDOT (FEAT_BF16): only the three bf16-pair entries are set; attention_tables()
+// adds them to the NEON table where cpu_features().neon_bf16.
+namespace neon_bf16 { extern const AttentionKernels bf16_pair_kernels; }
 
 const IsaTables<AttentionKernels>& attention_tables();
 

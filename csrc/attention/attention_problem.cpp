@@ -229,10 +229,11 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // key-major tile (query rows along the lanes). Few rows (decode): row dot
   // products into a query-major tile (keys along the lanes).
   const bool key_major = n >= 16;
-  // bf16 inputs with AVX512-BF16: Q, K, P and V enter vdpbf16ps as bf16 pairs;
-  // P is rounded to bf16 as FlashAttention does on GPUs.
+  // bf16 inputs with AVX512-BF16 or ARM's FEAT_BF16: Q, K, P and V enter
+  // vdpbf16ps / BFDOT as bf16 pairs; P is rounded to bf16 as FlashAttention
+  // does on GPUs. (The NEON table has the pair kernels only where BFDOT runs.)
   const bool bf16_pairs = key_major && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && dim % 2 == 0 &&
-                          kernels.gemm_bf16_pairs != nullptr && cpu_features().avx512bf16;
+                          kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
   // Few rows with a direct decode kernel: K and V are read in their storage type.
   const bool direct_rows = !key_major && kernels.decode_scores != nullptr;
   float* q_rows = s.q_rows.data();

@@ -1,6 +1,25 @@
 #include "attention/attention_kernels.h"
 
 namespace pocketml {
+namespace {
+
+#if POCKETML_ARCH_ARM
+// The NEON table, with BFDOT's bf16 pair products where the CPU has FEAT_BF16.
+const AttentionKernels* neon_attention_kernels() {
+  static const AttentionKernels kernels = [] {
+    AttentionKernels k = neon::attention_kernels;
+    if (cpu_features().neon_bf16) {
+      k.gemm_bf16_pairs = neon_bf16::bf16_pair_kernels.gemm_bf16_pairs;
+      k.pair_rows_f32_to_bf16 = neon_bf16::bf16_pair_kernels.pair_rows_f32_to_bf16;
+      k.pair_rows_bf16 = neon_bf16::bf16_pair_kernels.pair_rows_bf16;
+    }
+    return k;
+  }();
+  return &kernels;
+}
+#endif
+
+}  // namespace
 
 const IsaTables<AttentionKernels>& attention_tables() {
   static const IsaTables<AttentionKernels> tables = {
@@ -12,7 +31,11 @@ const IsaTables<AttentionKernels>& attention_tables() {
       nullptr,
       nullptr,
 #endif
-      nullptr,  // NEON variant: see the Apple silicon issue
+#if POCKETML_ARCH_ARM
+      neon_attention_kernels(),
+#else
+      nullptr,
+#endif
   };
   return tables;
 }

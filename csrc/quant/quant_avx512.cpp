@@ -159,16 +159,6 @@ struct LutValues {
   }
 };
 
-// Chunks per group of one scale; the LUT (and a per-row group) spans the row.
-inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
-  if (w.kind == QuantKind::lut || w.group_size % kCodesPerChunk != 0) return chunks;
-  return w.group_size / kCodesPerChunk;
-}
-
-inline int64_t first_group_of_row(const PackedWeights& w, int64_t row) {
-  return w.kind == QuantKind::affine ? row * w.groups_per_row() : 0;
-}
-
 template <class Values>
 void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
   const int64_t group_chunks = chunks_per_group(w, chunks_per_row(w.cols));

@@ -46,6 +46,16 @@ inline constexpr int kMaxGemvRows = 8;
 // The row counts the fused GEMV is instantiated for (1, 2, 4, 8).
 static inline int gemv_padded_rows(int m) { return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8; }
 
+// Chunks per group of one scale; the LUT (and a per-row group) spans the row.
+static inline int64_t chunks_per_group(const PackedWeights& w, int64_t chunks) {
+  if (w.kind == QuantKind::lut || w.group_size % kCodesPerChunk != 0) return chunks;
+  return w.group_size / kCodesPerChunk;
+}
+
+static inline int64_t first_group_of_row(const PackedWeights& w, int64_t row) {
+  return w.kind == QuantKind::affine ? row * w.groups_per_row() : 0;
+}
+
 struct QuantKernels {
   DecodeRowFn decode_row;
   DotTileFn dot_tile;
@@ -58,6 +68,11 @@ struct QuantKernels {
 namespace scalar { extern const QuantKernels quant_kernels; }
 namespace avx2 { extern const QuantKernels quant_kernels; }
 namespace avx512 { extern const QuantKernels quant_kernels; }
+namespace neon { extern const QuantKernels quant_kernels; }  // ARMv8.0 only
+// The int8-activation dot product with ARMv8.2 extensions, called only where
+// cpu_features() reports them (quant_tables() puts the best one in the NEON table).
+namespace neon_dotprod { extern const DotInt8Fn dot_int8; }  // sdot
+namespace neon_i8mm { extern const DotInt8Fn dot_int8; }     // usmmla
 
 const IsaTables<QuantKernels>& quant_tables();
 

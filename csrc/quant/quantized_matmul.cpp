@@ -159,6 +159,23 @@ void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m,
   });
 }
 
+#if POCKETML_ARCH_ARM
+// The NEON table with the int8 dot product of the best extension this CPU has
+// (the ARMv8.0 one otherwise), chosen once.
+const QuantKernels* neon_quant_kernels() {
+  static const QuantKernels kernels = [] {
+    QuantKernels k = neon::quant_kernels;
+    if (cpu_features().neon_i8mm) {
+      k.dot_int8 = neon_i8mm::dot_int8;
+    } else if (cpu_features().neon_dotprod) {
+      k.dot_int8 = neon_dotprod::dot_int8;
+    }
+    return k;
+  }();
+  return &kernels;
+}
+#endif
+
 }  // namespace
 
 const IsaTables<QuantKernels>& quant_tables() {
@@ -171,7 +188,11 @@ const IsaTables<QuantKernels>& quant_tables() {
       nullptr,
       nullptr,
 #endif
-      nullptr,  // NEON variant: see the Apple silicon issue
+#if POCKETML_ARCH_ARM
+      neon_quant_kernels(),
+#else
+      nullptr,
+#endif
   };
   return tables;
 }

@@ -22,7 +22,11 @@ const IsaTables<ProbeKernels>& probe_tables() {
       nullptr,
       nullptr,
 #endif
+#if POCKETML_ARCH_ARM
+      &neon::probe_kernels,
+#else
       nullptr,
+#endif
   };
   return tables;
 }

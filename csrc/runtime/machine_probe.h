@@ -18,6 +18,7 @@ struct ProbeKernels {
 namespace scalar { extern const ProbeKernels probe_kernels; }
 namespace avx2 { extern const ProbeKernels probe_kernels; }
 namespace avx512 { extern const ProbeKernels probe_kernels; }
+namespace neon { extern const ProbeKernels probe_kernels; }
 
 struct MachineMeasurement {
   double read_gbps;    // bytes per second / 1e9, best of the repeats

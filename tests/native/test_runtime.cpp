@@ -1,6 +1,7 @@
 // The runtime on its own: feature detection, ISA selection, thread pool, errors.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "check.h"
 #include "runtime/cpu_features.h"
 #include "runtime/error.h"
+#include "runtime/machine_probe.h"
 #include "runtime/sha256.h"
 #include "runtime/thread_pool.h"
 
@@ -95,4 +97,26 @@ TEST(sha256_matches_fips_180_vectors) {
   for (size_t i = 0; i < million.size(); i += 997) pieces.update(million.data() + i, std::min<size_t>(997, million.size() - i));
   const auto digest = pieces.finish();
   CHECK(digest[0] == 0xcd && digest[1] == 0xc7 && digest[31] == 0xd0, "one million 'a'");
+}
+
+// The machine probe's kernels: each variant sums exactly what it reads (small
+// integers, so any order is exact) and runs its FMA chains to finite values.
+TEST(every_machine_probe_variant_reads_and_computes) {
+  std::vector<std::pair<Isa, const ProbeKernels*>> variants = {{Isa::scalar, &scalar::probe_kernels}};
+#if POCKETML_ARCH_X86
+  if (isa_supported(Isa::avx2)) variants.push_back({Isa::avx2, &avx2::probe_kernels});
+  if (isa_supported(Isa::avx512)) variants.push_back({Isa::avx512, &avx512::probe_kernels});
+#endif
+#if POCKETML_ARCH_ARM
+  variants.push_back({Isa::neon, &neon::probe_kernels});
+#endif
+  alignas(64) float data[512];
+  float expected = 0.0f;
+  for (int i = 0; i < 512; ++i) expected += data[i] = static_cast<float>(i % 7 - 3);
+  for (const auto& [isa, kernels] : variants) {
+    CHECK(kernels->read_sum(data, 512) == expected, isa_name(isa) << " read_sum");
+    float sink = 0.0f;
+    CHECK(kernels->fma_chains(100, &sink) > 0.0, isa_name(isa) << " fma_chains flops");
+    CHECK(std::isfinite(sink) && sink != 0.0f, isa_name(isa) << " fma_chains result " << sink);
+  }
 }

@@ -1,0 +1,411 @@
+// Attention without Python (runs under qemu-aarch64 and on devices): every tile
+// operation of every variant against the scalar reference on odd sizes and
+// edge values (-inf scores, fully masked rows), the bf16 pair kernels where
+// the CPU has them, then forward, backward and decode end to end on every ISA
+// against the scalar ISA's results (odd head dims, grouped-query heads, a fully
+// masked row, fp32 / fp16 / bf16 / int8 caches, bf16 prefill).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention/attention.h"
+#include "attention/attention_kernels.h"
+#include "check.h"
+#include "runtime/cpu_features.h"
+#include "runtime/half.h"
+
+using namespace pocketml;
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+struct NamedKernels {
+  std::string name;
+  const AttentionKernels* kernels;
+};
+
+std::vector<NamedKernels> optimized_variants() {
+  std::vector<NamedKernels> variants;
+  for (Isa isa : supported_isas())
+    if (isa != Isa::scalar) variants.push_back({isa_name(isa), &attention_tables().select(isa)});
+  return variants;
+}
+
+std::vector<float> normal_values(size_t n, uint32_t seed, float sigma = 1.0f) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, sigma);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(gen);
+  return v;
+}
+
+// |a - b| within rel * (|b| + 1e-6): equal infinities and zeros pass.
+bool close(float a, float b, float rel) {
+  if (a == b) return true;
+  return std::fabs(a - b) <= rel * (std::fabs(b) + 1e-6f);
+}
+
+const AttentionKernels& reference() { return scalar::attention_kernels; }
+
+}  // namespace
+
+TEST(every_gemm_and_dot_product_variant_equals_the_reference) {
+  const auto a = normal_values(16 * 80, 1), b = normal_values(80 * 40, 2), c0 = normal_values(16 * 40, 3);
+  // The same products of absolute values bound each result's rounding error.
+  std::vector<float> abs_a(a), abs_b(b), abs_c0(c0);
+  for (auto* x : {&abs_a, &abs_b, &abs_c0})
+    for (float& e : *x) e = std::fabs(e);
+  auto within = [](float got, float expected, float magnitude) { return std::fabs(got - expected) <= 1e-5f * magnitude; };
+  for (const auto& v : optimized_variants()) {
+    for (int64_t M : {1, 5, 7, 13}) {
+      for (int64_t N : {1, 3, 16, 19, 33}) {
+        for (int64_t K : {1, 7, 70}) {  // 70: more than one reduction slice
+          for (bool transposed : {false, true}) {  // A read by rows, or by columns (P^T in backward)
+            const int64_t row_stride = transposed ? 1 : 80, col_stride = transposed ? 16 : 1;
+            std::vector<float> expected(c0), got(c0), magnitude(abs_c0);
+            reference().gemm_accumulate(M, N, K, a.data(), row_stride, col_stride, b.data(), 40, expected.data(), 40);
+            reference().gemm_accumulate(M, N, K, abs_a.data(), row_stride, col_stride, abs_b.data(), 40, magnitude.data(), 40);
+            v.kernels->gemm_accumulate(M, N, K, a.data(), row_stride, col_stride, b.data(), 40, got.data(), 40);
+            for (size_t i = 0; i < got.size(); ++i)
+              CHECK(within(got[i], expected[i], magnitude[i]), v.name << " gemm " << M << "x" << N << "x" << K << " at " << i
+                                                               << ": " << got[i] << " vs " << expected[i]);
+          }
+        }
+      }
+    }
+    for (int64_t M : {1, 3}) {
+      for (int64_t N : {1, 5, 9}) {
+        for (int64_t K : {1, 7, 33}) {
+          std::vector<float> expected(2 * 16 * 9, 7.0f), got(expected), magnitude(expected);
+          reference().dot_rows(M, N, K, a.data(), 80, b.data(), 40, expected.data(), 1, 16);  // c column-major
+          reference().dot_rows(M, N, K, abs_a.data(), 80, abs_b.data(), 40, magnitude.data(), 1, 16);
+          v.kernels->dot_rows(M, N, K, a.data(), 80, b.data(), 40, got.data(), 1, 16);
+          for (size_t i = 0; i < got.size(); ++i)
+            CHECK(within(got[i], expected[i], magnitude[i]), v.name << " dot_rows " << M << "x" << N << "x" << K << " at " << i);
+        }
+      }
+    }
+  }
+}
+
+// Scores with -inf entries, one row entirely -inf, and running maxima that
+// are -inf (first block) or finite (later blocks).
+TEST(every_online_softmax_variant_equals_the_reference) {
+  for (const auto& v : optimized_variants()) {
+    for (bool key_major : {true, false}) {
+      for (int64_t rows : {1, 3, 4, 9}) {
+        for (int64_t keys : {1, 5, 8, 13}) {
+          auto scores = normal_values(rows * keys, static_cast<uint32_t>(rows * 31 + keys), 4.0f);
+          for (size_t i = 0; i < scores.size(); i += 3) scores[i] = -kInf;
+          const int64_t masked_row = rows - 1;
+          for (int64_t j = 0; j < keys; ++j) scores[key_major ? j * rows + masked_row : masked_row * keys + j] = -kInf;
+          for (bool first_block : {true, false}) {
+            std::vector<float> row_max(rows), row_sum(rows), rescale(rows, -1.0f);
+            for (int64_t r = 0; r < rows; ++r) {
+              row_max[r] = first_block || r == masked_row ? -kInf : 0.5f * static_cast<float>(r);
+              row_sum[r] = first_block || r == masked_row ? 0.0f : 1.5f;
+            }
+            std::vector<float> st_e(scores), st_g(scores), max_e(row_max), max_g(row_max), sum_e(row_sum),
+                sum_g(row_sum), re_e(rescale), re_g(rescale);
+            if (key_major) {
+              reference().softmax_update(st_e.data(), keys, rows, max_e.data(), sum_e.data(), re_e.data());
+              v.kernels->softmax_update(st_g.data(), keys, rows, max_g.data(), sum_g.data(), re_g.data());
+            } else {
+              reference().softmax_update_rows(st_e.data(), rows, keys, max_e.data(), sum_e.data(), re_e.data());
+              v.kernels->softmax_update_rows(st_g.data(), rows, keys, max_g.data(), sum_g.data(), re_g.data());
+            }
+            const std::string what = v.name + (key_major ? " softmax_update " : " softmax_update_rows ") +
+                                     std::to_string(rows) + " rows " + std::to_string(keys) + " keys";
+            for (size_t i = 0; i < st_g.size(); ++i) CHECK(close(st_g[i], st_e[i], 1e-6f), what << " p at " << i);
+            for (int64_t r = 0; r < rows; ++r) {
+              CHECK(max_g[r] == max_e[r], what << " max of row " << r);
+              CHECK(close(sum_g[r], sum_e[r], 1e-6f), what << " sum of row " << r << ": " << sum_g[r] << " vs " << sum_e[r]);
+              CHECK(close(re_g[r], re_e[r], 1e-6f), what << " rescale of row " << r);
+            }
+            CHECK(sum_g[masked_row] == 0.0f, what << " a fully masked row sums to 0");
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(every_rescale_exp_and_widening_variant_equals_the_reference) {
+  std::mt19937 gen(4);
+  for (const auto& v : optimized_variants()) {
+    for (int64_t dim : {7, 16, 21}) {
+      const int64_t rows = 5;
+      auto acc = normal_values(rows * dim, 5);
+      const std::vector<float> rescale = {1.0f, 0.25f, 0.0f, 1.0f, 3.0f};
+      std::vector<float> expected(acc), got(acc);
+      reference().scale_rows(expected.data(), rows, dim, rescale.data());
+      v.kernels->scale_rows(got.data(), rows, dim, rescale.data());
+      CHECK(expected == got, v.name << " scale_rows dim " << dim);
+
+      auto st = normal_values(rows * dim, 6, 3.0f);
+      st[0] = -kInf;
+      st[1] = -200.0f;  // underflows to 0
+      const auto lse = normal_values(rows, 7);
+      std::vector<float> st_e(st), st_g(st);
+      reference().exp_minus_lse(st_e.data(), dim, rows, lse.data());
+      v.kernels->exp_minus_lse(st_g.data(), dim, rows, lse.data());
+      for (size_t i = 0; i < st.size(); ++i) CHECK(close(st_g[i], st_e[i], 1e-6f), v.name << " exp_minus_lse at " << i);
+
+      // Widening is exact: every variant gives the reference's bits.
+      const int64_t stride = dim + 3;
+      std::vector<uint16_t> half(rows * stride);
+      for (auto& h : half) h = static_cast<uint16_t>(gen());
+      std::vector<int8_t> bytes(rows * stride);
+      for (auto& b : bytes) b = static_cast<int8_t>(gen());
+      const auto scales = normal_values(rows * 2, 8);
+      std::vector<float> wide_e(rows * (dim + 1)), wide_g(wide_e.size());
+      reference().widen_f16_rows(half.data(), stride, rows, dim, wide_e.data(), dim + 1);
+      v.kernels->widen_f16_rows(half.data(), stride, rows, dim, wide_g.data(), dim + 1);
+      CHECK(std::memcmp(wide_e.data(), wide_g.data(), wide_e.size() * 4) == 0, v.name << " widen_f16_rows dim " << dim);
+      reference().widen_bf16_rows(half.data(), stride, rows, dim, wide_e.data(), dim + 1);
+      v.kernels->widen_bf16_rows(half.data(), stride, rows, dim, wide_g.data(), dim + 1);
+      CHECK(std::memcmp(wide_e.data(), wide_g.data(), wide_e.size() * 4) == 0, v.name << " widen_bf16_rows dim " << dim);
+      reference().widen_int8_rows(bytes.data(), stride, scales.data(), 2, rows, dim, wide_e.data(), dim + 1);
+      v.kernels->widen_int8_rows(bytes.data(), stride, scales.data(), 2, rows, dim, wide_g.data(), dim + 1);
+      CHECK(std::memcmp(wide_e.data(), wide_g.data(), wide_e.size() * 4) == 0, v.name << " widen_int8_rows dim " << dim);
+    }
+  }
+}
+
+// The bf16 pair kernels, on the variants whose instructions this CPU has
+// (AVX512-BF16, ARM FEAT_BF16): products of bf16 values against a double sum,
+// and the pair interleaves bit for bit.
+TEST(every_bf16_pair_variant_equals_a_double_product) {
+  std::vector<NamedKernels> variants;
+  for (const auto& v : optimized_variants())
+    if (v.kernels->gemm_bf16_pairs && (cpu_features().avx512bf16 || cpu_features().neon_bf16)) variants.push_back(v);
+  std::printf("    bf16 pair kernels on this CPU:");
+  for (const auto& v : variants) std::printf(" %s", v.name.c_str());
+  std::printf("\n");
+  auto to_bf16 = [](const std::vector<float>& x) {
+    std::vector<uint16_t> bits(x.size());
+    for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_bf16(x[i]);
+    return bits;
+  };
+  const auto a = to_bf16(normal_values(8 * 70, 31)), b = to_bf16(normal_values(33 * 40, 32));
+  const auto c0 = normal_values(8 * 20, 33);
+  for (const auto& v : variants) {
+    for (int64_t M : {1, 5, 7}) {
+      for (int64_t N : {1, 4, 13, 18}) {
+        for (int64_t pairs : {1, 8, 33}) {
+          std::vector<float> c(c0);
+          v.kernels->gemm_bf16_pairs(M, N, pairs, a.data(), 70, 2, b.data(), 40, c.data(), 20);
+          for (int64_t m = 0; m < 8; ++m) {
+            for (int64_t n = 0; n < 20; ++n) {
+              double expected = c0[m * 20 + n], magnitude = std::fabs(expected);
+              for (int64_t p = 0; m < M && n < N && p < pairs; ++p) {
+                for (int h = 0; h < 2; ++h) {
+                  const double product = double(bf16_to_fp32(a[m * 70 + 2 * p + h])) * bf16_to_fp32(b[p * 40 + 2 * n + h]);
+                  expected += product;
+                  magnitude += std::fabs(product);
+                }
+              }
+              CHECK(std::fabs(c[m * 20 + n] - expected) <= 1e-5 * magnitude,
+                    v.name << " gemm_bf16_pairs " << M << "x" << N << "x" << pairs << " [" << m << ", " << n << "]");
+            }
+          }
+        }
+      }
+    }
+    for (int64_t rows : {1, 4, 5}) {
+      for (int64_t cols : {3, 8, 13}) {
+        auto x = normal_values(rows * 16, 34);
+        x[0] = std::numeric_limits<float>::quiet_NaN();
+        x[1] = kInf;
+        x[2] = 1.00390625f;  // halfway between two bf16 values: rounds to even
+        std::vector<uint16_t> got(((rows + 1) / 2) * 2 * cols, 7), expected(got.size(), 7);
+        for (int64_t r = 0; r < rows; r += 2)
+          for (int64_t c = 0; c < cols; ++c) {
+            expected[r * cols + 2 * c] = fp32_to_bf16(x[r * 16 + c]);
+            expected[r * cols + 2 * c + 1] = r + 1 < rows ? fp32_to_bf16(x[(r + 1) * 16 + c]) : 0;
+          }
+        v.kernels->pair_rows_f32_to_bf16(x.data(), 16, rows, cols, got.data());
+        CHECK(got == expected, v.name << " pair_rows_f32_to_bf16 " << rows << "x" << cols);
+        const auto xb = to_bf16(x);
+        std::fill(got.begin(), got.end(), 7);
+        v.kernels->pair_rows_bf16(xb.data(), 16, rows, cols, got.data());
+        CHECK(got == expected, v.name << " pair_rows_bf16 " << rows << "x" << cols);
+      }
+    }
+  }
+}
+
+// --- the drivers on every ISA: the same problem, the scalar ISA's answer ---
+
+namespace {
+
+struct Problem {
+  int64_t batch = 1, q_heads = 4, kv_heads = 2, len_q = 7, len_k = 11, dim = 33;
+};
+
+// Runs f once per supported ISA (scalar first) and restores the best ISA.
+template <class F>
+void for_every_isa(F f) {
+  for (Isa isa : supported_isas()) {
+    set_active_isa(isa);
+    f(isa);
+  }
+  set_active_isa(best_isa());
+}
+
+}  // namespace
+
+TEST(forward_and_backward_agree_across_isas_with_gqa_odd_dims_and_a_masked_row) {
+  for (int64_t dim : {33, 64}) {
+    Problem p;
+    p.dim = dim;
+    const int64_t nq = p.batch * p.q_heads * p.len_q * p.dim, nk = p.batch * p.kv_heads * p.len_k * p.dim;
+    const auto q = normal_values(nq, 11), k = normal_values(nk, 12), v = normal_values(nk, 13), dout = normal_values(nq, 14);
+    // Boolean mask [B, Hq, Lq, Lk]: random, row 2 fully masked in every head.
+    std::vector<uint8_t> mask(p.q_heads * p.len_q * p.len_k);
+    std::mt19937 gen(15);
+    for (auto& m : mask) m = gen() % 4 != 0;
+    for (int64_t h = 0; h < p.q_heads; ++h)
+      for (int64_t j = 0; j < p.len_k; ++j) mask[(h * p.len_q + 2) * p.len_k + j] = 0;
+    TensorView mask_view = contiguous_view(mask.data(), DType::u8, {p.batch, p.q_heads, p.len_q, p.len_k}, false);
+    AttentionBias bias;
+    bias.mask = &mask_view;
+    AttentionOptions options;
+    options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    options.window_right = 0;  // causal as well
+    std::vector<float> out_ref, lse_ref, dq_ref, dk_ref, dv_ref;
+    for_every_isa([&](Isa isa) {
+      std::vector<float> out(nq), lse(p.batch * p.q_heads * p.len_q), dq(nq), dk(nk), dv(nk);
+      auto view = [&](const std::vector<float>& x, int64_t heads, int64_t len) {
+        return contiguous_view(const_cast<float*>(x.data()), DType::f32, {p.batch, heads, len, p.dim});
+      };
+      attention_forward(view(q, p.q_heads, p.len_q), view(k, p.kv_heads, p.len_k), view(v, p.kv_heads, p.len_k), bias,
+                        options, view(out, p.q_heads, p.len_q),
+                        contiguous_view(lse.data(), DType::f32, {p.batch, p.q_heads, p.len_q}));
+      attention_backward(view(q, p.q_heads, p.len_q), view(k, p.kv_heads, p.len_k), view(v, p.kv_heads, p.len_k), bias,
+                         options, view(out, p.q_heads, p.len_q),
+                         contiguous_view(lse.data(), DType::f32, {p.batch, p.q_heads, p.len_q}),
+                         view(dout, p.q_heads, p.len_q), view(dq, p.q_heads, p.len_q), view(dk, p.kv_heads, p.len_k),
+                         view(dv, p.kv_heads, p.len_k));
+      for (int64_t h = 0; h < p.q_heads; ++h) {
+        CHECK(lse[h * p.len_q + 2] == kInf, isa_name(isa) << " lse of the masked row, head " << h);
+        for (int64_t d = 0; d < p.dim; ++d)
+          CHECK(out[(h * p.len_q + 2) * p.dim + d] == 0.0f && dq[(h * p.len_q + 2) * p.dim + d] == 0.0f,
+                isa_name(isa) << " masked row output and gradient are zero");
+      }
+      if (isa == Isa::scalar) {
+        out_ref = out, lse_ref = lse, dq_ref = dq, dk_ref = dk, dv_ref = dv;
+        return;
+      }
+      const std::string what = std::string(isa_name(isa)) + " D " + std::to_string(dim);
+      for (int64_t i = 0; i < nq; ++i) {
+        CHECK(std::fabs(out[i] - out_ref[i]) <= 1e-5f * (1.0f + std::fabs(out_ref[i])), what << " out at " << i);
+        CHECK(std::fabs(dq[i] - dq_ref[i]) <= 1e-4f * (1.0f + std::fabs(dq_ref[i])), what << " dq at " << i);
+      }
+      for (size_t i = 0; i < lse.size(); ++i) CHECK(close(lse[i], lse_ref[i], 1e-5f), what << " lse at " << i);
+      for (int64_t i = 0; i < nk; ++i) {
+        CHECK(std::fabs(dk[i] - dk_ref[i]) <= 1e-4f * (1.0f + std::fabs(dk_ref[i])), what << " dk at " << i);
+        CHECK(std::fabs(dv[i] - dv_ref[i]) <= 1e-4f * (1.0f + std::fabs(dv_ref[i])), what << " dv at " << i);
+      }
+    });
+  }
+}
+
+TEST(decode_agrees_across_isas_for_every_cache_type_and_odd_dims) {
+  for (int64_t dim : {19, 20}) {
+    const int64_t q_heads = 6, kv_heads = 2, len_q = 2, max_len = 40, length = 37;
+    const auto q = normal_values(q_heads * len_q * dim, 21), k = normal_values(kv_heads * max_len * dim, 22),
+               v = normal_values(kv_heads * max_len * dim, 23);
+    std::vector<uint16_t> k16(k.size()), v16(v.size()), kb16(k.size()), vb16(v.size());
+    for (size_t i = 0; i < k.size(); ++i) {
+      k16[i] = fp32_to_fp16(k[i]), v16[i] = fp32_to_fp16(v[i]);
+      kb16[i] = fp32_to_bf16(k[i]), vb16[i] = fp32_to_bf16(v[i]);
+    }
+    std::vector<int8_t> k8(k.size()), v8(v.size());
+    std::vector<float> k_scale(kv_heads * max_len), v_scale(kv_heads * max_len);
+    kv_quantize_int8(contiguous_view(const_cast<float*>(k.data()), DType::f32, {1, kv_heads, max_len, dim}, false),
+                     contiguous_view(k8.data(), DType::i8, {1, kv_heads, max_len, dim}),
+                     contiguous_view(k_scale.data(), DType::f32, {1, kv_heads, max_len}), 0);
+    kv_quantize_int8(contiguous_view(const_cast<float*>(v.data()), DType::f32, {1, kv_heads, max_len, dim}, false),
+                     contiguous_view(v8.data(), DType::i8, {1, kv_heads, max_len, dim}),
+                     contiguous_view(v_scale.data(), DType::f32, {1, kv_heads, max_len}), 0);
+    AttentionOptions options;
+    options.scale = 0.3f;
+    for (DType cache : {DType::f32, DType::f16, DType::bf16, DType::i8}) {
+      auto pick = [&](const std::vector<float>& f32, const std::vector<uint16_t>& f16, const std::vector<uint16_t>& bf16,
+                      const std::vector<int8_t>& i8) -> const void* {
+        switch (cache) {
+          case DType::f16: return f16.data();
+          case DType::bf16: return bf16.data();
+          case DType::i8: return i8.data();
+          default: return f32.data();
+        }
+      };
+      const void* k_data = pick(k, k16, kb16, k8);
+      const void* v_data = pick(v, v16, vb16, v8);
+      const TensorView ks = contiguous_view(k_scale.data(), DType::f32, {1, kv_heads, max_len}, false);
+      const TensorView vs = contiguous_view(v_scale.data(), DType::f32, {1, kv_heads, max_len}, false);
+      std::vector<float> reference;
+      for_every_isa([&](Isa isa) {
+        std::vector<float> out(q.size());
+        attention_decode(contiguous_view(const_cast<float*>(q.data()), DType::f32, {1, q_heads, len_q, dim}, false),
+                         contiguous_view(const_cast<void*>(k_data), cache, {1, kv_heads, max_len, dim}, false),
+                         contiguous_view(const_cast<void*>(v_data), cache, {1, kv_heads, max_len, dim}, false),
+                         cache == DType::i8 ? &ks : nullptr, cache == DType::i8 ? &vs : nullptr, length, options,
+                         contiguous_view(out.data(), DType::f32, {1, q_heads, len_q, dim}));
+        if (isa == Isa::scalar) {
+          reference = out;
+          return;
+        }
+        for (size_t i = 0; i < out.size(); ++i)
+          CHECK(std::fabs(out[i] - reference[i]) <= 1e-5f * (1.0f + std::fabs(reference[i])),
+                isa_name(isa) << " decode " << dtype_name(cache) << " D " << dim << " at " << i << ": " << out[i]
+                              << " vs " << reference[i]);
+      });
+    }
+  }
+}
+
+// bf16 prefill (enough query rows for the key-major path, where BFDOT /
+// vdpbf16ps multiply bf16 pairs and P is rounded to bf16): within bf16's
+// rounding of the scalar ISA's output.
+TEST(bf16_forward_agrees_across_isas) {
+  const int64_t q_heads = 4, kv_heads = 2, len_q = 20, len_k = 37, dim = 32;
+  auto bits = [](const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = fp32_to_bf16(x[i]);
+    return b;
+  };
+  const auto q = bits(normal_values(q_heads * len_q * dim, 41)), k = bits(normal_values(kv_heads * len_k * dim, 42)),
+             v = bits(normal_values(kv_heads * len_k * dim, 43));
+  AttentionOptions options;
+  options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  options.window_right = 0;
+  options.bottom_right = true;
+  std::vector<uint16_t> reference;
+  for_every_isa([&](Isa isa) {
+    std::vector<uint16_t> out(q.size());
+    std::vector<float> lse(q_heads * len_q);
+    auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
+      return contiguous_view(const_cast<uint16_t*>(x.data()), DType::bf16, {1, heads, len, dim});
+    };
+    attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                      options, view(out, q_heads, len_q), contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q}));
+    if (isa == Isa::scalar) {
+      reference = out;
+      return;
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+      const float got = bf16_to_fp32(out[i]), expected = bf16_to_fp32(reference[i]);
+      CHECK(std::fabs(got - expected) <= 2e-2f * (0.1f + std::fabs(expected)),
+            isa_name(isa) << " bf16 forward at " << i << ": " << got << " vs " << expected);
+    }
+  });
+}
