@@ -227,61 +227,6 @@ void gemv(const PackedWeights& w, int64_t row_begin, int64_t row_end, const floa
   for (; row < row_end; ++row) gemv_rows_at<Values, M, 1>(w, row, x, ldx, m, y, ldy);
 }
 
-template <template <int> class Values, int Bits>
-void gemv_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
-               int64_t ldy) {
-  switch (gemv_padded_rows(m)) {
-    case 1: gemv<Values<Bits>, 1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 2: gemv<Values<Bits>, 2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 4: gemv<Values<Bits>, 4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    default: gemv<Values<Bits>, 8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-  }
-}
-
-// Bits become a template argument here, so plane loops and masks are constants.
-template <template <int> class Values>
-struct ForFormat {
-  static void decode_row(const PackedWeights& w, int64_t row, int64_t b, int64_t e, float* out) {
-    switch (w.bits) {
-      case 1: decode<Values<1>>(w, row, b, e, out); break;
-      case 2: decode<Values<2>>(w, row, b, e, out); break;
-      case 3: decode<Values<3>>(w, row, b, e, out); break;
-      case 4: decode<Values<4>>(w, row, b, e, out); break;
-      case 5: decode<Values<5>>(w, row, b, e, out); break;
-      case 6: decode<Values<6>>(w, row, b, e, out); break;
-      default: decode<Values<8>>(w, row, b, e, out); break;
-    }
-  }
-  static void gemv(const PackedWeights& w, int64_t b, int64_t e, const float* x, int64_t ldx, int m, float* y,
-                   int64_t ldy) {
-    switch (w.bits) {
-      case 1: gemv_rows<Values, 1>(w, b, e, x, ldx, m, y, ldy); break;
-      case 2: gemv_rows<Values, 2>(w, b, e, x, ldx, m, y, ldy); break;
-      case 3: gemv_rows<Values, 3>(w, b, e, x, ldx, m, y, ldy); break;
-      case 4: gemv_rows<Values, 4>(w, b, e, x, ldx, m, y, ldy); break;
-      case 5: gemv_rows<Values, 5>(w, b, e, x, ldx, m, y, ldy); break;
-      case 6: gemv_rows<Values, 6>(w, b, e, x, ldx, m, y, ldy); break;
-      default: gemv_rows<Values, 8>(w, b, e, x, ldx, m, y, ldy); break;
-    }
-  }
-};
-
-void decode_row(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, float* out) {
-  if (w.kind == QuantKind::lut) {
-    ForFormat<LutValues>::decode_row(w, row, chunk_begin, chunk_end, out);
-  } else {
-    ForFormat<AffineValues>::decode_row(w, row, chunk_begin, chunk_end, out);
-  }
-}
-
-void gemv_any(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
-              int64_t ldy) {
-  if (w.kind == QuantKind::lut) {
-    ForFormat<LutValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
-  } else {
-    ForFormat<AffineValues>::gemv(w, row_begin, row_end, x, ldx, m, y, ldy);
-  }
-}
 
 // An M x N block of dot products over k, M * N accumulators of 4 lanes.
 template <int M, int N>
@@ -301,25 +246,7 @@ void dot_block(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t
     for (int j = 0; j < N; ++j) c[i * ldc + j] += vaddvq_f32(acc[i][j]);
 }
 
-template <int M>
-void dot_rows(const float* x, int64_t ldx, const float* w, int64_t ldw, int n, int64_t k, float* c, int64_t ldc) {
-  switch (n) {
-    case 1: dot_block<M, 1>(x, ldx, w, ldw, k, c, ldc); break;
-    case 2: dot_block<M, 2>(x, ldx, w, ldw, k, c, ldc); break;
-    case 3: dot_block<M, 3>(x, ldx, w, ldw, k, c, ldc); break;
-    default: dot_block<M, 4>(x, ldx, w, ldw, k, c, ldc); break;
-  }
-}
-
-void dot_tile(const float* x, int64_t ldx, int m, const float* w, int64_t ldw, int n, int64_t k, float* c,
-              int64_t ldc) {
-  switch (m) {
-    case 1: dot_rows<1>(x, ldx, w, ldw, n, k, c, ldc); break;
-    case 2: dot_rows<2>(x, ldx, w, ldw, n, k, c, ldc); break;
-    case 3: dot_rows<3>(x, ldx, w, ldw, n, k, c, ldc); break;
-    default: dot_rows<4>(x, ldx, w, ldw, n, k, c, ldc); break;
-  }
-}
+#include "quant/quant_switchboard-inl.h"
 
 template <int Bits>
 void unpack_codes_bits(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end, uint8_t* out) {
