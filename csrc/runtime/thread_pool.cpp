@@ -1,6 +1,7 @@
 #include "runtime/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -12,8 +13,33 @@
 
 namespace pocketml {
 namespace {
+
 thread_local bool t_inside_pool_task = false;
+
+// How long a thread busy-waits before it sleeps: longer than the gap between
+// consecutive kernels of a model step, short enough to cost nothing when idle.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(100);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
 }
+
+// Spins until done() or the spin time is over; returns done().
+template <class Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return done();
+  }
+}
+
+}  // namespace
 
 int default_num_threads() {
   if (const char* env = std::getenv("POCKETML_NUM_THREADS")) {
@@ -43,14 +69,14 @@ ThreadPool::~ThreadPool() { stop_workers(); }
 void ThreadPool::start_workers(int count) {
   stopping_ = false;
   // New workers wait for the next job, not one that finished before they existed.
-  const uint64_t current = generation_;
+  const uint64_t current = ticket_.load();
   for (int i = 0; i < count; ++i) workers_.emplace_back([this, i, current] { worker_loop(i + 1, current); });
 }
 
 void ThreadPool::stop_workers() {
+  stopping_ = true;
   {
-    std::lock_guard<std::mutex> lock(state_mutex_);
-    stopping_ = true;
+    std::lock_guard<std::mutex> lock(state_mutex_);  // a worker between its check and its wait sees stopping_
   }
   wake_.notify_all();
   for (std::thread& t : workers_) t.join();
@@ -58,7 +84,8 @@ void ThreadPool::stop_workers() {
 }
 
 void ThreadPool::set_num_threads(int n) {
-  if (n < 1) fail_argument(ErrorKind::InvalidArgument, "num_threads", "an integer >= 1", std::to_string(n));
+  if (n < 1 || n > 4096)
+    fail_argument(ErrorKind::InvalidArgument, "num_threads", "an integer from 1 to 4096", std::to_string(n));
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   if (n == num_threads_) return;
   stop_workers();
@@ -85,17 +112,20 @@ void ThreadPool::run_chunks(int thread_index) {
 
 void ThreadPool::worker_loop(int index, uint64_t seen) {
   for (;;) {
-    {
+    auto job_or_stop = [&] { return stopping_.load() || ticket_.load() != seen; };
+    if (!spin_until(job_or_stop)) {
       std::unique_lock<std::mutex> lock(state_mutex_);
-      wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-      if (index >= participants_) continue;  // this job needs fewer threads
+      ++sleeping_workers_;
+      wake_.wait(lock, job_or_stop);
+      --sleeping_workers_;
     }
+    if (stopping_) return;
+    seen = ticket_.load();
+    if (index >= static_cast<int>(seen & 0xFFFF)) continue;  // this job needs fewer threads
     run_chunks(index);
-    {
-      std::lock_guard<std::mutex> lock(state_mutex_);
-      if (--busy_workers_ == 0) done_.notify_one();
+    if (busy_workers_.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(state_mutex_);  // the caller may be between its check and its wait
+      done_.notify_one();
     }
   }
 }
@@ -111,25 +141,25 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
   }
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   const int participants = static_cast<int>(std::min<int64_t>(num_threads_, chunks));
-  {
-    std::lock_guard<std::mutex> lock(state_mutex_);
-    fn_ = &fn;
-    n_ = n;
-    grain_ = grain;
-    num_chunks_ = chunks;
-    participants_ = participants;
-    next_chunk_ = participants;
-    error_ = nullptr;
-    busy_workers_ = participants - 1;
-    ++generation_;
+  fn_ = &fn;
+  n_ = n;
+  grain_ = grain;
+  num_chunks_ = chunks;
+  next_chunk_ = participants;
+  error_ = nullptr;
+  busy_workers_ = participants - 1;
+  ticket_.store(((ticket_.load() >> 16) + 1) << 16 | static_cast<uint64_t>(participants));  // publishes the job
+  if (sleeping_workers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(state_mutex_); }  // a worker between its check and its wait sees the ticket
+    wake_.notify_all();
   }
-  wake_.notify_all();
   run_chunks(0);
-  {
+  auto all_done = [&] { return busy_workers_.load() == 0; };
+  if (!spin_until(all_done)) {
     std::unique_lock<std::mutex> lock(state_mutex_);
-    done_.wait(lock, [&] { return busy_workers_ == 0; });
-    fn_ = nullptr;
+    done_.wait(lock, all_done);
   }
+  fn_ = nullptr;
   if (error_) std::rethrow_exception(error_);
 }
 

@@ -2,6 +2,11 @@
 // One persistent pool for every kernel. Work is split into chunks; each thread
 // takes the chunk of its own index first, then claims the rest from an atomic
 // counter, so uneven chunks balance themselves without a scheduler.
+//
+// Waking a sleeping thread through a condition variable costs tens of
+// microseconds, more than a whole decode-sized kernel. So workers spin for a
+// short while after each job (a model calls kernels back to back) and only then
+// sleep, and the caller spins before it sleeps waiting for them.
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -33,23 +38,26 @@ class ThreadPool {
   ThreadPool();
   void start_workers(int count);
   void stop_workers();
-  void worker_loop(int index, uint64_t seen_generation);
+  void worker_loop(int index, uint64_t seen_ticket);
   void run_chunks(int thread_index);
 
   std::vector<std::thread> workers_;
   std::atomic<int> num_threads_{1};
 
   std::mutex run_mutex_;  // one parallel_for at a time; callers from several threads queue here
-  std::mutex state_mutex_;
+  std::mutex state_mutex_;  // guards the sleeps below, not the job
   std::condition_variable wake_;
   std::condition_variable done_;
-  uint64_t generation_ = 0;
-  bool stopping_ = false;
-  int busy_workers_ = 0;
+  // A job's ticket: (sequence number << 16) | number of participating threads, stored
+  // after the job's fields are written. Workers read only the ticket to learn
+  // whether they take part, so a late worker never reads fields being rewritten.
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> sleeping_workers_{0};
+  std::atomic<int> busy_workers_{0};
 
   const RangeFn* fn_ = nullptr;
   int64_t n_ = 0, grain_ = 1, num_chunks_ = 0;
-  int participants_ = 1;
   std::atomic<int64_t> next_chunk_{0};
   std::exception_ptr error_;
   std::mutex error_mutex_;

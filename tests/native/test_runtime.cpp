@@ -120,3 +120,22 @@ TEST(every_machine_probe_variant_reads_and_computes) {
     CHECK(std::isfinite(sink) && sink != 0.0f, isa_name(isa) << " fma_chains result " << sink);
   }
 }
+
+TEST(back_to_back_jobs_of_varying_width_each_run_exactly_once) {
+  // Alternating jobs that need 1, 2 or all threads: a worker left out of one job
+  // must neither run it nor miss the next one it belongs to.
+  ThreadPool& pool = ThreadPool::global();
+  const int original = pool.num_threads();
+  pool.set_num_threads(4);
+  int64_t wrong = 0;
+  for (int round = 0; round < 20000; ++round) {
+    const int64_t n = 1 + round % 5;
+    std::atomic<int64_t> sum{0};
+    parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) sum += i + 1;
+    });
+    wrong += sum.load() != n * (n + 1) / 2;
+  }
+  CHECK(wrong == 0, wrong << " of 20000 jobs covered their range wrongly");
+  pool.set_num_threads(original);
+}
