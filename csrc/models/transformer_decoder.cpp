@@ -7,6 +7,7 @@
 #include "attention/attention.h"
 #include "quant/quant.h"
 #include "runtime/error.h"
+#include "runtime/thread_pool.h"
 
 namespace pocketml {
 namespace {
@@ -131,6 +132,7 @@ TransformerDecoder::TransformerDecoder(const DecoderConfig& config, const Quanti
 }
 
 void TransformerDecoder::forward(const int32_t* tokens, int64_t count, float* logits) {
+  ThreadPool::KeepWarm warm;  // dozens of kernels per token, back to back
   const DecoderConfig& c = config_;
   if (count <= 0) fail_argument(ErrorKind::InvalidArgument, "count", "at least one token", std::to_string(count));
   if (tokens == nullptr || logits == nullptr)

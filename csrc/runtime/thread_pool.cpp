@@ -16,8 +16,8 @@ namespace {
 
 thread_local bool t_inside_pool_task = false;
 
-// How long a thread busy-waits before it sleeps: longer than the gap between
-// consecutive kernels of a model step, short enough to cost nothing when idle.
+// How long a thread busy-waits before it sleeps inside a KeepWarm scope: longer
+// than the gap between consecutive kernels of a model step.
 constexpr auto kSpinBeforeSleep = std::chrono::microseconds(100);
 
 inline void cpu_relax() {
@@ -28,9 +28,11 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until done() or the spin time is over; returns done().
+// Spins until done() or the spin time is over (at once when `spin` is false);
+// returns done().
 template <class Done>
-bool spin_until(Done done) {
+bool spin_until(bool spin, Done done) {
+  if (!spin) return done();
   const auto deadline = std::chrono::steady_clock::now() + kSpinBeforeSleep;
   for (int i = 0;; ++i) {
     if (done()) return true;
@@ -113,7 +115,7 @@ void ThreadPool::run_chunks(int thread_index) {
 void ThreadPool::worker_loop(int index, uint64_t seen) {
   for (;;) {
     auto job_or_stop = [&] { return stopping_.load() || ticket_.load() != seen; };
-    if (!spin_until(job_or_stop)) {
+    if (!spin_until(warm_scopes_.load() > 0, job_or_stop)) {
       std::unique_lock<std::mutex> lock(state_mutex_);
       ++sleeping_workers_;
       wake_.wait(lock, job_or_stop);
@@ -155,7 +157,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
   }
   run_chunks(0);
   auto all_done = [&] { return busy_workers_.load() == 0; };
-  if (!spin_until(all_done)) {
+  if (!spin_until(warm_scopes_.load() > 0, all_done)) {
     std::unique_lock<std::mutex> lock(state_mutex_);
     done_.wait(lock, all_done);
   }

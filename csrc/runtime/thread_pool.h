@@ -4,9 +4,11 @@
 // counter, so uneven chunks balance themselves without a scheduler.
 //
 // Waking a sleeping thread through a condition variable costs tens of
-// microseconds, more than a whole decode-sized kernel. So workers spin for a
-// short while after each job (a model calls kernels back to back) and only then
-// sleep, and the caller spins before it sleeps waiting for them.
+// microseconds, more than a whole decode-sized kernel. Inside a KeepWarm scope
+// (a native model running kernels back to back) workers spin for a short while
+// after each job before sleeping, and the caller spins while waiting for them.
+// Outside one they sleep at once: spinning threads would take the cores from
+// other pools (torch's OpenMP threads) between calls from Python.
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -32,6 +34,15 @@ class ThreadPool {
   // called from inside a pool task. Rethrows the first exception a task threw.
   void parallel_for(int64_t n, int64_t grain, const RangeFn& fn);
 
+  // While one exists, threads spin briefly between jobs instead of sleeping.
+  class KeepWarm {
+   public:
+    KeepWarm() { ThreadPool::global().warm_scopes_.fetch_add(1); }
+    ~KeepWarm() { ThreadPool::global().warm_scopes_.fetch_sub(1); }
+    KeepWarm(const KeepWarm&) = delete;
+    KeepWarm& operator=(const KeepWarm&) = delete;
+  };
+
   ~ThreadPool();
 
  private:
@@ -54,6 +65,7 @@ class ThreadPool {
   std::atomic<uint64_t> ticket_{0};
   std::atomic<bool> stopping_{false};
   std::atomic<int> sleeping_workers_{0};
+  std::atomic<int> warm_scopes_{0};
   std::atomic<int> busy_workers_{0};
 
   const RangeFn* fn_ = nullptr;

@@ -129,10 +129,12 @@ def _layer_speeds(model, rows_list, repeats) -> list:
         seen.add((module.out_features, module.in_features))
         qweight = module.qweight()
         weight = torch.from_numpy(np.asarray(qweight.dequantize("fp32")))
+        # A layer call takes microseconds: many more repeats than a model forward for a stable median.
+        calls = max(50, 10 * repeats)
         for rows in rows_list:
             x = torch.randn(rows, module.in_features)
-            ours = _median_ms(lambda: matmul(x, qweight), repeats)
-            theirs = _median_ms(lambda: torch.nn.functional.linear(x, weight), repeats)
+            ours = _median_ms(lambda: matmul(x, qweight), calls)
+            theirs = _median_ms(lambda: torch.nn.functional.linear(x, weight), calls)
             speeds.append(LayerSpeed(f"{module.out_features} x {module.in_features}", rows, ours, theirs))
     return speeds
 

@@ -127,15 +127,24 @@ TEST(back_to_back_jobs_of_varying_width_each_run_exactly_once) {
   ThreadPool& pool = ThreadPool::global();
   const int original = pool.num_threads();
   pool.set_num_threads(4);
-  int64_t wrong = 0;
-  for (int round = 0; round < 20000; ++round) {
-    const int64_t n = 1 + round % 5;
-    std::atomic<int64_t> sum{0};
-    parallel_for(n, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) sum += i + 1;
-    });
-    wrong += sum.load() != n * (n + 1) / 2;
+  auto run_jobs = [] {
+    int64_t wrong = 0;
+    for (int round = 0; round < 10000; ++round) {
+      const int64_t n = 1 + round % 5;
+      std::atomic<int64_t> sum{0};
+      parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) sum += i + 1;
+      });
+      wrong += sum.load() != n * (n + 1) / 2;
+    }
+    return wrong;
+  };
+  const int64_t cold = run_jobs();  // threads sleep between jobs
+  CHECK(cold == 0, cold << " of 10000 jobs covered their range wrongly (sleeping workers)");
+  {
+    ThreadPool::KeepWarm warm;  // threads spin between jobs
+    const int64_t warm_wrong = run_jobs();
+    CHECK(warm_wrong == 0, warm_wrong << " of 10000 jobs covered their range wrongly (spinning workers)");
   }
-  CHECK(wrong == 0, wrong << " of 20000 jobs covered their range wrongly");
   pool.set_num_threads(original);
 }
