@@ -11,6 +11,8 @@
 namespace pocketml::avx2 {
 namespace {
 
+#include "attention/attention_tile_picker-inl.h"
+
 constexpr int kRows = 6;
 constexpr int64_t kDepth = 64;
 constexpr int kVectors = 2;
@@ -80,23 +82,10 @@ void gemm_tile(int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_st
     for (int v = 0; v < NV; ++v) _mm256_maskstore_ps(c + r * ldc + 8 * v, v == NV - 1 ? last : all, acc[r][v]);
 }
 
-using GemmTileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, __m256i);
-
-template <int ROWS>
-GemmTileFn pick_vectors(int nv) {
-  return nv == 1 ? gemm_tile<ROWS, 1> : gemm_tile<ROWS, 2>;
-}
-
-GemmTileFn pick_tile(int rows, int nv) {
-  switch (rows) {
-    case 1: return pick_vectors<1>(nv);
-    case 2: return pick_vectors<2>(nv);
-    case 3: return pick_vectors<3>(nv);
-    case 4: return pick_vectors<4>(nv);
-    case 5: return pick_vectors<5>(nv);
-    default: return pick_vectors<6>(nv);
-  }
-}
+template <int ROWS, int NV>
+struct GemmTile {
+  static constexpr auto run = gemm_tile<ROWS, NV>;
+};
 
 void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
                 const float* b, int64_t ldb, float* c, int64_t ldc) {
@@ -104,13 +93,14 @@ void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_s
     const int64_t width = N - n0 < 8 * kVectors ? N - n0 : 8 * kVectors;
     const int nv = static_cast<int>((width + 7) / 8);
     const __m256i last = tail_mask(width - 8 * (nv - 1));
-    const GemmTileFn full = pick_tile(kRows, nv);
+    const auto full = pick_tile<GemmTile, kVectors>(kRows, nv);
     int64_t m0 = 0;
     for (; m0 + kRows <= M; m0 += kRows)
       full(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc, last);
-    if (m0 < M)
-      pick_tile(static_cast<int>(M - m0), nv)(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb,
-                                               c + m0 * ldc + n0, ldc, last);
+    if (m0 < M) {
+      const auto rest = pick_tile<GemmTile, kVectors>(static_cast<int>(M - m0), nv);
+      rest(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc, last);
+    }
   }
 }
 

@@ -14,6 +14,8 @@
 namespace pocketml::avx512 {
 namespace {
 
+#include "attention/attention_tile_picker-inl.h"
+
 constexpr int kRows = 6;
 constexpr int64_t kDepth = 64;
 constexpr int kVectors = 4;
@@ -70,28 +72,10 @@ void gemm_tile(int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_st
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[r][v]);
 }
 
-using GemmTileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, __mmask16);
-
-template <int ROWS>
-GemmTileFn pick_vectors(int nv) {
-  switch (nv) {
-    case 1: return gemm_tile<ROWS, 1>;
-    case 2: return gemm_tile<ROWS, 2>;
-    case 3: return gemm_tile<ROWS, 3>;
-    default: return gemm_tile<ROWS, 4>;
-  }
-}
-
-GemmTileFn pick_tile(int rows, int nv) {
-  switch (rows) {
-    case 1: return pick_vectors<1>(nv);
-    case 2: return pick_vectors<2>(nv);
-    case 3: return pick_vectors<3>(nv);
-    case 4: return pick_vectors<4>(nv);
-    case 5: return pick_vectors<5>(nv);
-    default: return pick_vectors<6>(nv);
-  }
-}
+template <int ROWS, int NV>
+struct GemmTile {
+  static constexpr auto run = gemm_tile<ROWS, NV>;
+};
 
 void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
                 const float* b, int64_t ldb, float* c, int64_t ldc) {
@@ -99,13 +83,14 @@ void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_s
     const int64_t width = N - n0 < 16 * kVectors ? N - n0 : 16 * kVectors;
     const int nv = static_cast<int>((width + 15) / 16);
     const __mmask16 last = tail_mask(width - 16 * (nv - 1));
-    const GemmTileFn full = pick_tile(kRows, nv);
+    const auto full = pick_tile<GemmTile, kVectors>(kRows, nv);
     int64_t m0 = 0;
     for (; m0 + kRows <= M; m0 += kRows)
       full(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc, last);
-    if (m0 < M)
-      pick_tile(static_cast<int>(M - m0), nv)(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb,
-                                               c + m0 * ldc + n0, ldc, last);
+    if (m0 < M) {
+      const auto rest = pick_tile<GemmTile, kVectors>(static_cast<int>(M - m0), nv);
+      rest(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc, last);
+    }
   }
 }
 
@@ -453,29 +438,10 @@ void gemm_bf16_tile(int64_t pairs, const uint16_t* a, int64_t a_row_stride, int6
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(c + r * ldc + 16 * v, v == NV - 1 ? last : 0xFFFF, acc[r][v]);
 }
 
-using GemmBf16TileFn = void (*)(int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t,
-                                __mmask16);
-
-template <int ROWS>
-GemmBf16TileFn pick_bf16_vectors(int nv) {
-  switch (nv) {
-    case 1: return gemm_bf16_tile<ROWS, 1>;
-    case 2: return gemm_bf16_tile<ROWS, 2>;
-    case 3: return gemm_bf16_tile<ROWS, 3>;
-    default: return gemm_bf16_tile<ROWS, 4>;
-  }
-}
-
-GemmBf16TileFn pick_bf16_tile(int rows, int nv) {
-  switch (rows) {
-    case 1: return pick_bf16_vectors<1>(nv);
-    case 2: return pick_bf16_vectors<2>(nv);
-    case 3: return pick_bf16_vectors<3>(nv);
-    case 4: return pick_bf16_vectors<4>(nv);
-    case 5: return pick_bf16_vectors<5>(nv);
-    default: return pick_bf16_vectors<6>(nv);
-  }
-}
+template <int ROWS, int NV>
+struct GemmBf16Tile {
+  static constexpr auto run = gemm_bf16_tile<ROWS, NV>;
+};
 
 void gemm_bf16_pairs(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int64_t a_row_stride,
                      int64_t a_pair_stride, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
@@ -483,13 +449,14 @@ void gemm_bf16_pairs(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int
     const int64_t width = N - n0 < 16 * kVectors ? N - n0 : 16 * kVectors;
     const int nv = static_cast<int>((width + 15) / 16);
     const __mmask16 last = tail_mask(width - 16 * (nv - 1));
-    const GemmBf16TileFn full = pick_bf16_tile(kRows, nv);
+    const auto full = pick_tile<GemmBf16Tile, kVectors>(kRows, nv);
     int64_t m0 = 0;
     for (; m0 + kRows <= M; m0 += kRows)
       full(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
-    if (m0 < M)
-      pick_bf16_tile(static_cast<int>(M - m0), nv)(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride,
-                                                   b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
+    if (m0 < M) {
+      const auto rest = pick_tile<GemmBf16Tile, kVectors>(static_cast<int>(M - m0), nv);
+      rest(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0, ldb, c + m0 * ldc + n0, ldc, last);
+    }
   }
 }
 

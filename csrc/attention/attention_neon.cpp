@@ -17,6 +17,8 @@
 namespace pocketml::neon {
 namespace {
 
+#include "attention/attention_tile_picker-inl.h"
+
 constexpr int kRows = 6;
 constexpr int kVectors = 4;
 constexpr int64_t kDepth = 64;
@@ -83,41 +85,24 @@ void gemm_tile(int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_st
     for (int v = 0; v < NV; ++v) vst1q_f32(c + r * ldc + 4 * v, acc[r][v]);
 }
 
-using GemmTileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t);
-
-template <int ROWS>
-GemmTileFn pick_vectors(int nv) {
-  switch (nv) {
-    case 1: return gemm_tile<ROWS, 1>;
-    case 2: return gemm_tile<ROWS, 2>;
-    case 3: return gemm_tile<ROWS, 3>;
-    default: return gemm_tile<ROWS, 4>;
-  }
-}
-
-GemmTileFn pick_tile(int rows, int nv) {
-  switch (rows) {
-    case 1: return pick_vectors<1>(nv);
-    case 2: return pick_vectors<2>(nv);
-    case 3: return pick_vectors<3>(nv);
-    case 4: return pick_vectors<4>(nv);
-    case 5: return pick_vectors<5>(nv);
-    default: return pick_vectors<6>(nv);
-  }
-}
+template <int ROWS, int NV>
+struct GemmTile {
+  static constexpr auto run = gemm_tile<ROWS, NV>;
+};
 
 void gemm_slice(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_row_stride, int64_t a_col_stride,
                 const float* b, int64_t ldb, float* c, int64_t ldc) {
   const int64_t vector_cols = N / 4 * 4;
   for (int64_t n0 = 0; n0 < vector_cols; n0 += 4 * kVectors) {
     const int nv = static_cast<int>((vector_cols - n0 < 4 * kVectors ? vector_cols - n0 : 4 * kVectors) / 4);
-    const GemmTileFn full = pick_tile(kRows, nv);
+    const auto full = pick_tile<GemmTile, kVectors>(kRows, nv);
     int64_t m0 = 0;
     for (; m0 + kRows <= M; m0 += kRows)
       full(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc);
-    if (m0 < M)
-      pick_tile(static_cast<int>(M - m0), nv)(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb,
-                                               c + m0 * ldc + n0, ldc);
+    if (m0 < M) {
+      const auto rest = pick_tile<GemmTile, kVectors>(static_cast<int>(M - m0), nv);
+      rest(K, a + m0 * a_row_stride, a_row_stride, a_col_stride, b + n0, ldb, c + m0 * ldc + n0, ldc);
+    }
   }
   for (int64_t m = 0; m < M; ++m)  // the last N % 4 columns
     for (int64_t k = 0; k < K; ++k) {

@@ -16,6 +16,8 @@
 namespace pocketml::neon_bf16 {
 namespace {
 
+#include "attention/attention_tile_picker-inl.h"
+
 constexpr int kRows = 6;
 constexpr int kVectors = 4;
 
@@ -44,41 +46,24 @@ void gemm_bf16_tile(int64_t pairs, const uint16_t* a, int64_t a_row_stride, int6
     for (int v = 0; v < NV; ++v) vst1q_f32(c + r * ldc + 4 * v, acc[r][v]);
 }
 
-using GemmBf16TileFn = void (*)(int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t);
-
-template <int ROWS>
-GemmBf16TileFn pick_vectors(int nv) {
-  switch (nv) {
-    case 1: return gemm_bf16_tile<ROWS, 1>;
-    case 2: return gemm_bf16_tile<ROWS, 2>;
-    case 3: return gemm_bf16_tile<ROWS, 3>;
-    default: return gemm_bf16_tile<ROWS, 4>;
-  }
-}
-
-GemmBf16TileFn pick_tile(int rows, int nv) {
-  switch (rows) {
-    case 1: return pick_vectors<1>(nv);
-    case 2: return pick_vectors<2>(nv);
-    case 3: return pick_vectors<3>(nv);
-    case 4: return pick_vectors<4>(nv);
-    case 5: return pick_vectors<5>(nv);
-    default: return pick_vectors<6>(nv);
-  }
-}
+template <int ROWS, int NV>
+struct GemmBf16Tile {
+  static constexpr auto run = gemm_bf16_tile<ROWS, NV>;
+};
 
 void gemm_bf16_pairs(int64_t M, int64_t N, int64_t pairs, const uint16_t* a, int64_t a_row_stride,
                      int64_t a_pair_stride, const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {
   const int64_t vector_cols = N / 4 * 4;
   for (int64_t n0 = 0; n0 < vector_cols; n0 += 4 * kVectors) {
     const int nv = static_cast<int>((vector_cols - n0 < 4 * kVectors ? vector_cols - n0 : 4 * kVectors) / 4);
-    const GemmBf16TileFn full = pick_tile(kRows, nv);
+    const auto full = pick_tile<GemmBf16Tile, kVectors>(kRows, nv);
     int64_t m0 = 0;
     for (; m0 + kRows <= M; m0 += kRows)
       full(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0, ldb, c + m0 * ldc + n0, ldc);
-    if (m0 < M)
-      pick_tile(static_cast<int>(M - m0), nv)(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0,
-                                               ldb, c + m0 * ldc + n0, ldc);
+    if (m0 < M) {
+      const auto rest = pick_tile<GemmBf16Tile, kVectors>(static_cast<int>(M - m0), nv);
+      rest(pairs, a + m0 * a_row_stride, a_row_stride, a_pair_stride, b + 2 * n0, ldb, c + m0 * ldc + n0, ldc);
+    }
   }
   for (int64_t m = 0; m < M; ++m)  // the last N % 4 columns
     for (int64_t p = 0; p < pairs; ++p) {
