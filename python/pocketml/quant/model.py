@@ -11,6 +11,7 @@ from typing import Callable
 
 from torch import nn
 
+from pocketml.quant.calibration import collect_importance
 from pocketml.quant.config import QuantConfig
 from pocketml.quant.linear import QuantizedLinear
 
@@ -63,13 +64,25 @@ def _check_fits(name: str, module: nn.Linear, config: QuantConfig) -> None:
 
 
 def quantize_model(model: nn.Module, config: QuantConfig,
-                   skip: Callable[[str, nn.Module], bool] | None = None) -> QuantizationReport:
+                   skip: Callable[[str, nn.Module], bool] | None = None,
+                   calibration=None) -> QuantizationReport:
     """Replace every nn.Linear of `model` (in place) by a QuantizedLinear, except those
-    for which skip(name, module) is true; returns the size report."""
+    for which skip(name, module) is true; returns the size report.
+
+    calibration: example inputs (an iterable of tensors, tuples of arguments or dicts
+    of keyword arguments) or a callable that runs the model. The model runs on them
+    first; each layer's mean squared input activation per input channel then weights
+    its quantization error (method "mse": the clipping search; "kmeans": the
+    clustering), so the channels that carry signal keep it. Method "rtn" has nothing
+    to weight and refuses calibration.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model': expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, QuantConfig):
         raise TypeError(f"argument 'config': expected a pocketml.quant.QuantConfig, got {type(config).__name__}")
+    if calibration is not None and config.method == "rtn":
+        raise ValueError("argument 'calibration': expected None with method 'rtn' (round to nearest weights no "
+                         "error; use method 'mse' or 'kmeans' to calibrate), got calibration data")
     report = QuantizationReport(model_bytes_before=_model_bytes(model))
     targets = []
     for name, module in model.named_modules():
@@ -80,9 +93,10 @@ def quantize_model(model: nn.Module, config: QuantConfig,
         else:
             _check_fits(name, module, config)
             targets.append((name, module))
-    # Every layer was checked above, so an error leaves the model untouched.
+    importance = collect_importance(model, calibration, dict(targets)) if calibration is not None and targets else {}
+    # Every layer was checked and calibrated above, so an error leaves the model untouched.
     for name, module in targets:
-        layer = QuantizedLinear.from_linear(module, config)
+        layer = QuantizedLinear.from_linear(module, config, importance=importance.get(name))
         report.weight_bytes_before += module.weight.numel() * 4
         report.weight_bytes_after += layer.nbytes
         _replace(model, name, layer)
