@@ -554,12 +554,14 @@ def test_bad_calibration_raises_clear_errors_and_leaves_the_model_untouched():
         ([], ValueError, "at least one example, got an empty iterable"),
         ([torch.ones(2, 64), "a sentence"], TypeError, "got str at index 1"),
         ([torch.ones(2, 63)], ValueError, "examples the model accepts, got example 0 on which it raised RuntimeError"),
-        ([torch.full((2, 64), float("nan"))], ValueError, "finite activations, got non-finite input to layer '0'"),
+        ([torch.full((2, 64), float("nan"))], ValueError, "inputs giving finite activations, got non-finite input to "
+                                                         "layer '0'"),
+        ("a sentence", TypeError, "an iterable of examples .* got str$"),
         (lambda m: m[0](torch.ones(2, 64)), ValueError, "got none reaching layer '2'"),
     ]
     for calibration, kind, message in cases:
         model = small_model()
-        with pytest.raises(kind, match="argument 'calibration': expected (.* )?" + message):
+        with pytest.raises(kind, match="^argument 'calibration': expected (.* )?" + message):
             quant.quantize_model(model, config, calibration=calibration)
         assert all(type(m) is not quant.QuantizedLinear for m in model.modules())
         assert all(not m._forward_pre_hooks for m in model.modules())

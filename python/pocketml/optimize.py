@@ -49,8 +49,8 @@ def preset_configs(name: str):
     if name == "int4-g64":
         return [(QuantConfig(bits=4, group_size=64, method="mse"), None)]
     if name == "int4-g32-v6":
-        return [(QuantConfig(bits=6, group_size=32, method="mse"), lambda layer: layer.endswith(".attention.self.value")),
-                (int4_g32, None)]
+        value = QuantConfig(bits=6, group_size=32, method="mse")
+        return [(value, lambda layer: layer.endswith(".attention.self.value")), (int4_g32, None)]
     if name == "lut4":
         return [(QuantConfig(bits=4, method="kmeans"), None)]
     if name == "mixed":

@@ -18,8 +18,17 @@ from torch import nn
 _EXAMPLE_KINDS = "tensors, tuples of positional arguments or dicts of keyword arguments"
 
 
+class _NonFiniteActivations(ValueError):
+    """Raised by a hook inside the model's forward; passes through the wrapping of model errors."""
+
+
 def _describe(value) -> str:
     return "a torch.Tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _bad_calibration(calibration, hint: str = "") -> TypeError:
+    return TypeError(f"argument 'calibration': expected an iterable of examples ({_EXAMPLE_KINDS}) or a callable "
+                     f"that runs the model, got {_describe(calibration)}{hint}")
 
 
 def _call(model: nn.Module, example, index: int) -> None:
@@ -34,6 +43,8 @@ def _call(model: nn.Module, example, index: int) -> None:
                         f"got {_describe(example)} at index {index}")
     try:
         model(*args, **kwargs)
+    except _NonFiniteActivations:
+        raise
     except Exception as exc:
         raise ValueError(f"argument 'calibration': expected examples the model accepts, got example {index} on "
                          f"which it raised {type(exc).__name__}: {exc}") from exc
@@ -41,15 +52,16 @@ def _call(model: nn.Module, example, index: int) -> None:
 
 def _run(model: nn.Module, calibration) -> None:
     """Runs the model on the calibration data: calibration(model), or each example in turn."""
-    if isinstance(calibration, (torch.Tensor, Mapping, str, bytes)):
-        raise TypeError(f"argument 'calibration': expected an iterable of examples ({_EXAMPLE_KINDS}) or a "
-                        f"callable that runs the model, got {_describe(calibration)} (wrap one batch in a list)")
-    if callable(calibration) and not isinstance(calibration, nn.Module):
+    if isinstance(calibration, (torch.Tensor, Mapping)):
+        # Iterating would split one batch into rows or keys: almost certainly not what was meant.
+        raise _bad_calibration(calibration, " (wrap one batch in a list)")
+    if isinstance(calibration, (str, bytes, nn.Module)):
+        raise _bad_calibration(calibration)
+    if callable(calibration):
         calibration(model)
         return
     if not isinstance(calibration, Iterable):
-        raise TypeError(f"argument 'calibration': expected an iterable of examples ({_EXAMPLE_KINDS}) or a "
-                        f"callable that runs the model, got {_describe(calibration)}")
+        raise _bad_calibration(calibration)
     count = 0
     for index, example in enumerate(calibration):
         _call(model, example, index)
@@ -71,8 +83,8 @@ class _SquaredActivations:
         rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
         squares = rows.square().sum(0)
         if not torch.isfinite(squares).all():
-            raise ValueError(f"argument 'calibration': expected inputs giving finite activations, got non-finite "
-                             f"input to layer {self.name!r}")
+            raise _NonFiniteActivations(f"argument 'calibration': expected inputs giving finite activations, "
+                                        f"got non-finite input to layer {self.name!r}")
         self.sum += squares
         self.rows += rows.shape[0]
 
