@@ -260,6 +260,28 @@ def test_matmul_against_scalar_and_float64(isa, rng, fmt, m):
     check_matmul(x, qt, y, reference)
 
 
+@pytest.mark.parametrize("bits, group_size", [(4, 32), (4, 64), (4, 128), (4, None), (8, 32), (8, None), (3, 32)])
+@pytest.mark.parametrize("m", [1, 4, 8])
+def test_matmul_edge_codes_scales_and_activations(isa, rng, bits, group_size, m):
+    # Codes and zero points at both ends of their range (code - zero = +-(2^bits - 1)),
+    # scales from tiny to large, activations spanning 1e-30 .. 1e30 with exact zeros.
+    n, k = 11, {32: 160, 64: 192, 128: 384, None: 131}[group_size]
+    top = (1 << bits) - 1
+    codes = np.where(rng.random((n, k)) < 0.5, 0, top).astype(np.uint8)
+    groups = 1 if group_size is None else k // group_size
+    zeros = np.where(rng.random((n, groups)) < 0.5, 0, top).astype(np.uint8)
+    scales = (10.0 ** rng.integers(-6, 4, (n, groups))).astype(np.float32)
+    qt = quant.QuantizedTensor("affine", bits, (n, k), group_size or k, pack(codes, bits), scales=scales,
+                               zero_points=zeros)
+    x = (rng.standard_normal((m, k)) * 10.0 ** rng.integers(-30, 30, (m, k))).astype(np.float32)
+    x[:, ::7] = 0.0
+    x[:, 5] = -0.0
+    y = quant.matmul(x, qt)
+    with pocketml.use_isa("scalar"):
+        reference = quant.matmul(x, qt)
+    check_matmul(x, qt, y, reference)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_matmul_input_dtypes_and_leading_dims(isa, rng, dtype):
     qt = make(rng, ("affine", 4, 32, False), 45, 96)
