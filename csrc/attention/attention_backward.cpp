@@ -74,7 +74,7 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     const uint16_t* dout16 = f16_rows(g.dout, b, head, q0 + rows.pos[0]);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t d = 0; d < dim; ++d) {
-        s.q_t_f16[d * n + r] = q16[r * p.q.seq_stride + d];
+        s.q_f16[d * n + r] = q16[r * p.q.seq_stride + d];
         s.d_out_t_f16[d * n + r] = dout16[r * g.dout.seq_stride + d];
       }
   }
@@ -89,7 +89,7 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     std::fill(st, st + n_keys * n, 0.0f);
     if (f16_products) {
       kernels.gemm_f16(n_keys, n, dim, f16_rows(p.k, b, rows.kv_head, k0 + j0), p.k.seq_stride, 1,
-                       s.q_t_f16.data(), n, st, n);
+                       s.q_f16.data(), n, st, n);
       for (int64_t i = 0; i < n_keys * n; ++i) st[i] *= scale;
     } else {
       kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);

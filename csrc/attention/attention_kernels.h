@@ -79,6 +79,9 @@ struct AttentionKernels {
   // as gemm_accumulate on the widened values does.
   void (*gemm_f16)(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t a_row_stride, int64_t a_col_stride,
                    const uint16_t* b, int64_t ldb, float* c, int64_t ldc) = nullptr;
+  // dot_rows with fp16 operands (decode's few query rows against fp16 keys).
+  void (*dot_rows_f16)(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b,
+                       int64_t ldb, float* c, int64_t c_row_stride, int64_t c_col_stride) = nullptr;
 };
 
 namespace scalar { extern const AttentionKernels attention_kernels; }
@@ -88,12 +91,14 @@ namespace neon { extern const AttentionKernels attention_kernels; }  // ARMv8.0 
 // BFDOT (FEAT_BF16): only the three bf16-pair entries are set; attention_tables()
 // adds them to the NEON table where cpu_features().neon_bf16.
 namespace neon_bf16 { extern const AttentionKernels bf16_pair_kernels; }
-// FMLAL (FEAT_FHM): attention_tables() sets gemm_f16 in the NEON table where
-// cpu_features().neon_fhm.
+// FMLAL (FEAT_FHM): attention_tables() sets gemm_f16 and dot_rows_f16 in the
+// NEON table where cpu_features().neon_fhm.
 namespace neon_fhm {
 void gemm_f16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t a_row_stride, int64_t a_col_stride,
               const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
-}
+void dot_rows_f16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                  float* c, int64_t c_row_stride, int64_t c_col_stride);
+}  // namespace neon_fhm
 
 const IsaTables<AttentionKernels>& attention_tables();
 

@@ -9,6 +9,8 @@
 // The register block is the 6 x 16 of attention_neon.cpp: one 128-bit load of
 // B gives eight columns (two accumulators), so a row of the block costs two
 // loads instead of four. Columns past the last whole group of four run scalar.
+// dot_rows_f16 (decode's scores, keys along the lanes) reads eight fp16 of a
+// query and of a key per load, where the fp32 kernels widen the key first.
 #include <arm_neon.h>
 
 #include <cstdint>
@@ -86,7 +88,47 @@ void gemm_slice(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t a_ro
     }
 }
 
+// sum_k a[k] * b[k] for four rows of b at once: each load of a serves four
+// keys, low and high halves go to separate accumulators (eight independent
+// chains), and the last K % 4 products are added after the vector sum.
+inline void dot4(const uint16_t* a, const uint16_t* const b[4], int64_t K, float sums[4]) {
+  float32x4_t lo[4], hi[4];
+  for (int j = 0; j < 4; ++j) lo[j] = hi[j] = vdupq_n_f32(0.0f);
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const float16x8_t av = load8(a + k);
+    for (int j = 0; j < 4; ++j) {
+      const float16x8_t bv = load8(b[j] + k);
+      lo[j] = vfmlalq_low_f16(lo[j], av, bv);
+      hi[j] = vfmlalq_high_f16(hi[j], av, bv);
+    }
+  }
+  if (k + 4 <= K) {
+    const float16x8_t av = load4(a + k);
+    for (int j = 0; j < 4; ++j) lo[j] = vfmlalq_low_f16(lo[j], av, load4(b[j] + k));
+    k += 4;
+  }
+  for (int j = 0; j < 4; ++j) {
+    sums[j] = vaddvq_f32(vaddq_f32(lo[j], hi[j]));
+    for (int64_t t = k; t < K; ++t) sums[j] += fp16_to_fp32(a[t]) * fp16_to_fp32(b[j][t]);
+  }
+}
+
 }  // namespace
+
+void dot_rows_f16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                  float* c, int64_t c_row_stride, int64_t c_col_stride) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n0 = 0; n0 < N; n0 += 4) {
+      // A last group of fewer than four keys repeats its first key.
+      const uint16_t* keys[4];
+      for (int j = 0; j < 4; ++j) keys[j] = b + (n0 + j < N ? n0 + j : n0) * ldb;
+      float sums[4];
+      dot4(a + m * lda, keys, K, sums);
+      for (int j = 0; j < 4 && n0 + j < N; ++j) c[m * c_row_stride + (n0 + j) * c_col_stride] = sums[j];
+    }
+  }
+}
 
 void gemm_f16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t a_row_stride, int64_t a_col_stride,
               const uint16_t* b, int64_t ldb, float* c, int64_t ldc) {

@@ -14,7 +14,10 @@ const AttentionKernels* neon_attention_kernels() {
       k.pair_rows_f32_to_bf16 = neon_bf16::bf16_pair_kernels.pair_rows_f32_to_bf16;
       k.pair_rows_bf16 = neon_bf16::bf16_pair_kernels.pair_rows_bf16;
     }
-    if (cpu_features().neon_fhm) k.gemm_f16 = neon_fhm::gemm_f16;
+    if (cpu_features().neon_fhm) {
+      k.gemm_f16 = neon_fhm::gemm_f16;
+      k.dot_rows_f16 = neon_fhm::dot_rows_f16;
+    }
     return k;
   }();
   return &kernels;

@@ -441,6 +441,7 @@ TEST(fp16_products_are_chosen_exactly_where_the_cpu_has_fhm) {
   for (Isa isa : supported_isas()) {
     const bool expected = isa == Isa::neon && cpu_features().neon_fhm;
     CHECK((attention_tables().select(isa).gemm_f16 != nullptr) == expected, isa_name(isa) << " gemm_f16");
+    CHECK((attention_tables().select(isa).dot_rows_f16 != nullptr) == expected, isa_name(isa) << " dot_rows_f16");
   }
   std::printf("    fp16 product kernels (FMLAL) on this CPU:%s\n", f16_product_variants().empty() ? " none" : " neon");
 }
@@ -486,6 +487,35 @@ TEST(every_fp16_product_variant_equals_the_reference_and_a_double_sum) {
               }
             }
           }
+        }
+      }
+    }
+    // Decode's row dot products sum in vector lanes: within 2 (K + 1) roundings
+    // of the reference, K + 1 of the double sum.
+    for (int64_t M : {1, 3}) {
+      for (int64_t N : {1, 4, 5, 9}) {
+        for (int64_t K : {1, 4, 7, 8, 33, 300}) {
+          std::vector<float> expected(2 * 16 * 9, 7.0f), got(expected);
+          reference().dot_rows(M, N, K, a32.data(), lda, b32.data(), ldb, expected.data(), 1, 16);  // c column-major
+          v.kernels->dot_rows_f16(M, N, K, a.data(), lda, b.data(), ldb, got.data(), 1, 16);
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = 0; n < N; ++n) {
+              double exact = 0.0, magnitude = 0.0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double product = double(a32[m * lda + k]) * b32[n * ldb + k];
+                exact += product;
+                magnitude += std::fabs(product);
+              }
+              const float g = got[m + n * 16], e = expected[m + n * 16];
+              const double u = std::ldexp(1.0, -24);
+              CHECK(std::fabs(g - exact) <= (K + 1) * u * magnitude && std::fabs(g - e) <= 2 * (K + 1) * u * magnitude,
+                    v.name << " dot_rows_f16 " << M << "x" << N << "x" << K << " [" << m << ", " << n << "]: " << g
+                           << " vs " << e << " (float64 " << exact << ")");
+            }
+          }
+          for (size_t i = 0; i < got.size(); ++i)
+            if (i % 16 >= static_cast<size_t>(M) || i / 16 >= static_cast<size_t>(N))
+              CHECK(got[i] == 7.0f, v.name << " dot_rows_f16 wrote outside C at " << i);
         }
       }
     }
@@ -614,6 +644,48 @@ TEST(fp16_forward_and_backward_are_as_close_to_float64_as_the_scalar_isa) {
         CHECK(error[t] <= 2.0 * scalar_error[t] + 1e-5, isa_name(isa) << " fp16 D " << dim << " " << names[t] << ": error "
                                                                       << error[t] << ", scalar ISA " << scalar_error[t]);
       }
+    });
+  }
+}
+
+// Decode with fp16 queries against an fp16 cache (on FEAT_FHM: FMLAL row dot
+// products and P V), every ISA against float64 with FlashAttention's rule as
+// above: 600 cached positions (split into chunks that are merged), 6 query
+// rows per KV head, an odd and an even head dimension.
+TEST(fp16_decode_is_as_close_to_float64_as_the_scalar_isa) {
+  const int64_t q_heads = 6, kv_heads = 2, len_q = 2, length = 600, max_len = 610;
+  for (int64_t dim : {19, 64}) {
+    const auto q = to_f16(normal_values(q_heads * len_q * dim, 71));
+    const auto k = to_f16(normal_values(kv_heads * length * dim, 72)), v = to_f16(normal_values(kv_heads * length * dim, 73));
+    std::vector<uint16_t> k_cache(kv_heads * max_len * dim, 0x7E00), v_cache(k_cache);  // NaN past the length
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      std::copy_n(k.begin() + h * length * dim, length * dim, k_cache.begin() + h * max_len * dim);
+      std::copy_n(v.begin() + h * length * dim, length * dim, v_cache.begin() + h * max_len * dim);
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    const std::vector<float> no_grad(q.size(), 0.0f);
+    const DoubleAttention exact =
+        double_attention(widen(q), widen(k), widen(v), no_grad, q_heads, kv_heads, len_q, length, dim, scale);
+    AttentionOptions options;
+    options.scale = static_cast<float>(scale);
+    options.window_right = 0;  // the two new queries are causal among themselves
+    double scalar_error = 0.0;
+    for_every_isa([&](Isa isa) {
+      std::vector<uint16_t> out(q.size());
+      attention_decode(contiguous_view(const_cast<uint16_t*>(q.data()), DType::f16, {1, q_heads, len_q, dim}, false),
+                       contiguous_view(k_cache.data(), DType::f16, {1, kv_heads, max_len, dim}, false),
+                       contiguous_view(v_cache.data(), DType::f16, {1, kv_heads, max_len, dim}, false), nullptr, nullptr,
+                       length, options, contiguous_view(out.data(), DType::f16, {1, q_heads, len_q, dim}));
+      const double error = max_error(out, exact.out);
+      const bool fmlal = attention_tables().select(isa).dot_rows_f16 != nullptr;
+      std::printf("    fp16 decode D %lld %s%s: max error vs float64 %.2e\n", static_cast<long long>(dim), isa_name(isa),
+                  fmlal ? " (FMLAL)" : "", error);
+      if (isa == Isa::scalar) {
+        scalar_error = error;
+        return;
+      }
+      CHECK(error <= 2.0 * scalar_error + 1e-5,
+            isa_name(isa) << " fp16 decode D " << dim << ": error " << error << ", scalar ISA " << scalar_error);
     });
   }
 }
