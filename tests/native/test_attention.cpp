@@ -3,7 +3,9 @@
 // edge values (-inf scores, fully masked rows), the bf16 pair kernels where
 // the CPU has them, then forward, backward and decode end to end on every ISA
 // against the scalar ISA's results (odd head dims, grouped-query heads, a fully
-// masked row, fp32 / fp16 / bf16 / int8 caches, bf16 prefill).
+// masked row, fp32 / fp16 / bf16 / int8 caches, bf16 prefill), and the fp16
+// product kernels (FMLAL) with fp16 forward, backward and decode against
+// float64.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
