@@ -599,17 +599,19 @@ double max_error(const std::vector<uint16_t>& got, const std::vector<double>& ex
 // fp16 forward and backward on every ISA against float64, FlashAttention's
 // rule: each variant's largest error is at most twice the scalar ISA's (which
 // widens everything to fp32), plus 1e-5. On a CPU with FEAT_FHM the NEON ISA
-// takes the FMLAL path (P rounded to fp16, as on GPUs). 70 query rows: one
-// block that uses the key-major GEMMs and one of 6 rows that does not; 75
-// keys: a whole tile and a partial one; D 33 and 64; grouped heads; a zero
-// query row (uniform weights), fp16 subnormals and -8 in V.
+// takes the FMLAL path (P rounded to fp16, as on GPUs). 75 query rows: one
+// block that uses the key-major GEMMs and one of 11 rows that uses row dot
+// products; 70 keys: a whole tile and a partial one; causal from the bottom
+// right, so the first 5 rows see no key (zero output and gradient); D 33 and
+// 64; grouped heads; a zero query row (uniform weights), fp16 subnormals and
+// -8 in V.
 TEST(fp16_forward_and_backward_are_as_close_to_float64_as_the_scalar_isa) {
-  const int64_t q_heads = 4, kv_heads = 2, len_q = 70, len_k = 75;
+  const int64_t q_heads = 4, kv_heads = 2, len_q = 75, len_k = 70;
   for (int64_t dim : {33, 64}) {
     const int64_t nq = q_heads * len_q * dim, nk = kv_heads * len_k * dim;
     auto q = to_f16(normal_values(nq, 61)), k = to_f16(normal_values(nk, 62)), v = to_f16(normal_values(nk, 63)),
          dout = to_f16(normal_values(nq, 64));
-    std::fill(q.begin() + 5 * dim, q.begin() + 6 * dim, 0);
+    std::fill(q.begin() + 20 * dim, q.begin() + 21 * dim, 0);
     for (int64_t i = 0; i < nk; i += 29) v[i] = (i / 29) % 2 ? 0x0003 : 0xC800;  // a subnormal, -8
     const auto q32 = widen(q), k32 = widen(k), v32 = widen(v), dout32 = widen(dout);
     const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
@@ -634,6 +636,8 @@ TEST(fp16_forward_and_backward_are_as_close_to_float64_as_the_scalar_isa) {
       const double error[4] = {max_error(out, exact.out), max_error(dq, exact.dq), max_error(dk, exact.dk),
                                max_error(dv, exact.dv)};
       const char* names[4] = {"out", "dq", "dk", "dv"};
+      for (int64_t i = 0; i < 5 * dim; ++i)
+        CHECK(out[i] == 0 && dq[i] == 0, isa_name(isa) << " a row that sees no key has zero output and gradient");
       const bool fmlal = attention_tables().select(isa).gemm_f16 != nullptr;
       std::printf("    fp16 D %lld %s%s: max error vs float64 out %.2e dq %.2e dk %.2e dv %.2e\n",
                   static_cast<long long>(dim), isa_name(isa), fmlal ? " (FMLAL)" : "", error[0], error[1], error[2],
