@@ -199,13 +199,16 @@ def test_kmeans_finds_clusters_and_honours_weights(rng):
 
 def test_quantizers_are_deterministic_across_threads_and_seeded(rng):
     w = weight(rng, 64, 256)
+    large = weight(rng, 300, 256)  # one table over > 2^16 points: gathered, sorted and assigned in parallel slices
     previous = pocketml.get_num_threads()
     results = []
     for threads in (1, 2):
         pocketml.set_num_threads(threads)
         a = quant.quantize(w, bits=4, group_size=64, method="mse")
         p = quant.palettize(w, nbits=4, group_size=16, seed=7)
-        results.append((a.packed.tobytes() + a.scales.tobytes(), p.packed.tobytes() + p.lut.tobytes()))
+        t = quant.palettize(large, nbits=4, seed=7)
+        results.append((a.packed.tobytes() + a.scales.tobytes(), p.packed.tobytes() + p.lut.tobytes(),
+                        t.packed.tobytes() + t.lut.tobytes()))
     pocketml.set_num_threads(previous)
     assert results[0] == results[1]
     assert quant.palettize(w, nbits=4, seed=7).lut.tobytes() == quant.palettize(w, nbits=4, seed=7).lut.tobytes()
