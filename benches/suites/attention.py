@@ -1,6 +1,6 @@
 """Attention: pocketml's fused kernels against torch's scaled_dot_product_attention
 (CPU flash kernel) on the same tensors and threads. MLX's CPU backend is a peer
-when the `mlx` package is importable (not on Linux x86).
+when the `mlx` package is importable (the dev extra installs `mlx[cpu]` on Linux x86-64).
 
 GFLOP/s count 4 * B * H * Lq * Lk * D for the forward (two GEMMs), halved when
 causal, and 2.5x that for the backward (five GEMMs); % peak is against the
@@ -29,7 +29,8 @@ def _mlx_peer(q, k, v, causal):
         import mlx.core as mx
     except ImportError:
         return []
-    qm, km, vm = (mx.array(x.float().numpy()) for x in (q, k, v))
+    dtype = {torch.float32: mx.float32, torch.bfloat16: mx.bfloat16, torch.float16: mx.float16}[q.dtype]
+    qm, km, vm = (mx.array(x.float().numpy()).astype(dtype) for x in (q, k, v))
     mask = "causal" if causal else None
     scale = q.shape[-1] ** -0.5
     return [Peer("mlx cpu", lambda: mx.eval(mx.fast.scaled_dot_product_attention(qm, km, vm, scale=scale, mask=mask)))]
