@@ -199,13 +199,16 @@ def test_kmeans_finds_clusters_and_honours_weights(rng):
 
 def test_quantizers_are_deterministic_across_threads_and_seeded(rng):
     w = weight(rng, 64, 256)
+    large = weight(rng, 300, 256)  # one table over > 2^16 points: gathered, sorted and assigned in parallel slices
     previous = pocketml.get_num_threads()
     results = []
     for threads in (1, 2):
         pocketml.set_num_threads(threads)
         a = quant.quantize(w, bits=4, group_size=64, method="mse")
         p = quant.palettize(w, nbits=4, group_size=16, seed=7)
-        results.append((a.packed.tobytes() + a.scales.tobytes(), p.packed.tobytes() + p.lut.tobytes()))
+        t = quant.palettize(large, nbits=4, seed=7)
+        results.append((a.packed.tobytes() + a.scales.tobytes(), p.packed.tobytes() + p.lut.tobytes(),
+                        t.packed.tobytes() + t.lut.tobytes()))
     pocketml.set_num_threads(previous)
     assert results[0] == results[1]
     assert quant.palettize(w, nbits=4, seed=7).lut.tobytes() == quant.palettize(w, nbits=4, seed=7).lut.tobytes()
@@ -255,6 +258,28 @@ def test_matmul_against_scalar_and_float64(isa, rng, fmt, m):
     x = rng.standard_normal((m, k)).astype(np.float32)
     y = quant.matmul(x, qt)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (m, 37)
+    with pocketml.use_isa("scalar"):
+        reference = quant.matmul(x, qt)
+    check_matmul(x, qt, y, reference)
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, 32), (4, 64), (4, 128), (4, None), (8, 32), (8, None), (3, 32)])
+@pytest.mark.parametrize("m", [1, 4, 8])
+def test_matmul_edge_codes_scales_and_activations(isa, rng, bits, group_size, m):
+    # Codes and zero points at both ends of their range (code - zero = +-(2^bits - 1)),
+    # scales from tiny to large, activations spanning 1e-30 .. 1e30 with exact zeros.
+    n, k = 11, {32: 160, 64: 192, 128: 384, None: 131}[group_size]
+    top = (1 << bits) - 1
+    codes = np.where(rng.random((n, k)) < 0.5, 0, top).astype(np.uint8)
+    groups = 1 if group_size is None else k // group_size
+    zeros = np.where(rng.random((n, groups)) < 0.5, 0, top).astype(np.uint8)
+    scales = (10.0 ** rng.integers(-6, 4, (n, groups))).astype(np.float32)
+    qt = quant.QuantizedTensor("affine", bits, (n, k), group_size or k, pack(codes, bits), scales=scales,
+                               zero_points=zeros)
+    x = (rng.standard_normal((m, k)) * 10.0 ** rng.integers(-30, 30, (m, k))).astype(np.float32)
+    x[:, ::7] = 0.0
+    x[:, 5] = -0.0
+    y = quant.matmul(x, qt)
     with pocketml.use_isa("scalar"):
         reference = quant.matmul(x, qt)
     check_matmul(x, qt, y, reference)

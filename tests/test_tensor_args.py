@@ -75,6 +75,28 @@ def test_non_arrays_are_rejected(value, got):
         core.describe_tensor(value)
 
 
+def test_numpy_arrays_the_kernels_cannot_read_are_refused_by_name():
+    with pytest.raises(TypeError, match="argument 'w': expected native .* byte order, got a big-endian array"):
+        core.describe_tensor(np.zeros(3, ">f4"), "w")
+    odd = np.ndarray(shape=(3,), dtype=np.float32, buffer=np.zeros(16, np.uint8), strides=(5,))
+    with pytest.raises(ValueError, match="argument 'w': expected strides that are multiples of the element size, "
+                                         "got a stride of 5 bytes for 4-byte elements"):
+        core.describe_tensor(odd, "w")
+
+
+def test_numpy_subclasses_and_torch_parameters_are_viewed_without_copy(tmp_path):
+    m = np.memmap(tmp_path / "a.bin", dtype=np.float32, mode="w+", shape=(4, 2))
+    assert core.describe_tensor(m)["data_ptr"] == m.ctypes.data
+    p = torch.nn.Parameter(torch.ones(2, 3))
+    d = core.describe_tensor(p)
+    assert d["data_ptr"] == p.data_ptr() and d["shape"] == (2, 3)
+
+
+def test_negated_torch_view_is_refused_not_read_without_its_sign():
+    with pytest.raises(ValueError, match="argument 'x': expected a tensor without torch's negative bit"):
+        core.describe_tensor(torch._neg_view(torch.ones(3)), "x")
+
+
 class FakeDeviceTensor:
     """Stands in for a tensor on an accelerator, so the check runs on machines without one."""
 

@@ -1,10 +1,12 @@
 """Attention: pocketml's fused kernels against torch's scaled_dot_product_attention
 (CPU flash kernel) on the same tensors and threads. MLX's CPU backend is a peer
-when the `mlx` package is importable (not on Linux x86).
+when the `mlx` package is importable (the dev extra installs `mlx[cpu]` on Linux x86-64).
 
 GFLOP/s count 4 * B * H * Lq * Lk * D for the forward (two GEMMs), halved when
 causal, and 2.5x that for the backward (five GEMMs); % peak is against the
-measured FMA rate. Decode cycles through several caches whose total exceeds the
+measured FMA rate. Prefill runs in fp32, bf16 and fp16 (forward only for fp16):
+on ARM CPUs with FEAT_FHM the fp16 rows take the FMLAL kernels, elsewhere fp16
+is widened to fp32. Decode cycles through several caches whose total exceeds the
 last-level cache, so the KV bytes come from DRAM; its GB/s counts the K and V
 bytes (and int8 scales) read once.
 """
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from harness import Peer
 from pocketml import attention
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _mlx_peer(q, k, v, causal):
@@ -27,7 +29,8 @@ def _mlx_peer(q, k, v, causal):
         import mlx.core as mx
     except ImportError:
         return []
-    qm, km, vm = (mx.array(x.float().numpy()) for x in (q, k, v))
+    dtype = {torch.float32: mx.float32, torch.bfloat16: mx.bfloat16, torch.float16: mx.float16}[q.dtype]
+    qm, km, vm = (mx.array(x.float().numpy()).astype(dtype) for x in (q, k, v))
     mask = "causal" if causal else None
     scale = q.shape[-1] ** -0.5
     return [Peer("mlx cpu", lambda: mx.eval(mx.fast.scaled_dot_product_attention(qm, km, vm, scale=scale, mask=mask)))]
@@ -51,7 +54,10 @@ def run(report, quick: bool) -> None:
             Peer("torch sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)),
         ] + _mlx_peer(q, k, v, causal), flops=flops, rounds=rounds)
 
-        if length > (1024 if quick else 4096):
+        # torch's CPU fp16 backward runs 4-8x slower than its fp32 one (15-25x
+        # behind pocketml, seen here at L=512/1024): too slow a peer to time at
+        # these shapes, and the fp16 backward shares the forward's FMLAL kernel.
+        if length > (1024 if quick else 4096) or dtype == "fp16":
             continue
         qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
         grad = torch.randn(q.shape, generator=g).to(q.dtype)

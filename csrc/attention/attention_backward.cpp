@@ -11,6 +11,7 @@
 
 #include "attention/attention.h"
 #include "attention/attention_problem.h"
+#include "convert/convert_kernels.h"
 #include "runtime/thread_pool.h"
 
 namespace pocketml {
@@ -61,6 +62,22 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
       s.d_out_t[d * n + r] = d_out[r * dim + d];
     }
   }
+  // fp16 inputs with ARM's FEAT_FHM: S = K Q^T, dP^T = V dO^T and dV += P^T dO
+  // take Q, K, V, dO as stored (fp16) and P rounded to fp16 (probabilities in
+  // [0, 1]). dS has no bound on its range, so dK and dQ stay fp32 GEMMs.
+  const bool f16_products = p.q.dtype == DType::f16 && kernels.gemm_f16 != nullptr;
+  const auto f16_rows = [](const Operand& o, int64_t b, int64_t h, int64_t pos) {
+    return reinterpret_cast<const uint16_t*>(o.row(b, h, pos));
+  };
+  if (f16_products) {
+    const uint16_t* q16 = f16_rows(p.q, b, head, q0 + rows.pos[0]);
+    const uint16_t* dout16 = f16_rows(g.dout, b, head, q0 + rows.pos[0]);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t d = 0; d < dim; ++d) {
+        s.q_f16[d * n + r] = q16[r * p.q.seq_stride + d];
+        s.d_out_t_f16[d * n + r] = dout16[r * g.dout.seq_stride + d];
+      }
+  }
   float* st = s.scores.data();
   float* dst = s.d_scores.data();
   float* tanh_scores = p.options.softcap > 0.0f ? s.tanh_scores.data() : nullptr;
@@ -69,16 +86,29 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
     int64_t ldk, ldv;
     const float* k_tile = tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
-    const float* v_tile = tile_f32(p, p.v, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
     std::fill(st, st + n_keys * n, 0.0f);
-    kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
+    if (f16_products) {
+      kernels.gemm_f16(n_keys, n, dim, f16_rows(p.k, b, rows.kv_head, k0 + j0), p.k.seq_stride, 1,
+                       s.q_f16.data(), n, st, n);
+      for (int64_t i = 0; i < n_keys * n; ++i) st[i] *= scale;
+    } else {
+      kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
+    }
     if (tile_needs_modifiers(p, rows, j0, n_keys)) apply_score_modifiers(p, rows, j0, n_keys, st, 1, n, tanh_scores);
     kernels.exp_minus_lse(st, n_keys, n, lse);  // st = P^T
-    // dV += P^T dO
-    kernels.gemm_accumulate(n_keys, dim, n, st, n, 1, d_out, dim, dv_acc + j0 * dim, dim);
-    // dP^T = V dO^T
+    // dV += P^T dO;  dP^T = V dO^T
     std::fill(dst, dst + n_keys * n, 0.0f);
-    kernels.gemm_accumulate(n_keys, n, dim, v_tile, ldv, 1, s.d_out_t.data(), n, dst, n);
+    if (f16_products) {
+      convert_tables().active().f32_to_f16(st, s.p_f16.data(), n_keys * n);
+      kernels.gemm_f16(n_keys, dim, n, s.p_f16.data(), n, 1, f16_rows(g.dout, b, head, q0 + rows.pos[0]),
+                       g.dout.seq_stride, dv_acc + j0 * dim, dim);
+      kernels.gemm_f16(n_keys, n, dim, f16_rows(p.v, b, rows.kv_head, k0 + j0), p.v.seq_stride, 1,
+                       s.d_out_t_f16.data(), n, dst, n);
+    } else {
+      const float* v_tile = tile_f32(p, p.v, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
+      kernels.gemm_accumulate(n_keys, dim, n, st, n, 1, d_out, dim, dv_acc + j0 * dim, dim);
+      kernels.gemm_accumulate(n_keys, n, dim, v_tile, ldv, 1, s.d_out_t.data(), n, dst, n);
+    }
     // dS = P * (dP - delta), through the softcap's tanh when there is one.
     for (int64_t j = 0; j < n_keys; ++j) {
       float* ds_row = dst + j * n;

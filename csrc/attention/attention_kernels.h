@@ -2,8 +2,9 @@
 // The attention kernel family: the few fp32 tile operations the flash-attention
 // drivers (forward, backward, decode) are built from. Inputs in fp16 / bf16 /
 // int8 are widened to fp32 tiles first (a tile is reused by a whole block of
-// queries, so widening costs ~1/(2 * block rows) of the arithmetic); every
-// variant therefore works on fp32 and accumulates in fp32.
+// queries, so widening costs ~1/(2 * block rows) of the arithmetic), except
+// where a CPU multiplies bf16 pairs or fp16 values directly (the optional
+// entries at the end); every variant accumulates in fp32.
 //
 // Score tiles are stored key-major: st[key * n_rows + row], so the softmax
 // statistics of a query row (max, sum) are vector operations across rows.
@@ -69,6 +70,18 @@ struct AttentionKernels {
   void (*pair_rows_f32_to_bf16)(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst);
   // The same interleave for bf16 rows `src_stride` elements apart (no rounding).
   void (*pair_rows_bf16)(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t cols, uint16_t* dst);
+
+  // fp16 products accumulated into fp32 lanes (ARM FEAT_FHM's FMLAL / FMLAL2);
+  // null where the CPU lacks them, and the drivers then widen fp16 to fp32.
+  // gemm_accumulate with fp16 operands: C[m][n] += sum_k A(m, k) * B[k][n],
+  // A(m, k) = a[m * a_row_stride + k * a_col_stride], strides in fp16 elements.
+  // The product of two fp16 values is exact in fp32, so each step rounds once,
+  // as gemm_accumulate on the widened values does.
+  void (*gemm_f16)(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t a_row_stride, int64_t a_col_stride,
+                   const uint16_t* b, int64_t ldb, float* c, int64_t ldc) = nullptr;
+  // dot_rows with fp16 operands (decode's few query rows against fp16 keys).
+  void (*dot_rows_f16)(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b,
+                       int64_t ldb, float* c, int64_t c_row_stride, int64_t c_col_stride) = nullptr;
 };
 
 namespace scalar { extern const AttentionKernels attention_kernels; }
@@ -78,6 +91,14 @@ namespace neon { extern const AttentionKernels attention_kernels; }  // ARMv8.0 
 // BFDOT (FEAT_BF16): only the three bf16-pair entries are set; attention_tables()
 // adds them to the NEON table where cpu_features().neon_bf16.
 namespace neon_bf16 { extern const AttentionKernels bf16_pair_kernels; }
+// FMLAL (FEAT_FHM): attention_tables() sets gemm_f16 and dot_rows_f16 in the
+// NEON table where cpu_features().neon_fhm.
+namespace neon_fhm {
+void gemm_f16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t a_row_stride, int64_t a_col_stride,
+              const uint16_t* b, int64_t ldb, float* c, int64_t ldc);
+void dot_rows_f16(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                  float* c, int64_t c_row_stride, int64_t c_col_stride);
+}  // namespace neon_fhm
 
 const IsaTables<AttentionKernels>& attention_tables();
 

@@ -4,8 +4,9 @@
 // NEON has no masked loads: partial vectors go through a small stack buffer,
 // and GEMM / dot-product columns past the last whole vector run scalar.
 // Decode reads fp32 / fp16 / bf16 / int8 cache rows directly, converting in
-// registers. fp16 is widened with FCVTL (ARMv8.0); arithmetic stays fp32
-// throughout, as in every variant, so no fp16-arithmetic file is needed.
+// registers. fp16 is widened with FCVTL (ARMv8.0); where the CPU has FEAT_FHM,
+// attention_neon_fhm.cpp multiplies fp16 operands directly (FMLAL), still
+// accumulating in fp32.
 #include <arm_neon.h>
 
 #include <cstdint>

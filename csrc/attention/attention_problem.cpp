@@ -38,6 +38,9 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       d_out_t(max_rows * head_dim),
       d_scores(kBlockK * max_rows),
       delta(max_rows),
+      q_f16(max_rows * head_dim),
+      d_out_t_f16(max_rows * head_dim),
+      p_f16(kBlockK * max_rows),
       q_pairs(max_rows * (head_dim + 1)),
       p_pairs(2 * (kBlockK / 2 + 1) * max_rows),
       v_pairs(2 * (kBlockK / 2 + 1) * head_dim) {}
@@ -234,10 +237,22 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // does on GPUs. (The NEON table has the pair kernels only where BFDOT runs.)
   const bool bf16_pairs = key_major && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && dim % 2 == 0 &&
                           kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
+  // fp16 queries and keys with ARM's FEAT_FHM (prefill, and decode from an
+  // fp16 cache): Q, K, P and V enter FMLAL as fp16; P is rounded to fp16 as
+  // FlashAttention does on GPUs (the NEON table has the fp16 kernels only
+  // where FMLAL runs).
+  const bool f16_products = p.q.dtype == DType::f16 && p.k.dtype == DType::f16 && kernels.gemm_f16 != nullptr &&
+                            kernels.dot_rows_f16 != nullptr;
   // Few rows with a direct decode kernel: K and V are read in their storage type.
   const bool direct_rows = !key_major && kernels.decode_scores != nullptr;
   float* q_rows = s.q_rows.data();
-  if (bf16_pairs) {
+  if (f16_products) {
+    // Q^T (key-major) or Q's rows, unscaled (exact): the scale multiplies the fp32 scores.
+    for (int64_t r = 0; r < n; ++r) {
+      const uint16_t* q_row = reinterpret_cast<const uint16_t*>(p.q.row(b, rows.head[r], q0 + rows.pos[r]));
+      for (int64_t d = 0; d < dim; ++d) s.q_f16[key_major ? d * n + r : r * dim + d] = q_row[d];
+    }
+  } else if (bf16_pairs) {
     // q_pairs[d / 2][r] = (q[r][d], q[r][d + 1]): a 32-bit transpose of Q, unscaled (exact).
     uint32_t* q_pairs = reinterpret_cast<uint32_t*>(s.q_pairs.data());
     for (int64_t r = 0; r < n; ++r) {
@@ -269,6 +284,15 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
       kernels.gemm_bf16_pairs(n_keys, n, dim / 2, reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0)),
                               p.k.seq_stride, 2, s.q_pairs.data(), 2 * n, scores, n);
       for (int64_t i = 0; i < n_keys * n; ++i) scores[i] *= p.options.scale;
+    } else if (f16_products) {
+      const uint16_t* k_rows = reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0));
+      if (key_major) {
+        std::fill(scores, scores + n_keys * n, 0.0f);
+        kernels.gemm_f16(n_keys, n, dim, k_rows, p.k.seq_stride, 1, s.q_f16.data(), n, scores, n);
+      } else {
+        kernels.dot_rows_f16(n, n_keys, dim, s.q_f16.data(), dim, k_rows, p.k.seq_stride, scores, n_keys, 1);
+      }
+      for (int64_t i = 0; i < n_keys * n; ++i) scores[i] *= p.options.scale;
     } else if (direct_rows) {
       kernels.decode_scores(p.k.dtype, n, n_keys, dim, q_rows, p.k.row(b, rows.kv_head, k0 + j0), p.k.seq_stride,
                             k_scale ? reinterpret_cast<const float*>(k_scale->row(b, rows.kv_head, k0 + j0)) : nullptr,
@@ -297,6 +321,11 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
                              n_keys, dim, s.v_pairs.data());
       kernels.gemm_bf16_pairs(n, dim, (n_keys + 1) / 2, s.p_pairs.data(), 2, 2 * n, s.v_pairs.data(), 2 * dim,
                               s.acc.data(), dim);
+    } else if (f16_products) {
+      convert_tables().active().f32_to_f16(scores, s.p_f16.data(), n_keys * n);
+      kernels.gemm_f16(n, dim, n_keys, s.p_f16.data(), row_stride, key_stride,
+                       reinterpret_cast<const uint16_t*>(p.v.row(b, rows.kv_head, k0 + j0)), p.v.seq_stride,
+                       s.acc.data(), dim);
     } else if (direct_rows) {
       kernels.decode_accumulate(p.v.dtype, n, n_keys, dim, scores, p.v.row(b, rows.kv_head, k0 + j0), p.v.seq_stride,
                                 v_scale ? reinterpret_cast<const float*>(v_scale->row(b, rows.kv_head, k0 + j0))

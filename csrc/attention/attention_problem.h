@@ -75,6 +75,7 @@ struct Scratch {
   int64_t max_rows, head_dim;
   std::vector<float> q_t, q_rows, scores, tanh_scores, k_tile, v_tile, acc, row_max, row_sum, rescale;
   std::vector<float> d_out, d_out_t, d_scores, delta;
+  std::vector<uint16_t> q_f16, d_out_t_f16, p_f16;  // fp16 operands of the FMLAL path (ARM FEAT_FHM)
   std::vector<uint16_t> q_pairs, p_pairs, v_pairs;  // bf16 pair-packed operands (AVX512-BF16 path)
 };
 

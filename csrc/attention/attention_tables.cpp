@@ -4,7 +4,8 @@ namespace pocketml {
 namespace {
 
 #if POCKETML_ARCH_ARM
-// The NEON table, with BFDOT's bf16 pair products where the CPU has FEAT_BF16.
+// The NEON table, with BFDOT's bf16 pair products where the CPU has FEAT_BF16
+// and FMLAL's fp16 products where it has FEAT_FHM.
 const AttentionKernels* neon_attention_kernels() {
   static const AttentionKernels kernels = [] {
     AttentionKernels k = neon::attention_kernels;
@@ -12,6 +13,10 @@ const AttentionKernels* neon_attention_kernels() {
       k.gemm_bf16_pairs = neon_bf16::bf16_pair_kernels.gemm_bf16_pairs;
       k.pair_rows_f32_to_bf16 = neon_bf16::bf16_pair_kernels.pair_rows_f32_to_bf16;
       k.pair_rows_bf16 = neon_bf16::bf16_pair_kernels.pair_rows_bf16;
+    }
+    if (cpu_features().neon_fhm) {
+      k.gemm_f16 = neon_fhm::gemm_f16;
+      k.dot_rows_f16 = neon_fhm::dot_rows_f16;
     }
     return k;
   }();

@@ -1,6 +1,9 @@
 #include "bindings/tensor_args.h"
 
+#include <pybind11/numpy.h>
+
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "runtime/error.h"
@@ -91,23 +94,106 @@ py::object export_capsule(py::handle obj) {
   return obj.attr("__dlpack__")();
 }
 
+// NumPy's own dtypes that map one to one onto ours; anything else (bf16 from
+// ml_dtypes, bool, float64) takes the DLPack path and its messages.
+bool numpy_dtype(const py::dtype& dtype, DType* out) {
+  const int size = static_cast<int>(dtype.itemsize());
+  switch (dtype.kind()) {
+    case 'f': if (size == 4) *out = DType::f32; else if (size == 2) *out = DType::f16; else return false; return true;
+    case 'i': if (size == 1) *out = DType::i8; else if (size == 4) *out = DType::i32; else if (size == 8) *out = DType::i64;
+              else return false; return true;
+    case 'u': if (size == 1) { *out = DType::u8; return true; } return false;
+    default: return false;
+  }
+}
+
+// torch's tensor types and its C DLPack exporter, looked up once torch is imported
+// (pocketml never imports it). Tensor.__dlpack__ wraps the same exporter in ~3 us
+// of Python checks per call; the fast path makes the ones that matter here itself.
+struct TorchExport {
+  PyObject* tensor_type = nullptr;
+  PyObject* parameter_type = nullptr;
+  PyObject* strided = nullptr;
+  PyObject* to_dlpack = nullptr;
+};
+
+const TorchExport* torch_export() {
+  static const TorchExport* found = nullptr;  // leaked: lives until the interpreter exits
+  if (found == nullptr && PyDict_GetItemString(PyImport_GetModuleDict(), "torch") != nullptr) {
+    py::module_ torch = py::module_::import("torch");
+    auto* t = new TorchExport;
+    auto keep = [](py::object o) { return o.release().ptr(); };
+    t->tensor_type = keep(torch.attr("Tensor"));
+    t->parameter_type = keep(torch.attr("nn").attr("Parameter"));
+    t->strided = keep(torch.attr("strided"));
+    t->to_dlpack = keep(torch.attr("_C").attr("_to_dlpack"));
+    found = t;
+  }
+  return found;
+}
+
+// A capsule for a plain strided CPU tensor through torch's C exporter, or a null
+// object when `obj` is anything else (the caller then takes the general path).
+py::object torch_capsule(py::handle obj) {
+  PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(obj.ptr()));
+  const char* name = Py_TYPE(obj.ptr())->tp_name;
+  if (std::strcmp(name, "Tensor") != 0 && std::strcmp(name, "Parameter") != 0) return py::object();
+  const TorchExport* torch = torch_export();
+  if (torch == nullptr || (type != torch->tensor_type && type != torch->parameter_type)) return py::object();
+  if (!py::bool_(obj.attr("is_cpu")) || obj.attr("layout").ptr() != torch->strided ||
+      py::bool_(obj.attr("is_neg")()))
+    return py::object();
+  return py::reinterpret_steal<py::object>(PyObject_CallOneArg(torch->to_dlpack, obj.ptr()));
+}
+
 }  // namespace
 
+bool TensorArg::from_numpy(py::handle obj, const char* arg) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  auto array = py::reinterpret_borrow<py::array>(obj);
+  const py::ssize_t itemsize = array.itemsize();
+  if (array.dtype().byteorder() == '>')
+    fail_argument(ErrorKind::Type, arg, "native (little-endian) byte order", "a big-endian array");
+  if (array.ndim() > kMaxDims || !numpy_dtype(array.dtype(), &view_.dtype)) return false;
+  for (py::ssize_t i = 0; i < array.ndim(); ++i)
+    if (array.strides(i) % itemsize != 0)
+      fail_argument(ErrorKind::InvalidArgument, arg, "strides that are multiples of the element size",
+                    "a stride of " + std::to_string(array.strides(i)) + " bytes for " + std::to_string(itemsize) +
+                    "-byte elements");
+  view_.data = const_cast<void*>(array.data());
+  view_.ndim = static_cast<int>(array.ndim());
+  for (int i = 0; i < view_.ndim; ++i) {
+    view_.shape[i] = array.shape(i);
+    view_.strides[i] = array.strides(i) / itemsize;
+  }
+  view_.writable = array.writeable();
+  capsule_ = py::reinterpret_borrow<py::object>(obj);  // keeps the array alive like a capsule would
+  return true;
+}
+
 TensorArg::TensorArg(py::handle obj, const char* arg) {
-  if (!py::hasattr(obj, "__dlpack__") || !py::hasattr(obj, "__dlpack_device__"))
-    fail_argument(ErrorKind::Type, arg, "a NumPy array or torch tensor", type_name(obj));
+  if (from_numpy(obj, arg)) return;
+  capsule_ = torch_capsule(obj);
+  if (!capsule_) {
+    if (!py::hasattr(obj, "__dlpack__") || !py::hasattr(obj, "__dlpack_device__"))
+      fail_argument(ErrorKind::Type, arg, "a NumPy array or torch tensor", type_name(obj));
 
-  py::tuple device = obj.attr("__dlpack_device__")();
-  const int32_t device_type = device[0].cast<int32_t>(), device_id = device[1].cast<int32_t>();
-  if (device_type != kDLCPU && device_type != kDLCUDAHost)
-    fail_argument(ErrorKind::InvalidArgument, arg, "a CPU tensor", "a tensor on " + device_name(device_type, device_id));
+    py::tuple device = obj.attr("__dlpack_device__")();
+    const int32_t device_type = device[0].cast<int32_t>(), device_id = device[1].cast<int32_t>();
+    if (device_type != kDLCPU && device_type != kDLCUDAHost)
+      fail_argument(ErrorKind::InvalidArgument, arg, "a CPU tensor", "a tensor on " + device_name(device_type, device_id));
 
-  // torch refuses to export a tensor that requires grad; its detached view shares
-  // the memory, and autograd around the kernel is the Python layer's business.
-  py::object source = py::reinterpret_borrow<py::object>(obj);
-  if (py::hasattr(source, "requires_grad") && py::bool_(source.attr("requires_grad")))
-    source = source.attr("detach")();
-  capsule_ = export_capsule(source);
+    // torch refuses to export a tensor that requires grad; its detached view shares
+    // the memory, and autograd around the kernel is the Python layer's business.
+    py::object source = py::reinterpret_borrow<py::object>(obj);
+    if (py::hasattr(source, "requires_grad") && py::bool_(source.attr("requires_grad")))
+      source = source.attr("detach")();
+    // torch exports a negated view's memory without its sign: refuse it rather than read it wrong.
+    if (py::hasattr(source, "is_neg") && py::bool_(source.attr("is_neg")()))
+      fail_argument(ErrorKind::InvalidArgument, arg, "a tensor without torch's negative bit (call .resolve_neg())",
+                    "a negated view");
+    capsule_ = export_capsule(source);
+  }
 
   const DLTensor* t = nullptr;
   PyObject* capsule = capsule_.ptr();

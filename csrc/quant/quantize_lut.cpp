@@ -7,10 +7,12 @@
 // binary search, so an iteration costs O(k log n). Lloyd's iterations run to convergence or
 // max_iterations. The initialisation works on at most kSeedPoints weighted
 // quantiles so its O(n k) cost stays bounded for large tables. Tables are
-// independent and each is computed by one thread: results do not depend on
-// the number of threads.
+// independent and computed in parallel; a single table (per-tensor LUT) spreads
+// its O(n) parts (gathering, sorting, assigning codes) over the threads in
+// fixed slices instead. Either way results do not depend on the number of threads.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -23,6 +25,7 @@ namespace pocketml {
 namespace {
 
 constexpr int64_t kSeedPoints = 1 << 16;
+constexpr int64_t kSortSlices = 16;  // fixed, so the sort's result does not depend on the threads
 
 // splitmix64: a small, well-mixed, portable generator (same draws everywhere).
 struct SplitMix64 {
@@ -55,14 +58,38 @@ float key_value(uint32_t key) { return bits_float(key & 0x80000000u ? key & 0x7F
 
 // LSD radix sort on the 32-bit keys, 11 bits per pass: O(n), several times
 // faster than a comparison sort on the millions of points of a large table.
+// Each pass counts and scatters kSortSlices slices of the points in parallel;
+// writing slice after slice within each bucket keeps the pass stable.
 void radix_sort(std::vector<Point>& points) {
   constexpr int kBits = 11, kBuckets = 1 << kBits;
+  const int64_t n = static_cast<int64_t>(points.size());
+  const int64_t slices = n >= (int64_t(1) << 16) ? kSortSlices : 1;
+  const int64_t slice = (n + slices - 1) / slices;
   std::vector<Point> scratch(points.size());
+  std::vector<int64_t> offset(static_cast<size_t>(slices * kBuckets));
   for (int shift = 0; shift < 32; shift += kBits) {
-    std::vector<size_t> offset(kBuckets + 1, 0);
-    for (const Point& p : points) ++offset[((p.key >> shift) & (kBuckets - 1)) + 1];
-    for (int b = 0; b < kBuckets; ++b) offset[b + 1] += offset[b];
-    for (const Point& p : points) scratch[offset[(p.key >> shift) & (kBuckets - 1)]++] = p;
+    auto bucket = [&](const Point& p) { return (p.key >> shift) & (kBuckets - 1); };
+    parallel_for(slices, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        int64_t* count = offset.data() + s * kBuckets;
+        std::fill(count, count + kBuckets, 0);
+        for (int64_t i = s * slice; i < std::min(n, (s + 1) * slice); ++i) ++count[bucket(points[i])];
+      }
+    });
+    int64_t total = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+      for (int64_t s = 0; s < slices; ++s) {
+        const int64_t count = offset[s * kBuckets + b];
+        offset[s * kBuckets + b] = total;
+        total += count;
+      }
+    }
+    parallel_for(slices, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s) {
+        int64_t* next = offset.data() + s * kBuckets;
+        for (int64_t i = s * slice; i < std::min(n, (s + 1) * slice); ++i) scratch[next[bucket(points[i])]++] = points[i];
+      }
+    });
     points.swap(scratch);
   }
 }
@@ -174,7 +201,12 @@ void store_entry(const TensorView& lut, int64_t index, float value) {
 
 // Index of the entry of the sorted `table` nearest to v (the lower on a tie).
 uint8_t nearest(const float* table, int entries, float v) {
-  const int upper = static_cast<int>(std::lower_bound(table, table + entries, v) - table);
+  int upper = 0;  // entries below v: a branchless count for small tables, a binary search for large ones
+  if (entries <= 16) {
+    for (int e = 0; e < entries; ++e) upper += table[e] < v;
+  } else {
+    upper = static_cast<int>(std::lower_bound(table, table + entries, v) - table);
+  }
   if (upper == 0) return 0;
   if (upper == entries) return static_cast<uint8_t>(entries - 1);
   return static_cast<uint8_t>(v - table[upper - 1] <= table[upper] - v ? upper - 1 : upper);
@@ -206,16 +238,24 @@ void quantize_lut(const TensorView& weight, const LutOptions& options, const Ten
   const float* channel_weight = checked_importance(importance, cols);
   const int entries = 1 << options.bits;
   const int64_t group = options.group_size, tables = rows / group;
-  parallel_for(tables, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(static_cast<size_t>(cols));
-    std::vector<uint8_t> codes(static_cast<size_t>(cols));
-    for (int64_t t = begin; t < end; ++t) {
-      std::vector<Point> points;
-      points.reserve(static_cast<size_t>(group * cols));
-      for (int64_t r = t * group; r < (t + 1) * group; ++r) {
-        load_weight_row(weight, r, row.data());
-        for (int64_t k = 0; k < cols; ++k) points.push_back({sort_key(row[k]), channel_weight ? channel_weight[k] : 1.0f});
+  // Rows [t * group, (t + 1) * group) of table t, in parallel when there is one table
+  // (nested calls from the per-table loop below run inline).
+  auto for_rows = [&](int64_t t, const std::function<void(int64_t row, float* values)>& fn) {
+    parallel_for(group, std::max<int64_t>(1, (int64_t(1) << 16) / cols), [&](int64_t begin, int64_t end) {
+      std::vector<float> values(static_cast<size_t>(cols));
+      for (int64_t r = t * group + begin; r < t * group + end; ++r) {
+        load_weight_row(weight, r, values.data());
+        fn(r, values.data());
       }
+    });
+  };
+  parallel_for(tables, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      std::vector<Point> points(static_cast<size_t>(group * cols));
+      for_rows(t, [&](int64_t r, float* values) {
+        Point* out = points.data() + (r - t * group) * cols;
+        for (int64_t k = 0; k < cols; ++k) out[k] = {sort_key(values[k]), channel_weight ? channel_weight[k] : 1.0f};
+      });
       WeightedValues data = collect(points);
       std::vector<Point>().swap(points);
       double total = std::accumulate(data.weight.begin(), data.weight.end(), 0.0);
@@ -237,11 +277,11 @@ void quantize_lut(const TensorView& weight, const LutOptions& options, const Ten
         table[e] = round_to_dtype(static_cast<float>(c), lut.dtype);
         store_entry(lut, t * entries + e, static_cast<float>(c));
       }
-      for (int64_t r = t * group; r < (t + 1) * group; ++r) {
-        load_weight_row(weight, r, row.data());
-        for (int64_t k = 0; k < cols; ++k) codes[k] = nearest(table, entries, row[k]);
-        pack_row(codes.data(), cols, options.bits, packed.ptr<uint8_t>() + r * w.row_bytes);
-      }
+      for_rows(t, [&](int64_t r, float* values) {
+        uint8_t* codes = reinterpret_cast<uint8_t*>(values);  // each code overwrites a value already read
+        for (int64_t k = 0; k < cols; ++k) codes[k] = nearest(table, entries, values[k]);
+        pack_row(codes, cols, options.bits, packed.ptr<uint8_t>() + r * w.row_bytes);
+      });
     }
   });
 }

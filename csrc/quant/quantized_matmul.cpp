@@ -28,7 +28,8 @@ namespace {
 constexpr int64_t kRowsPerBlock = 16;        // weight rows per task: 16 x 512 fp32 = a 32 KiB tile
 constexpr int64_t kChunkCodes = 512;         // columns decoded per tile
 constexpr int64_t kMaxRowsPerXBlock = 128;   // x rows per task: 128 x 512 fp32 = 256 KiB, in L2
-constexpr int64_t kGemvRowsPerTask = 32;     // 32 rows of 4096 4-bit codes = 64 KiB streamed per task
+constexpr int64_t kGemvMinRowsPerTask = 32;  // 32 rows of 4096 4-bit codes = 64 KiB streamed per task
+constexpr int64_t kGemvTasksPerThread = 4;
 
 // The fp32 copy of a float matrix [rows, cols] padded with zeros to `padded_cols`.
 void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padded_cols, float* dst) {
@@ -264,7 +265,12 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
   if (fused) {
-    parallel_for(n, kGemvRowsPerTask, [&](int64_t begin, int64_t end) {
+    // Few long tasks: each thread streams one contiguous range of rows, which the
+    // hardware prefetchers follow, instead of hopping between short ones; a few per
+    // thread so that a worker woken late still finds work.
+    const int64_t tasks = kGemvTasksPerThread * ThreadPool::global().num_threads();
+    const int64_t rows_per_task = std::max(kGemvMinRowsPerTask, ((n + tasks - 1) / tasks + 7) / 8 * 8);
+    parallel_for(n, rows_per_task, [&](int64_t begin, int64_t end) {
       kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
     });
   } else {

@@ -65,6 +65,7 @@ CpuFeatures detect() {
   f.neon_dotprod = hw & (1ul << 20);                      // HWCAP_ASIMDDP
   f.neon_i8mm = hw2 & (1ul << 13);                        // HWCAP2_I8MM
   f.neon_bf16 = hw2 & (1ul << 14);                        // HWCAP2_BF16
+  f.neon_fhm = f.neon_fp16 && (hw & (1ul << 23));         // HWCAP_ASIMDFHM (FHM requires FP16)
 #elif defined(__APPLE__)
   auto has = [](const char* name) {
     int value = 0;
@@ -75,6 +76,7 @@ CpuFeatures detect() {
   f.neon_dotprod = has("hw.optional.arm.FEAT_DotProd");
   f.neon_i8mm = has("hw.optional.arm.FEAT_I8MM");
   f.neon_bf16 = has("hw.optional.arm.FEAT_BF16");
+  f.neon_fhm = f.neon_fp16 && has("hw.optional.arm.FEAT_FHM");
 #endif
   return f;
 }
@@ -193,6 +195,7 @@ std::vector<std::string> cpu_feature_names() {
   add(f.neon_dotprod, "dotprod");
   add(f.neon_i8mm, "i8mm");
   add(f.neon_bf16, "bf16");
+  add(f.neon_fhm, "fhm");
   return names;
 }
 

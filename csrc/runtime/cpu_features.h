@@ -17,6 +17,7 @@ struct CpuFeatures {
   bool avx512vnni = false, avx512bf16 = false;
   // ARM
   bool neon = false, neon_fp16 = false, neon_dotprod = false, neon_i8mm = false, neon_bf16 = false;
+  bool neon_fhm = false;  // FEAT_FHM: FMLAL / FMLAL2, fp16 products accumulated into fp32 lanes
 };
 
 const CpuFeatures& cpu_features();

@@ -3,7 +3,9 @@
 // edge values (-inf scores, fully masked rows), the bf16 pair kernels where
 // the CPU has them, then forward, backward and decode end to end on every ISA
 // against the scalar ISA's results (odd head dims, grouped-query heads, a fully
-// masked row, fp32 / fp16 / bf16 / int8 caches, bf16 prefill).
+// masked row, fp32 / fp16 / bf16 / int8 caches, bf16 prefill), and the fp16
+// product kernels (FMLAL) with fp16 forward, backward and decode against
+// float64.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -408,4 +410,288 @@ TEST(bf16_forward_agrees_across_isas) {
             isa_name(isa) << " bf16 forward at " << i << ": " << got << " vs " << expected);
     }
   });
+}
+
+// --- fp16 products (ARM FEAT_FHM's FMLAL / FMLAL2) ---
+
+namespace {
+
+std::vector<NamedKernels> f16_product_variants() {
+  std::vector<NamedKernels> variants;
+  for (const auto& v : optimized_variants())
+    if (v.kernels->gemm_f16) variants.push_back(v);
+  return variants;
+}
+
+std::vector<uint16_t> to_f16(const std::vector<float>& x) {
+  std::vector<uint16_t> bits(x.size());
+  for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_fp16(x[i]);
+  return bits;
+}
+
+std::vector<float> widen(const std::vector<uint16_t>& bits) {
+  std::vector<float> x(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) x[i] = fp16_to_fp32(bits[i]);
+  return x;
+}
+
+}  // namespace
+
+// The NEON table carries gemm_f16 exactly where the CPU has FEAT_FHM (under
+// qemu: -cpu max yes, cortex-a53 no); no other table does.
+TEST(fp16_products_are_chosen_exactly_where_the_cpu_has_fhm) {
+  for (Isa isa : supported_isas()) {
+    const bool expected = isa == Isa::neon && cpu_features().neon_fhm;
+    CHECK((attention_tables().select(isa).gemm_f16 != nullptr) == expected, isa_name(isa) << " gemm_f16");
+    CHECK((attention_tables().select(isa).dot_rows_f16 != nullptr) == expected, isa_name(isa) << " dot_rows_f16");
+  }
+  std::printf("    fp16 product kernels (FMLAL) on this CPU:%s\n", f16_product_variants().empty() ? " none" : " neon");
+}
+
+// FMLAL adds an exact fp16 x fp16 product to an fp32 lane with one rounding,
+// and the kernel sums over k in order, as the scalar reference does on the
+// widened values: the results must be equal bit for bit, and within K
+// roundings of a float64 sum. Odd shapes cover the 6 x 16 block's row and
+// column remainders, the half-register (4-column) load and the reduction
+// slices; edge values: fp16 subnormals (which FMLAL must not flush), +-65504,
+// -0.
+TEST(every_fp16_product_variant_equals_the_reference_and_a_double_sum) {
+  const int64_t lda = 300, ldb = 40, ldc = 40;
+  auto a = to_f16(normal_values(16 * lda, 51)), b = to_f16(normal_values(lda * ldb, 52));
+  const uint16_t edges[] = {0x0001, 0x83FF, 0x0200, 0x7BFF, 0xFBFF, 0x8000, 0x0400};
+  for (size_t i = 0; i < a.size(); i += 37) a[i] = edges[(i / 37) % 7];
+  for (size_t i = 0; i < b.size(); i += 41) b[i] = edges[(i / 41) % 7];
+  const auto a32 = widen(a), b32 = widen(b);
+  const auto c0 = normal_values(16 * ldc, 53);
+  for (const auto& v : f16_product_variants()) {
+    for (int64_t M : {1, 5, 7, 13}) {
+      for (int64_t N : {1, 3, 4, 8, 12, 19, 33}) {
+        for (int64_t K : {1, 7, 130, 300}) {  // 130, 300: more than one reduction slice
+          for (bool transposed : {false, true}) {
+            const int64_t row_stride = transposed ? 1 : lda, col_stride = transposed ? 16 : 1;
+            std::vector<float> expected(c0), got(c0);
+            reference().gemm_accumulate(M, N, K, a32.data(), row_stride, col_stride, b32.data(), ldb, expected.data(), ldc);
+            v.kernels->gemm_f16(M, N, K, a.data(), row_stride, col_stride, b.data(), ldb, got.data(), ldc);
+            const std::string what = v.name + " gemm_f16 " + std::to_string(M) + "x" + std::to_string(N) + "x" +
+                                     std::to_string(K) + (transposed ? " (A by columns)" : "");
+            CHECK(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0, what << " differs from the reference");
+            for (int64_t m = 0; m < 16; ++m) {
+              for (int64_t n = 0; n < ldc; ++n) {
+                double exact = c0[m * ldc + n], magnitude = std::fabs(exact);
+                for (int64_t k = 0; m < M && n < N && k < K; ++k) {
+                  const double product = double(a32[m * row_stride + k * col_stride]) * b32[k * ldb + n];
+                  exact += product;
+                  magnitude += std::fabs(product);
+                }
+                const double bound = (K + 1) * std::ldexp(1.0, -24) * magnitude;
+                CHECK(std::fabs(got[m * ldc + n] - exact) <= bound, what << " [" << m << ", " << n << "]: "
+                                                                         << got[m * ldc + n] << " vs " << exact);
+              }
+            }
+          }
+        }
+      }
+    }
+    // Decode's row dot products sum in vector lanes: within 2 (K + 1) roundings
+    // of the reference, K + 1 of the double sum.
+    for (int64_t M : {1, 3}) {
+      for (int64_t N : {1, 4, 5, 9}) {
+        for (int64_t K : {1, 4, 7, 8, 33, 300}) {
+          std::vector<float> expected(2 * 16 * 9, 7.0f), got(expected);
+          reference().dot_rows(M, N, K, a32.data(), lda, b32.data(), ldb, expected.data(), 1, 16);  // c column-major
+          v.kernels->dot_rows_f16(M, N, K, a.data(), lda, b.data(), ldb, got.data(), 1, 16);
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t n = 0; n < N; ++n) {
+              double exact = 0.0, magnitude = 0.0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double product = double(a32[m * lda + k]) * b32[n * ldb + k];
+                exact += product;
+                magnitude += std::fabs(product);
+              }
+              const float g = got[m + n * 16], e = expected[m + n * 16];
+              const double u = std::ldexp(1.0, -24);
+              CHECK(std::fabs(g - exact) <= (K + 1) * u * magnitude && std::fabs(g - e) <= 2 * (K + 1) * u * magnitude,
+                    v.name << " dot_rows_f16 " << M << "x" << N << "x" << K << " [" << m << ", " << n << "]: " << g
+                           << " vs " << e << " (float64 " << exact << ")");
+            }
+          }
+          for (size_t i = 0; i < got.size(); ++i)
+            if (i % 16 >= static_cast<size_t>(M) || i / 16 >= static_cast<size_t>(N))
+              CHECK(got[i] == 7.0f, v.name << " dot_rows_f16 wrote outside C at " << i);
+        }
+      }
+    }
+    // Every pair of special values in a single product, against the widened
+    // product: infinities, NaN (any NaN), subnormals both ways.
+    const uint16_t specials[] = {0x0000, 0x8000, 0x0001, 0x03FF, 0x8400, 0x3C00, 0x7BFF, 0x7C00, 0xFC00, 0x7E00};
+    for (uint16_t x : specials) {
+      std::vector<uint16_t> row(8, x);
+      for (uint16_t y : specials) {
+        std::vector<uint16_t> col(8, y);
+        float c[8] = {}, expected = 0.0f + fp16_to_fp32(x) * fp16_to_fp32(y);
+        v.kernels->gemm_f16(1, 8, 1, row.data(), 1, 1, col.data(), 8, c, 8);
+        for (float got : c)
+          CHECK(std::isnan(expected) ? std::isnan(got) : got == expected,
+                v.name << " " << std::hex << x << " x " << y << std::dec << ": " << got << " vs " << expected);
+      }
+    }
+  }
+}
+
+namespace {
+
+// Attention and its gradients in float64 on the fp16 inputs' exact values:
+// q, dout [Hq][Lq][D], k, v [Hkv][Lk][D], causal aligned to the bottom right.
+struct DoubleAttention {
+  std::vector<double> out, dq, dk, dv;
+};
+
+DoubleAttention double_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
+                                 const std::vector<float>& dout, int64_t q_heads, int64_t kv_heads, int64_t len_q,
+                                 int64_t len_k, int64_t dim, double scale) {
+  DoubleAttention r{std::vector<double>(q.size()), std::vector<double>(q.size()), std::vector<double>(k.size()),
+                    std::vector<double>(k.size())};
+  std::vector<double> p(len_k), dp(len_k);
+  for (int64_t h = 0; h < q_heads; ++h) {
+    const int64_t kh = h / (q_heads / kv_heads);
+    for (int64_t i = 0; i < len_q; ++i) {
+      const float* qi = &q[(h * len_q + i) * dim];
+      const float* doi = &dout[(h * len_q + i) * dim];
+      const int64_t keys = std::min(len_k, i + len_k - len_q + 1);
+      double max = -kInf, sum = 0.0;
+      for (int64_t j = 0; j < keys; ++j) {
+        double s = 0.0;
+        for (int64_t d = 0; d < dim; ++d) s += double(qi[d]) * k[(kh * len_k + j) * dim + d];
+        p[j] = scale * s;
+        max = std::max(max, p[j]);
+      }
+      for (int64_t j = 0; j < keys; ++j) sum += p[j] = std::exp(p[j] - max);
+      double* oi = &r.out[(h * len_q + i) * dim];
+      for (int64_t j = 0; j < keys; ++j) {
+        p[j] /= sum;
+        for (int64_t d = 0; d < dim; ++d) oi[d] += p[j] * v[(kh * len_k + j) * dim + d];
+      }
+      double delta = 0.0;
+      for (int64_t d = 0; d < dim; ++d) delta += double(doi[d]) * oi[d];
+      for (int64_t j = 0; j < keys; ++j) {
+        double dpj = 0.0;
+        for (int64_t d = 0; d < dim; ++d) dpj += double(doi[d]) * v[(kh * len_k + j) * dim + d];
+        const double ds = p[j] * (dpj - delta);
+        for (int64_t d = 0; d < dim; ++d) {
+          r.dq[(h * len_q + i) * dim + d] += scale * ds * k[(kh * len_k + j) * dim + d];
+          r.dk[(kh * len_k + j) * dim + d] += scale * ds * qi[d];
+          r.dv[(kh * len_k + j) * dim + d] += p[j] * doi[d];
+        }
+      }
+    }
+  }
+  return r;
+}
+
+double max_error(const std::vector<uint16_t>& got, const std::vector<double>& exact) {
+  double e = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) e = std::max(e, std::fabs(fp16_to_fp32(got[i]) - exact[i]));
+  return e;
+}
+
+}  // namespace
+
+// fp16 forward and backward on every ISA against float64, FlashAttention's
+// rule: each variant's largest error is at most twice the scalar ISA's (which
+// widens everything to fp32), plus 1e-5. On a CPU with FEAT_FHM the NEON ISA
+// takes the FMLAL path (P rounded to fp16, as on GPUs). 75 query rows: one
+// block that uses the key-major GEMMs and one of 11 rows that uses row dot
+// products; 70 keys: a whole tile and a partial one; causal from the bottom
+// right, so the first 5 rows see no key (zero output and gradient); D 33 and
+// 64; grouped heads; a zero query row (uniform weights), fp16 subnormals and
+// -8 in V.
+TEST(fp16_forward_and_backward_are_as_close_to_float64_as_the_scalar_isa) {
+  const int64_t q_heads = 4, kv_heads = 2, len_q = 75, len_k = 70;
+  for (int64_t dim : {33, 64}) {
+    const int64_t nq = q_heads * len_q * dim, nk = kv_heads * len_k * dim;
+    auto q = to_f16(normal_values(nq, 61)), k = to_f16(normal_values(nk, 62)), v = to_f16(normal_values(nk, 63)),
+         dout = to_f16(normal_values(nq, 64));
+    std::fill(q.begin() + 20 * dim, q.begin() + 21 * dim, 0);
+    for (int64_t i = 0; i < nk; i += 29) v[i] = (i / 29) % 2 ? 0x0003 : 0xC800;  // a subnormal, -8
+    const auto q32 = widen(q), k32 = widen(k), v32 = widen(v), dout32 = widen(dout);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    const DoubleAttention exact = double_attention(q32, k32, v32, dout32, q_heads, kv_heads, len_q, len_k, dim, scale);
+    AttentionOptions options;
+    options.scale = static_cast<float>(scale);
+    options.window_right = 0;
+    options.bottom_right = true;
+    double scalar_error[4] = {};
+    for_every_isa([&](Isa isa) {
+      std::vector<uint16_t> out(nq), dq(nq), dk(nk), dv(nk);
+      std::vector<float> lse(q_heads * len_q);
+      auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
+        return contiguous_view(const_cast<uint16_t*>(x.data()), DType::f16, {1, heads, len, dim});
+      };
+      const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q});
+      attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                        options, view(out, q_heads, len_q), lse_view);
+      attention_backward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                         options, view(out, q_heads, len_q), lse_view, view(dout, q_heads, len_q),
+                         view(dq, q_heads, len_q), view(dk, kv_heads, len_k), view(dv, kv_heads, len_k));
+      const double error[4] = {max_error(out, exact.out), max_error(dq, exact.dq), max_error(dk, exact.dk),
+                               max_error(dv, exact.dv)};
+      const char* names[4] = {"out", "dq", "dk", "dv"};
+      for (int64_t i = 0; i < 5 * dim; ++i)
+        CHECK(out[i] == 0 && dq[i] == 0, isa_name(isa) << " a row that sees no key has zero output and gradient");
+      const bool fmlal = attention_tables().select(isa).gemm_f16 != nullptr;
+      std::printf("    fp16 D %lld %s%s: max error vs float64 out %.2e dq %.2e dk %.2e dv %.2e\n",
+                  static_cast<long long>(dim), isa_name(isa), fmlal ? " (FMLAL)" : "", error[0], error[1], error[2],
+                  error[3]);
+      for (int t = 0; t < 4; ++t) {
+        if (isa == Isa::scalar) {
+          scalar_error[t] = error[t];
+          continue;
+        }
+        CHECK(error[t] <= 2.0 * scalar_error[t] + 1e-5, isa_name(isa) << " fp16 D " << dim << " " << names[t] << ": error "
+                                                                      << error[t] << ", scalar ISA " << scalar_error[t]);
+      }
+    });
+  }
+}
+
+// Decode with fp16 queries against an fp16 cache (on FEAT_FHM: FMLAL row dot
+// products and P V), every ISA against float64 with FlashAttention's rule as
+// above: 600 cached positions (split into chunks that are merged), 6 query
+// rows per KV head, an odd and an even head dimension.
+TEST(fp16_decode_is_as_close_to_float64_as_the_scalar_isa) {
+  const int64_t q_heads = 6, kv_heads = 2, len_q = 2, length = 600, max_len = 610;
+  for (int64_t dim : {19, 64}) {
+    const auto q = to_f16(normal_values(q_heads * len_q * dim, 71));
+    const auto k = to_f16(normal_values(kv_heads * length * dim, 72)), v = to_f16(normal_values(kv_heads * length * dim, 73));
+    std::vector<uint16_t> k_cache(kv_heads * max_len * dim, 0x7E00), v_cache(k_cache);  // NaN past the length
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      std::copy_n(k.begin() + h * length * dim, length * dim, k_cache.begin() + h * max_len * dim);
+      std::copy_n(v.begin() + h * length * dim, length * dim, v_cache.begin() + h * max_len * dim);
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+    const std::vector<float> no_grad(q.size(), 0.0f);
+    const DoubleAttention exact =
+        double_attention(widen(q), widen(k), widen(v), no_grad, q_heads, kv_heads, len_q, length, dim, scale);
+    AttentionOptions options;
+    options.scale = static_cast<float>(scale);
+    options.window_right = 0;  // the two new queries are causal among themselves
+    double scalar_error = 0.0;
+    for_every_isa([&](Isa isa) {
+      std::vector<uint16_t> out(q.size());
+      attention_decode(contiguous_view(const_cast<uint16_t*>(q.data()), DType::f16, {1, q_heads, len_q, dim}, false),
+                       contiguous_view(k_cache.data(), DType::f16, {1, kv_heads, max_len, dim}, false),
+                       contiguous_view(v_cache.data(), DType::f16, {1, kv_heads, max_len, dim}, false), nullptr, nullptr,
+                       length, options, contiguous_view(out.data(), DType::f16, {1, q_heads, len_q, dim}));
+      const double error = max_error(out, exact.out);
+      const bool fmlal = attention_tables().select(isa).dot_rows_f16 != nullptr;
+      std::printf("    fp16 decode D %lld %s%s: max error vs float64 %.2e\n", static_cast<long long>(dim), isa_name(isa),
+                  fmlal ? " (FMLAL)" : "", error);
+      if (isa == Isa::scalar) {
+        scalar_error = error;
+        return;
+      }
+      CHECK(error <= 2.0 * scalar_error + 1e-5,
+            isa_name(isa) << " fp16 decode D " << dim << ": error " << error << ", scalar ISA " << scalar_error);
+    });
+  }
 }

@@ -3,7 +3,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "check.h"
@@ -27,6 +29,19 @@ TEST(reports_the_machine) {
   CHECK(isa_supported(Isa::neon), "NEON is baseline on AArch64");
   CHECK(!isa_supported(Isa::avx2), "no x86 variants on ARM");
 #endif
+}
+
+// tools/test-arm.sh names the ARM extensions each emulated CPU model has
+// (POCKETML_EXPECT_ARM_FEATURES="fp16 dotprod i8mm bf16 fhm" for -cpu max, ""
+// for cortex-a53): detection must find exactly those, so each run provably
+// takes the fast paths or the fallbacks it is meant to test.
+TEST(detects_the_arm_extensions_the_test_runner_expects) {
+  const char* expected = std::getenv("POCKETML_EXPECT_ARM_FEATURES");
+  if (expected == nullptr) return;
+  std::string detected;
+  for (const std::string& f : cpu_feature_names())
+    if (f == "fp16" || f == "dotprod" || f == "i8mm" || f == "bf16" || f == "fhm") detected += (detected.empty() ? "" : " ") + f;
+  CHECK(detected == expected, "detected '" << detected << "', expected '" << expected << "'");
 }
 
 TEST(set_active_isa_rejects_what_the_machine_lacks) {
