@@ -59,9 +59,13 @@ class Report:
     rows: list[Row] = field(default_factory=list)
 
     def compare(self, case: str, peers: list[Peer], *, bytes_moved: float | None = None, flops: float | None = None,
-                rounds: int = 15, min_seconds: float = 0.02) -> list[Row]:
+                rounds: int = 15, min_seconds: float = 0.02, settle_seconds: float = 0.01) -> list[Row]:
         """Times every peer `rounds` times, interleaved; each sample repeats the call
-        until it lasts `min_seconds` so timer resolution does not matter."""
+        until it lasts `min_seconds` so timer resolution does not matter. Before each
+        sample the peer runs untimed for `settle_seconds`: a peer's idle threads can
+        hold the cores for milliseconds after it returns (torch's OpenMP workers
+        spin-wait after each parallel region), which would otherwise be charged to
+        whichever peer runs next."""
         for peer in peers:
             peer.fn()  # warm-up: first-touch allocation, lazy init
         repeats = []
@@ -74,6 +78,9 @@ class Report:
         samples = [[] for _ in peers]
         for _ in range(rounds):
             for i, peer in enumerate(peers):
+                settle_end = time.perf_counter() + settle_seconds
+                while time.perf_counter() < settle_end:
+                    peer.fn()
                 start = time.perf_counter()
                 for _ in range(repeats[i]):
                     peer.fn()
