@@ -193,16 +193,19 @@ namespace {
 // first ones up front) while this one is computed.
 constexpr int64_t kPrefetchTiles = 2;
 
-void prefetch_tile(const Problem& p, int64_t b, int64_t kv_head, int64_t pos, int64_t count) {
-  const int64_t row_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.k.dtype));
-  for (int64_t r = 0; r < count; ++r) {
-    const char* k_row = p.k.row(b, kv_head, pos + r);
-    const char* v_row = p.v.row(b, kv_head, pos + r);
-    for (int64_t offset = 0; offset < row_bytes; offset += 64) {
-      __builtin_prefetch(k_row + offset);
-      __builtin_prefetch(v_row + offset);
-    }
+void prefetch_rows(const char* row, int64_t stride_bytes, int64_t row_bytes, int64_t count) {
+  if (stride_bytes == row_bytes) {  // contiguous rows: one range
+    for (const char* end = row + count * row_bytes; row < end; row += 64) __builtin_prefetch(row);
+    return;
   }
+  for (int64_t r = 0; r < count; ++r, row += stride_bytes)
+    for (int64_t offset = 0; offset < row_bytes; offset += 64) __builtin_prefetch(row + offset);
+}
+
+void prefetch_tile(const Problem& p, int64_t b, int64_t kv_head, int64_t pos, int64_t count) {
+  const int64_t element = static_cast<int64_t>(dtype_size(p.k.dtype));
+  prefetch_rows(p.k.row(b, kv_head, pos), p.k.seq_stride * element, p.head_dim * element, count);
+  prefetch_rows(p.v.row(b, kv_head, pos), p.v.seq_stride * element, p.head_dim * element, count);
 }
 
 }  // namespace
