@@ -311,6 +311,18 @@ inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
   return static_cast<const typename CacheElement<kType>::type*>(base) + j * stride;
 }
 
+// The rows `ahead` rows past rows j .. j + count of a cache operand (see prefetch_decode_row).
+template <DType kType>
+inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t stride, int64_t ahead, int64_t dim) {
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
+  for (int64_t i = 0; i < count; ++i) prefetch_decode_row(cache_row<kType>(base, j + ahead + i, stride), row_bytes);
+}
+
+template <DType kType>
+inline int64_t prefetch_rows_ahead(int64_t dim) {
+  return decode_prefetch_distance(dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type)));
+}
+
 // Lane i of the result is the sum of the lanes of v[i]: 15 additions and 30
 // shuffles finish 16 dot products, where a reduction of each would take 4
 // dependent shuffle-add steps per dot product.
@@ -353,7 +365,7 @@ inline __m512 key_scales(const float* scales, int64_t stride, int nk) {
 // accumulator per (row, key), so each K vector is converted once for all rows
 // and one sum_lanes16 finishes all 16 dot products (lane r * KEYS + i: row r, key i).
 template <DType kType, int ROWS>
-void decode_scores_block(int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
+void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* q, const void* k, int64_t k_stride,
                          const float* k_scales, int64_t scale_stride, float* scores, int64_t ld) {
   constexpr int KEYS = 16 / ROWS;
   for (int64_t j0 = 0; j0 < keys; j0 += KEYS) {
@@ -376,8 +388,10 @@ void decode_scores_block(int64_t keys, int64_t dim, const float* q, const void* 
         for (int r = 0; r < ROWS; ++r) acc[r * KEYS + i] = _mm512_fmadd_ps(qv[r], kv, acc[r * KEYS + i]);
       }
     }
+    if (ahead > 0) prefetch_ahead<kType>(k, j0, nk, k_stride, ahead, dim);
     __m512 sums = sum_lanes16(acc);
-    if constexpr (kType == DType::i8) sums = _mm512_mul_ps(sums, key_scales<KEYS>(k_scales + j0 * scale_stride, scale_stride, nk));
+    if constexpr (kType == DType::i8)
+      sums = _mm512_mul_ps(sums, key_scales<KEYS>(k_scales + j0 * scale_stride, scale_stride, nk));
     if constexpr (ROWS == 2) {
       const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
       _mm256_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps256(sums));
@@ -401,9 +415,10 @@ void decode_scores_block(int64_t keys, int64_t dim, const float* q, const void* 
 // `last`): q's vectors stay in registers and each key's dot product runs over
 // them, so a block of 16 keys walks one row pointer. With `accumulate` the
 // partial dot products are added to the scores already there (dim > 16 NV).
+// A positive `ahead` prefetches that many rows ahead of the keys done.
 template <DType kType, int NV>
-void decode_scores_one_row(int64_t keys, int64_t d0, __mmask16 last, bool accumulate, const float* q, const void* k,
-                           int64_t k_stride, float* scores) {
+void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last, bool accumulate, int64_t ahead,
+                           const float* q, const void* k, int64_t k_stride, float* scores) {
   __m512 qv[NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) qv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, q + d0 + 16 * v);
@@ -418,6 +433,7 @@ void decode_scores_one_row(int64_t keys, int64_t d0, __mmask16 last, bool accumu
       for (int v = 1; v < NV; ++v)
         acc[i] = _mm512_fmadd_ps(qv[v], load_row16<kType>(row, d0 + 16 * v, v == NV - 1 ? last : 0xFFFF), acc[i]);
     }
+    if (ahead > 0) prefetch_ahead<kType>(k, j0, nk, k_stride, ahead, dim);
     __m512 sums = sum_lanes16(acc);
     const __mmask16 m = tail_mask(nk);
     if (accumulate) sums = _mm512_add_ps(sums, _mm512_maskz_loadu_ps(m, scores + j0));
@@ -427,48 +443,50 @@ void decode_scores_one_row(int64_t keys, int64_t d0, __mmask16 last, bool accumu
 
 // Columns from d0 on in blocks of NV vectors, the remainder in narrower ones.
 template <DType kType, int NV>
-void decode_scores_one_row_columns(int64_t keys, int64_t dim, int64_t d0, const float* q, const void* k,
+void decode_scores_one_row_columns(int64_t keys, int64_t dim, int64_t d0, int64_t ahead, const float* q, const void* k,
                                    int64_t k_stride, float* scores) {
   for (; (dim - d0 + 15) / 16 >= NV; d0 += 16 * NV)
-    decode_scores_one_row<kType, NV>(keys, d0, tail_mask(dim - d0 - 16 * (NV - 1)), d0 > 0, q, k, k_stride, scores);
+    decode_scores_one_row<kType, NV>(keys, dim, d0, tail_mask(dim - d0 - 16 * (NV - 1)), d0 > 0, d0 > 0 ? 0 : ahead,
+                                     q, k, k_stride, scores);
   if constexpr (NV > 1)
-    if (d0 < dim) decode_scores_one_row_columns<kType, NV / 2>(keys, dim, d0, q, k, k_stride, scores);
+    if (d0 < dim) decode_scores_one_row_columns<kType, NV / 2>(keys, dim, d0, 0, q, k, k_stride, scores);
 }
 
 template <DType kType>
 void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
                          const float* k_scales, int64_t scale_stride, float* scores) {
+  const int64_t ahead = prefetch_rows_ahead<kType>(dim);  // by the first row block only
   int64_t r = 0;
-  for (; r + 8 <= rows; r += 8)
-    decode_scores_block<kType, 8>(keys, dim, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
-  if (rows - r >= 4) {
-    decode_scores_block<kType, 4>(keys, dim, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
-    r += 4;
-  }
-  if (rows - r >= 2) {
-    decode_scores_block<kType, 2>(keys, dim, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
-    r += 2;
-  }
+  auto block = [&](auto run, int64_t n) {
+    run(keys, dim, r == 0 ? ahead : 0, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
+    r += n;
+  };
+  while (rows - r >= 8) block(decode_scores_block<kType, 8>, 8);
+  if (rows - r >= 4) block(decode_scores_block<kType, 4>, 4);
+  if (rows - r >= 2) block(decode_scores_block<kType, 2>, 2);
   if (rows - r >= 1) {
     float* row_scores = scores + r * keys;
-    decode_scores_one_row_columns<kType, 8>(keys, dim, 0, q + r * dim, k, k_stride, row_scores);
+    decode_scores_one_row_columns<kType, 8>(keys, dim, 0, r == 0 ? ahead : 0, q + r * dim, k, k_stride, row_scores);
     if constexpr (kType == DType::i8)
       for (int64_t j = 0; j < keys; ++j) row_scores[j] *= k_scales[j * scale_stride];
   }
 }
 
 // acc[r][c0 : c0 + 16 NV] += sum_j p[r][j] v[j][c0 : c0 + 16 NV] for ROWS rows
-// (p rows `keys` apart, acc rows `dim` apart); the last vector is masked by `last`.
+// (p rows `keys` apart, acc rows `dim` apart); the last vector is masked by
+// `last`. A positive `ahead` prefetches that many rows ahead of the keys done.
 template <DType kType, int ROWS, int NV>
-void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 last, const float* p, const void* v,
-                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 last, int64_t ahead, const float* p,
+                             const void* v, int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
   __m512 o[ROWS][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 8
-    for (int i = 0; i < NV; ++i) o[r][i] = _mm512_maskz_loadu_ps(i == NV - 1 ? last : 0xFFFF, acc + r * dim + c0 + 16 * i);
+    for (int i = 0; i < NV; ++i)
+      o[r][i] = _mm512_maskz_loadu_ps(i == NV - 1 ? last : 0xFFFF, acc + r * dim + c0 + 16 * i);
   for (int64_t j = 0; j < keys; ++j) {
     const void* row = cache_row<kType>(v, j, v_stride);
+    if (ahead > 0) prefetch_ahead<kType>(v, j, 1, v_stride, ahead, dim);
     __m512 vv[NV];
 #pragma GCC unroll 8
     for (int i = 0; i < NV; ++i) vv[i] = load_row16<kType>(row, c0 + 16 * i, i == NV - 1 ? last : 0xFFFF);
@@ -484,44 +502,38 @@ void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 la
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r)
 #pragma GCC unroll 8
-    for (int i = 0; i < NV; ++i) _mm512_mask_storeu_ps(acc + r * dim + c0 + 16 * i, i == NV - 1 ? last : 0xFFFF, o[r][i]);
+    for (int i = 0; i < NV; ++i)
+      _mm512_mask_storeu_ps(acc + r * dim + c0 + 16 * i, i == NV - 1 ? last : 0xFFFF, o[r][i]);
 }
 
 // Columns from c0 on in passes of NV vectors, the remainder in narrower passes,
 // so no pass computes on vectors beyond dim.
 template <DType kType, int ROWS, int NV>
-void decode_accumulate_columns(int64_t keys, int64_t dim, int64_t c0, const float* p, const void* v, int64_t v_stride,
-                               const float* v_scales, int64_t scale_stride, float* acc) {
+void decode_accumulate_columns(int64_t keys, int64_t dim, int64_t c0, int64_t ahead, const float* p, const void* v,
+                               int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
   for (; (dim - c0 + 15) / 16 >= NV; c0 += 16 * NV)
-    decode_accumulate_block<kType, ROWS, NV>(keys, dim, c0, tail_mask(dim - c0 - 16 * (NV - 1)), p, v, v_stride,
-                                             v_scales, scale_stride, acc);
+    decode_accumulate_block<kType, ROWS, NV>(keys, dim, c0, tail_mask(dim - c0 - 16 * (NV - 1)), c0 > 0 ? 0 : ahead,
+                                             p, v, v_stride, v_scales, scale_stride, acc);
   if constexpr (NV > 1)
     if (c0 < dim)
-      decode_accumulate_columns<kType, ROWS, NV / 2>(keys, dim, c0, p, v, v_stride, v_scales, scale_stride, acc);
+      decode_accumulate_columns<kType, ROWS, NV / 2>(keys, dim, c0, 0, p, v, v_stride, v_scales, scale_stride, acc);
 }
 
 template <DType kType>
 void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
                              int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
-  // At most 16 accumulators (ROWS x NV): the V vectors, the broadcast probability and the
-  // accumulators fit the 32 registers.
+  const int64_t ahead = prefetch_rows_ahead<kType>(dim);  // by the first row block only
+  // At most 16 accumulators (ROWS x NV): with the V vectors and the broadcast
+  // probability they fit the 32 registers.
   int64_t r = 0;
-  for (; r + 8 <= rows; r += 8)
-    decode_accumulate_columns<kType, 8, 2>(keys, dim, 0, p + r * keys, v, v_stride, v_scales, scale_stride,
-                                           acc + r * dim);
-  if (rows - r >= 4) {
-    decode_accumulate_columns<kType, 4, 4>(keys, dim, 0, p + r * keys, v, v_stride, v_scales, scale_stride,
-                                           acc + r * dim);
-    r += 4;
-  }
-  if (rows - r >= 2) {
-    decode_accumulate_columns<kType, 2, 8>(keys, dim, 0, p + r * keys, v, v_stride, v_scales, scale_stride,
-                                           acc + r * dim);
-    r += 2;
-  }
-  if (rows - r >= 1)
-    decode_accumulate_columns<kType, 1, 8>(keys, dim, 0, p + r * keys, v, v_stride, v_scales, scale_stride,
-                                           acc + r * dim);
+  auto block = [&](auto run, int64_t n) {
+    run(keys, dim, 0, r == 0 ? ahead : 0, p + r * keys, v, v_stride, v_scales, scale_stride, acc + r * dim);
+    r += n;
+  };
+  while (rows - r >= 8) block(decode_accumulate_columns<kType, 8, 2>, 8);
+  if (rows - r >= 4) block(decode_accumulate_columns<kType, 4, 4>, 4);
+  if (rows - r >= 2) block(decode_accumulate_columns<kType, 2, 8>, 2);
+  if (rows - r >= 1) block(decode_accumulate_columns<kType, 1, 8>, 1);
 }
 
 void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,

@@ -189,8 +189,9 @@ namespace {
 
 // With few query rows (decode) each K/V tile is used once, straight from DRAM,
 // and the work per tile is too short for the hardware prefetcher alone to keep
-// enough cache lines in flight: request the tile kPrefetchTiles ahead (and the
-// first ones up front) while this one is computed.
+// enough cache lines in flight. Direct decode kernels prefetch as they go (see
+// prefetch_decode_row); for tiles widened first, request the tile
+// kPrefetchTiles ahead (and the first ones up front) while this one is computed.
 constexpr int64_t kPrefetchTiles = 2;
 
 void prefetch_rows(const char* row, int64_t stride_bytes, int64_t row_bytes, int64_t count) {
@@ -260,7 +261,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
     const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
-    if (!key_major) {
+    if (!key_major && !direct_rows) {
       const int64_t ahead = j0 + kPrefetchTiles * kBlockK;
       if (j0 == first) prefetch_tile(p, b, rows.kv_head, k0 + j0, std::min(ahead, last + 1) - j0);
       else if (ahead <= last) prefetch_tile(p, b, rows.kv_head, k0 + ahead, std::min(kBlockK, last + 1 - ahead));
