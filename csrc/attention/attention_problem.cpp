@@ -40,7 +40,8 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       delta(max_rows),
       q_pairs(max_rows * (head_dim + 1)),
       p_pairs(2 * (kBlockK / 2 + 1) * max_rows),
-      v_pairs(2 * (kBlockK / 2 + 1) * head_dim) {}
+      v_pairs(2 * (kBlockK / 2 + 1) * head_dim),
+      d_out_pairs(max_rows * (head_dim + 1)) {}
 
 Scratch& thread_scratch(int64_t max_rows, int64_t head_dim) {
   thread_local std::unique_ptr<Scratch> scratch;
@@ -211,6 +212,11 @@ void prefetch_tile(const Problem& p, int64_t b, int64_t kv_head, int64_t pos, in
 
 }  // namespace
 
+bool use_bf16_pairs(const Problem& p, const AttentionKernels& kernels) {
+  return p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && p.head_dim % 2 == 0 &&
+         kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
+}
+
 void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBlock& rows, int64_t j_begin,
                   int64_t j_end, Scratch& s) {
   const int64_t n = rows.count, dim = p.head_dim, b = rows.batch;
@@ -236,8 +242,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // bf16 inputs with AVX512-BF16 or ARM's FEAT_BF16: Q, K, P and V enter
   // vdpbf16ps / BFDOT as bf16 pairs; P is rounded to bf16 as FlashAttention
   // does on GPUs. (The NEON table has the pair kernels only where BFDOT runs.)
-  const bool bf16_pairs = key_major && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && dim % 2 == 0 &&
-                          kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
+  const bool bf16_pairs = key_major && use_bf16_pairs(p, kernels);
   // Few rows with a direct decode kernel: K and V are read in their storage type.
   const bool direct_rows = !key_major && kernels.decode_scores != nullptr;
   float* q_rows = s.q_rows.data();
