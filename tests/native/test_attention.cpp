@@ -487,3 +487,50 @@ TEST(bf16_forward_agrees_across_isas) {
     }
   });
 }
+
+// bf16 backward (S, dP and dQ from bf16 pairs where the CPU has them, dS rounded
+// to bf16): every ISA's gradients within bf16 rounding of the scalar ISA's, with
+// grouped-query heads, an odd key count (a zero-padded last pair) and a causal mask.
+TEST(bf16_backward_agrees_across_isas) {
+  const int64_t q_heads = 4, kv_heads = 2, len_q = 20, len_k = 37, dim = 32;
+  auto bits = [](const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = fp32_to_bf16(x[i]);
+    return b;
+  };
+  const auto q = bits(normal_values(q_heads * len_q * dim, 51)), k = bits(normal_values(kv_heads * len_k * dim, 52)),
+             v = bits(normal_values(kv_heads * len_k * dim, 53)), d_out = bits(normal_values(q.size(), 54));
+  AttentionOptions options;
+  options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  options.window_right = 0;
+  options.bottom_right = true;
+  auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
+    return contiguous_view(const_cast<uint16_t*>(x.data()), DType::bf16, {1, heads, len, dim});
+  };
+  std::vector<uint16_t> reference[3];
+  for_every_isa([&](Isa isa) {
+    std::vector<uint16_t> out(q.size()), dq(q.size()), dk(k.size()), dv(v.size());
+    std::vector<float> lse(q_heads * len_q);
+    const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q});
+    attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                      options, view(out, q_heads, len_q), lse_view);
+    attention_backward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                       options, view(out, q_heads, len_q), lse_view, view(d_out, q_heads, len_q),
+                       view(dq, q_heads, len_q), view(dk, kv_heads, len_k), view(dv, kv_heads, len_k));
+    const std::vector<uint16_t>* grads[3] = {&dq, &dk, &dv};
+    if (isa == Isa::scalar) {
+      for (int i = 0; i < 3; ++i) reference[i] = *grads[i];
+      return;
+    }
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; ++i) {
+      float largest = 0.0f;
+      for (uint16_t x : reference[i]) largest = std::max(largest, std::fabs(bf16_to_fp32(x)));
+      for (size_t e = 0; e < reference[i].size(); ++e) {
+        const float got = bf16_to_fp32((*grads[i])[e]), expected = bf16_to_fp32(reference[i][e]);
+        CHECK(std::fabs(got - expected) <= 2e-2f * (std::fabs(expected) + 0.1f * largest),
+              isa_name(isa) << " bf16 " << names[i] << " at " << e << ": " << got << " vs " << expected);
+      }
+    }
+  });
+}
