@@ -5,6 +5,7 @@ Tolerances follow FlashAttention's rule: pocketml's error against the float64
 reference may be at most a small factor times the error of a naive
 implementation computing in the same dtype (plus a tiny floor for fp32)."""
 
+import copy
 import math
 
 import pytest
@@ -291,6 +292,23 @@ def test_decode_equals_full_attention(isa, cache_dtype, lq):
     # Cache rounding only: fp16 ~1e-3, bf16 ~1e-2 relative per element; int8 within 1/254 of each row's max.
     bound = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-2, "int8": 3e-2}[cache_dtype]
     assert (out.double() - exact).abs().max().item() < bound
+
+
+def test_cache_copies_decode_independently():
+    # A cache exports its tensors to the core once; a copy must export its own.
+    g = torch.Generator().manual_seed(6)
+    cache = A.KVCache(1, 2, 32, 64, dtype="int8")
+    cache.append(torch.randn(1, 2, 10, 64, generator=g), torch.randn(1, 2, 10, 64, generator=g))
+    q = torch.randn(1, 4, 1, 64, generator=g)
+    before = A.decode(q, cache)
+    twin = copy.deepcopy(cache)
+    twin.append(torch.randn(1, 2, 1, 64, generator=g) * 10, torch.randn(1, 2, 1, 64, generator=g) * 10)
+    torch.testing.assert_close(A.decode(q, cache), before, atol=0, rtol=0)
+    assert not torch.allclose(A.decode(q, twin), before)
+    twin.k = torch.zeros_like(twin.k)  # a replaced tensor is exported again: equal scores, mean of V
+    values = twin.v[:, :, :11].float() * twin.v_scale[:, :, :11, None]
+    expected = values.mean(2, keepdim=True).repeat_interleave(2, dim=1)
+    torch.testing.assert_close(A.decode(q, twin), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_int8_cache_rounding_bound():

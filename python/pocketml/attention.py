@@ -332,6 +332,11 @@ class KVCache:
     def reset(self):
         self.length = 0
 
+    def __getstate__(self):  # copies and pickles carry the tensors, not their native export
+        state = dict(self.__dict__)
+        state["_views"], state["_views_of"] = None, ()
+        return state
+
     def _native_views(self):
         # The tensors exported to the native core once, not on every decode step
         # (exports cost microseconds each); again if one was replaced.
