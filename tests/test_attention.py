@@ -5,6 +5,7 @@ Tolerances follow FlashAttention's rule: pocketml's error against the float64
 reference may be at most a small factor times the error of a naive
 implementation computing in the same dtype (plus a tiny floor for fp32)."""
 
+import copy
 import math
 
 import pytest
@@ -206,6 +207,29 @@ def test_half_precision_gradients(isa, dtype):
         assert ours_err <= FACTOR * naive_err + FLOOR[DTYPES[dtype]], (ours_err, naive_err)
 
 
+@pytest.mark.parametrize("kind", ["none", "causal_bottom_right", "bool", "softcap"])
+def test_bf16_gradients_with_gqa_masks_and_odd_lengths(isa, kind):
+    # bf16 backward takes bf16 pair products where the CPU has them (dS rounded
+    # to bf16): grouped heads, 37 queries against 70 keys, D = 80.
+    b, hq, hkv, lq, lk, d = 1, 4, 2, 37, 70, 80
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d, torch.bfloat16, seed=3)
+    kwargs, ref_kwargs, mask = mask_setup(kind, b, hq, lq, lk, torch.bfloat16)
+    grad = torch.randn(b, hq, lq, d, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    exact = [x.double().requires_grad_() for x in (q, k, v)]
+    naive = [x.clone().requires_grad_() for x in (q, k, v)]
+    A.scaled_dot_product_attention(*ours, enable_gqa=True, **kwargs).backward(grad)
+    kwargs64 = {key: (val.double() if isinstance(val, torch.Tensor) and val.is_floating_point() else val)
+                for key, val in kwargs.items()}
+    A.scaled_dot_product_attention(*exact, enable_gqa=True, **kwargs64).backward(grad.double())
+    repeat = [naive[0]] + [x.repeat_interleave(hq // hkv, dim=1) for x in naive[1:]]
+    A.reference_attention(*repeat, mask, **ref_kwargs).backward(grad)
+    for a, e, n in zip(ours, exact, naive):
+        ours_err = (a.grad.double() - e.grad).abs().max().item()
+        naive_err = (n.grad.double() - e.grad).abs().max().item()
+        assert ours_err <= FACTOR * naive_err + FLOOR[torch.bfloat16], (ours_err, naive_err)
+
+
 @pytest.mark.parametrize("kind", ["causal", "bool", "softcap", "alibi", "window"])
 def test_gradcheck_float64(kind):
     # float64 runs the documented torch fallback (reference_attention).
@@ -268,6 +292,23 @@ def test_decode_equals_full_attention(isa, cache_dtype, lq):
     # Cache rounding only: fp16 ~1e-3, bf16 ~1e-2 relative per element; int8 within 1/254 of each row's max.
     bound = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-2, "int8": 3e-2}[cache_dtype]
     assert (out.double() - exact).abs().max().item() < bound
+
+
+def test_cache_copies_decode_independently():
+    # A cache exports its tensors to the core once; a copy must export its own.
+    g = torch.Generator().manual_seed(6)
+    cache = A.KVCache(1, 2, 32, 64, dtype="int8")
+    cache.append(torch.randn(1, 2, 10, 64, generator=g), torch.randn(1, 2, 10, 64, generator=g))
+    q = torch.randn(1, 4, 1, 64, generator=g)
+    before = A.decode(q, cache)
+    twin = copy.deepcopy(cache)
+    twin.append(torch.randn(1, 2, 1, 64, generator=g) * 10, torch.randn(1, 2, 1, 64, generator=g) * 10)
+    torch.testing.assert_close(A.decode(q, cache), before, atol=0, rtol=0)
+    assert not torch.allclose(A.decode(q, twin), before)
+    twin.k = torch.zeros_like(twin.k)  # a replaced tensor is exported again: equal scores, mean of V
+    values = twin.v[:, :, :11].float() * twin.v_scale[:, :, :11, None]
+    expected = values.mean(2, keepdim=True).repeat_interleave(2, dim=1)
+    torch.testing.assert_close(A.decode(q, twin), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_int8_cache_rounding_bound():

@@ -273,6 +273,10 @@ void widen_int8_rows(const int8_t* src, int64_t src_stride, const float* scales,
 }
 
 // --- decode: K / V rows straight from the cache ----------------------------
+//
+// Every K / V element of a tile is loaded and converted once whatever the
+// number of query rows: rows go through register blocks of a compile-time size
+// (1, 2, 4 or 8), so every accumulator stays in a register.
 
 // 16 elements of a cache row as fp32 (int8 without its scale).
 template <DType kType>
@@ -307,79 +311,229 @@ inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
   return static_cast<const typename CacheElement<kType>::type*>(base) + j * stride;
 }
 
-// Four keys at a time against up to four query rows: each K chunk is loaded
-// (and converted) once for all rows, 16 accumulators, one reduction per score.
+// The rows `ahead` rows past rows j .. j + count of a cache operand (see prefetch_decode_row).
 template <DType kType>
-void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
-                         const float* k_scales, int64_t scale_stride, float* scores) {
-  for (int64_t j0 = 0; j0 < keys; j0 += 4) {
-    const int nk = keys - j0 < 4 ? static_cast<int>(keys - j0) : 4;
-    const void* key_rows[4];
-    for (int i = 0; i < 4; ++i) key_rows[i] = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
-    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
-      __m512 acc[4][4];
+inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t stride, int64_t ahead, int64_t dim) {
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
+  for (int64_t i = 0; i < count; ++i) prefetch_decode_row(cache_row<kType>(base, j + ahead + i, stride), row_bytes);
+}
+
+template <DType kType>
+inline int64_t prefetch_rows_ahead(int64_t dim) {
+  return decode_prefetch_distance(dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type)));
+}
+
+// Lane i of the result is the sum of the lanes of v[i]: 15 additions and 30
+// shuffles finish 16 dot products, where a reduction of each would take 4
+// dependent shuffle-add steps per dot product.
+inline __m512 sum_lanes16(const __m512 (&v)[16]) {
+  __m512 pairs[8], quads[4], halves[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: (v2i[0]+v2i[2], v2i+1[0]+v2i+1[2], v2i[1]+v2i[3], ...)
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
 #pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r)
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
-      for (int64_t d = 0; d < dim; d += 16) {
-        const __mmask16 m = tail_mask(dim - d);
-        __m512 kv[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) kv[i] = load_row16<kType>(key_rows[i], d, m);
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; ++r) {
-          if (r >= nr) break;
-          const __m512 qv = _mm512_maskz_loadu_ps(m, q + (r0 + r) * dim + d);
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_fmadd_ps(qv, kv[i], acc[r][i]);
-        }
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: the lane's sums of v[4i .. 4i+3]
+    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
+    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes: quads[2i] lanes 0+1, 2+3, quads[2i+1] lanes 0+1, 2+3
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// The scales of keys 0 .. nk - 1 (zero beyond), lane l holding key l % KEYS.
+template <int KEYS>
+inline __m512 key_scales(const float* scales, int64_t stride, int nk) {
+  __m512 s;
+  if (stride == 1) {
+    s = _mm512_maskz_loadu_ps(tail_mask(nk), scales);
+  } else {
+    alignas(64) float gathered[16] = {};
+    for (int i = 0; i < nk; ++i) gathered[i] = scales[i * stride];
+    s = _mm512_load_ps(gathered);
+  }
+  if constexpr (KEYS == 16) return s;
+  const __m512i key = _mm512_and_si512(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                       _mm512_set1_epi32(KEYS - 1));
+  return _mm512_permutexvar_ps(key, s);
+}
+
+// Scores of ROWS (2, 4 or 8) query rows against KEYS = 16 / ROWS keys at a time: one
+// accumulator per (row, key), so each K vector is converted once for all rows
+// and one sum_lanes16 finishes all 16 dot products (lane r * KEYS + i: row r, key i).
+template <DType kType, int ROWS>
+void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* q, const void* k, int64_t k_stride,
+                         const float* k_scales, int64_t scale_stride, float* scores, int64_t ld) {
+  constexpr int KEYS = 16 / ROWS;
+  for (int64_t j0 = 0; j0 < keys; j0 += KEYS) {
+    const int nk = keys - j0 < KEYS ? static_cast<int>(keys - j0) : KEYS;
+    const void* key_rows[KEYS];
+#pragma GCC unroll 16
+    for (int i = 0; i < KEYS; ++i) key_rows[i] = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __mmask16 m = tail_mask(dim - d);
+      __m512 qv[ROWS];
+#pragma GCC unroll 8
+      for (int r = 0; r < ROWS; ++r) qv[r] = _mm512_maskz_loadu_ps(m, q + r * dim + d);
+#pragma GCC unroll 16
+      for (int i = 0; i < KEYS; ++i) {
+        const __m512 kv = load_row16<kType>(key_rows[i], d, m);
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) acc[r * KEYS + i] = _mm512_fmadd_ps(qv[r], kv, acc[r * KEYS + i]);
       }
-      for (int r = 0; r < nr; ++r)
-        for (int i = 0; i < nk; ++i) {
-          float score = _mm512_reduce_add_ps(acc[r][i]);
-          if constexpr (kType == DType::i8) score *= k_scales[(j0 + i) * scale_stride];
-          scores[(r0 + r) * keys + j0 + i] = score;
-        }
+    }
+    if (ahead > 0) prefetch_ahead<kType>(k, j0, nk, k_stride, ahead, dim);
+    __m512 sums = sum_lanes16(acc);
+    if constexpr (kType == DType::i8)
+      sums = _mm512_mul_ps(sums, key_scales<KEYS>(k_scales + j0 * scale_stride, scale_stride, nk));
+    if constexpr (ROWS == 2) {
+      const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
+      _mm256_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps256(sums));
+      _mm256_mask_storeu_ps(scores + ld + j0, m, _mm512_extractf32x8_ps(sums, 1));
+    } else if constexpr (ROWS == 4) {
+      const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
+      _mm_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps128(sums));
+      _mm_mask_storeu_ps(scores + ld + j0, m, _mm512_extractf32x4_ps(sums, 1));
+      _mm_mask_storeu_ps(scores + 2 * ld + j0, m, _mm512_extractf32x4_ps(sums, 2));
+      _mm_mask_storeu_ps(scores + 3 * ld + j0, m, _mm512_extractf32x4_ps(sums, 3));
+    } else {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, sums);
+      for (int r = 0; r < ROWS; ++r)
+        for (int i = 0; i < nk; ++i) scores[r * ld + j0 + i] = lanes[r * KEYS + i];
     }
   }
 }
 
-// acc[r][c0:c0+64] += sum_j p[r][j] v[j][c0:c0+64] for up to four rows at a
-// time: each V chunk is loaded (and converted) once for all of them.
+// One query row, columns d0 .. d0 + 16 NV of it (the last vector masked by
+// `last`): q's vectors stay in registers and each key's dot product runs over
+// them, so a block of 16 keys walks one row pointer. With `accumulate` the
+// partial dot products are added to the scores already there (dim > 16 NV).
+// A positive `ahead` prefetches that many rows ahead of the keys done.
+template <DType kType, int NV>
+void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last, bool accumulate, int64_t ahead,
+                           const float* q, const void* k, int64_t k_stride, float* scores) {
+  __m512 qv[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) qv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, q + d0 + 16 * v);
+  for (int64_t j0 = 0; j0 < keys; j0 += 16) {
+    const int nk = keys - j0 < 16 ? static_cast<int>(keys - j0) : 16;
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      const void* row = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
+      acc[i] = _mm512_mul_ps(qv[0], load_row16<kType>(row, d0, NV == 1 ? last : 0xFFFF));
+#pragma GCC unroll 8
+      for (int v = 1; v < NV; ++v)
+        acc[i] = _mm512_fmadd_ps(qv[v], load_row16<kType>(row, d0 + 16 * v, v == NV - 1 ? last : 0xFFFF), acc[i]);
+    }
+    if (ahead > 0) prefetch_ahead<kType>(k, j0, nk, k_stride, ahead, dim);
+    __m512 sums = sum_lanes16(acc);
+    const __mmask16 m = tail_mask(nk);
+    if (accumulate) sums = _mm512_add_ps(sums, _mm512_maskz_loadu_ps(m, scores + j0));
+    _mm512_mask_storeu_ps(scores + j0, m, sums);
+  }
+}
+
+// Columns from d0 on in blocks of NV vectors, the remainder in narrower ones.
+template <DType kType, int NV>
+void decode_scores_one_row_columns(int64_t keys, int64_t dim, int64_t d0, int64_t ahead, const float* q, const void* k,
+                                   int64_t k_stride, float* scores) {
+  for (; (dim - d0 + 15) / 16 >= NV; d0 += 16 * NV)
+    decode_scores_one_row<kType, NV>(keys, dim, d0, tail_mask(dim - d0 - 16 * (NV - 1)), d0 > 0, d0 > 0 ? 0 : ahead,
+                                     q, k, k_stride, scores);
+  if constexpr (NV > 1)
+    if (d0 < dim) decode_scores_one_row_columns<kType, NV / 2>(keys, dim, d0, 0, q, k, k_stride, scores);
+}
+
+template <DType kType>
+void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
+                         const float* k_scales, int64_t scale_stride, float* scores) {
+  const int64_t ahead = prefetch_rows_ahead<kType>(dim);  // by the first row block only
+  int64_t r = 0;
+  auto block = [&](auto run, int64_t n) {
+    run(keys, dim, r == 0 ? ahead : 0, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
+    r += n;
+  };
+  while (rows - r >= 8) block(decode_scores_block<kType, 8>, 8);
+  if (rows - r >= 4) block(decode_scores_block<kType, 4>, 4);
+  if (rows - r >= 2) block(decode_scores_block<kType, 2>, 2);
+  if (rows - r >= 1) {
+    float* row_scores = scores + r * keys;
+    decode_scores_one_row_columns<kType, 8>(keys, dim, 0, r == 0 ? ahead : 0, q + r * dim, k, k_stride, row_scores);
+    if constexpr (kType == DType::i8)
+      for (int64_t j = 0; j < keys; ++j) row_scores[j] *= k_scales[j * scale_stride];
+  }
+}
+
+// acc[r][c0 : c0 + 16 NV] += sum_j p[r][j] v[j][c0 : c0 + 16 NV] for ROWS rows
+// (p rows `keys` apart, acc rows `dim` apart); the last vector is masked by
+// `last`. A positive `ahead` prefetches that many rows ahead of the keys done.
+template <DType kType, int ROWS, int NV>
+void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 last, int64_t ahead, const float* p,
+                             const void* v, int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  __m512 o[ROWS][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i)
+      o[r][i] = _mm512_maskz_loadu_ps(i == NV - 1 ? last : 0xFFFF, acc + r * dim + c0 + 16 * i);
+  for (int64_t j = 0; j < keys; ++j) {
+    const void* row = cache_row<kType>(v, j, v_stride);
+    if (ahead > 0) prefetch_ahead<kType>(v, j, 1, v_stride, ahead, dim);
+    __m512 vv[NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i) vv[i] = load_row16<kType>(row, c0 + 16 * i, i == NV - 1 ? last : 0xFFFF);
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      // int8: the row's scale joins the probability, one multiply per key and row.
+      const float weight = kType == DType::i8 ? p[r * keys + j] * v_scales[j * scale_stride] : p[r * keys + j];
+      const __m512 pv = _mm512_set1_ps(weight);
+#pragma GCC unroll 8
+      for (int i = 0; i < NV; ++i) o[r][i] = _mm512_fmadd_ps(pv, vv[i], o[r][i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r)
+#pragma GCC unroll 8
+    for (int i = 0; i < NV; ++i)
+      _mm512_mask_storeu_ps(acc + r * dim + c0 + 16 * i, i == NV - 1 ? last : 0xFFFF, o[r][i]);
+}
+
+// Columns from c0 on in passes of NV vectors, the remainder in narrower passes,
+// so no pass computes on vectors beyond dim.
+template <DType kType, int ROWS, int NV>
+void decode_accumulate_columns(int64_t keys, int64_t dim, int64_t c0, int64_t ahead, const float* p, const void* v,
+                               int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  for (; (dim - c0 + 15) / 16 >= NV; c0 += 16 * NV)
+    decode_accumulate_block<kType, ROWS, NV>(keys, dim, c0, tail_mask(dim - c0 - 16 * (NV - 1)), c0 > 0 ? 0 : ahead,
+                                             p, v, v_stride, v_scales, scale_stride, acc);
+  if constexpr (NV > 1)
+    if (c0 < dim)
+      decode_accumulate_columns<kType, ROWS, NV / 2>(keys, dim, c0, 0, p, v, v_stride, v_scales, scale_stride, acc);
+}
+
 template <DType kType>
 void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
                              int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
-  for (int64_t c0 = 0; c0 < dim; c0 += 64) {
-    __mmask16 masks[4];
-    for (int i = 0; i < 4; ++i) masks[i] = c0 + 16 * i < dim ? tail_mask(dim - c0 - 16 * i) : 0;
-    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-      const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
-      __m512 o[4][4];
-#pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r)
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i)
-          o[r][i] = r < nr ? _mm512_maskz_loadu_ps(masks[i], acc + (r0 + r) * dim + c0 + 16 * i) : _mm512_setzero_ps();
-      for (int64_t j = 0; j < keys; ++j) {
-        const void* row = cache_row<kType>(v, j, v_stride);
-        __m512 vv[4];
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) vv[i] = load_row16<kType>(row, c0 + 16 * i, masks[i]);
-        const float row_scale = kType == DType::i8 ? v_scales[j * scale_stride] : 1.0f;
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; ++r) {
-          if (r >= nr) break;
-          const __m512 pv = _mm512_set1_ps(p[(r0 + r) * keys + j] * row_scale);
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) o[r][i] = _mm512_fmadd_ps(pv, vv[i], o[r][i]);
-        }
-      }
-      for (int r = 0; r < nr; ++r)
-        for (int i = 0; i < 4; ++i) _mm512_mask_storeu_ps(acc + (r0 + r) * dim + c0 + 16 * i, masks[i], o[r][i]);
-    }
-  }
+  const int64_t ahead = prefetch_rows_ahead<kType>(dim);  // by the first row block only
+  // At most 16 accumulators (ROWS x NV): with the V vectors and the broadcast
+  // probability they fit the 32 registers.
+  int64_t r = 0;
+  auto block = [&](auto run, int64_t n) {
+    run(keys, dim, 0, r == 0 ? ahead : 0, p + r * keys, v, v_stride, v_scales, scale_stride, acc + r * dim);
+    r += n;
+  };
+  while (rows - r >= 8) block(decode_accumulate_columns<kType, 8, 2>, 8);
+  if (rows - r >= 4) block(decode_accumulate_columns<kType, 4, 4>, 4);
+  if (rows - r >= 2) block(decode_accumulate_columns<kType, 2, 8>, 2);
+  if (rows - r >= 1) block(decode_accumulate_columns<kType, 1, 8>, 1);
 }
 
 void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,

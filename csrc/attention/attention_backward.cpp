@@ -7,6 +7,7 @@
 // are split into ranges, each task accumulates its dQ contribution privately,
 // and a second pass sums them.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "attention/attention.h"
@@ -50,16 +51,30 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   load_rows(g.dout, nullptr, b, head, q0 + rows.pos[0], n, dim, d_out, dim);
   float* out_rows = s.v_tile.data();  // free until the first tile
   load_rows(p.out, nullptr, b, head, q0 + rows.pos[0], n, dim, out_rows, dim);
+  // bf16: S = Q K^T, dP = dO V^T and dQ = dS K take bf16 pairs (K and V straight
+  // from the inputs, dS rounded to bf16 as FlashAttention does on GPUs); dV and
+  // dK, whose pairs would run along the query rows, stay in fp32.
+  const bool bf16_pairs = use_bf16_pairs(p, kernels);
   for (int64_t r = 0; r < n; ++r) {
     // delta_r = dO_r . O_r = sum_j P_rj dP_rj: the softmax Jacobian's row term.
     float dot = 0.0f;
     for (int64_t d = 0; d < dim; ++d) dot += d_out[r * dim + d] * out_rows[r * dim + d];
     delta[r] = dot;
     lse[r] = *reinterpret_cast<const float*>(p.lse.row(b, head, q0 + rows.pos[r]));
-    for (int64_t d = 0; d < dim; ++d) {
-      q_rows[r * dim + d] *= scale;
-      s.q_t[d * n + r] = q_rows[r * dim + d];
-      s.d_out_t[d * n + r] = d_out[r * dim + d];
+    for (int64_t d = 0; d < dim; ++d) q_rows[r * dim + d] *= scale;
+    if (bf16_pairs) {
+      // q_pairs[d / 2][r] = (q[r][d], q[r][d + 1]), unscaled, and the same of dO: 32-bit transposes (exact).
+      const char* q_row = p.q.row(b, head, q0 + rows.pos[r]);
+      const char* d_out_row = g.dout.row(b, head, q0 + rows.pos[r]);
+      for (int64_t d = 0; d < dim / 2; ++d) {
+        std::memcpy(s.q_pairs.data() + 2 * (d * n + r), q_row + 4 * d, 4);
+        std::memcpy(s.d_out_pairs.data() + 2 * (d * n + r), d_out_row + 4 * d, 4);
+      }
+    } else {
+      for (int64_t d = 0; d < dim; ++d) {
+        s.q_t[d * n + r] = q_rows[r * dim + d];
+        s.d_out_t[d * n + r] = d_out[r * dim + d];
+      }
     }
   }
   // fp16 inputs with ARM's FEAT_FHM: S = K Q^T, dP^T = V dO^T and dV += P^T dO
@@ -84,12 +99,17 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
     const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
-    int64_t ldk, ldv;
-    const float* k_tile = tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
+    const auto* k_rows = reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0));
+    const auto* v_rows = reinterpret_cast<const uint16_t*>(p.v.row(b, rows.kv_head, k0 + j0));
+    int64_t ldk = 0, ldv = 0;
+    const float* k_tile =
+        bf16_pairs ? nullptr : tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
     std::fill(st, st + n_keys * n, 0.0f);
     if (f16_products) {
-      kernels.gemm_f16(n_keys, n, dim, f16_rows(p.k, b, rows.kv_head, k0 + j0), p.k.seq_stride, 1,
-                       s.q_f16.data(), n, st, n);
+      kernels.gemm_f16(n_keys, n, dim, k_rows, p.k.seq_stride, 1, s.q_f16.data(), n, st, n);
+      for (int64_t i = 0; i < n_keys * n; ++i) st[i] *= scale;
+    } else if (bf16_pairs) {
+      kernels.gemm_bf16_pairs(n_keys, n, dim / 2, k_rows, p.k.seq_stride, 2, s.q_pairs.data(), 2 * n, st, n);
       for (int64_t i = 0; i < n_keys * n; ++i) st[i] *= scale;
     } else {
       kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
@@ -102,8 +122,10 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
       convert_tables().active().f32_to_f16(st, s.p_f16.data(), n_keys * n);
       kernels.gemm_f16(n_keys, dim, n, s.p_f16.data(), n, 1, f16_rows(g.dout, b, head, q0 + rows.pos[0]),
                        g.dout.seq_stride, dv_acc + j0 * dim, dim);
-      kernels.gemm_f16(n_keys, n, dim, f16_rows(p.v, b, rows.kv_head, k0 + j0), p.v.seq_stride, 1,
-                       s.d_out_t_f16.data(), n, dst, n);
+      kernels.gemm_f16(n_keys, n, dim, v_rows, p.v.seq_stride, 1, s.d_out_t_f16.data(), n, dst, n);
+    } else if (bf16_pairs) {
+      kernels.gemm_accumulate(n_keys, dim, n, st, n, 1, d_out, dim, dv_acc + j0 * dim, dim);
+      kernels.gemm_bf16_pairs(n_keys, n, dim / 2, v_rows, p.v.seq_stride, 2, s.d_out_pairs.data(), 2 * n, dst, n);
     } else {
       const float* v_tile = tile_f32(p, p.v, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.v_tile.data(), &ldv);
       kernels.gemm_accumulate(n_keys, dim, n, st, n, 1, d_out, dim, dv_acc + j0 * dim, dim);
@@ -121,7 +143,15 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     }
     // dK += dS^T (scale Q);  dQ += dS K (scaled at the end)
     kernels.gemm_accumulate(n_keys, dim, n, dst, n, 1, q_rows, dim, dk_acc + j0 * dim, dim);
-    kernels.gemm_accumulate(n, dim, n_keys, dst, 1, n, k_tile, ldk, dq_acc, dim);
+    if (bf16_pairs) {
+      // p_pairs[j / 2][r] (dS) and v_pairs[j / 2][d] (K): pairs of keys, an odd last key paired with zeros.
+      kernels.pair_rows_f32_to_bf16(dst, n, n_keys, n, s.p_pairs.data());
+      kernels.pair_rows_bf16(k_rows, p.k.seq_stride, n_keys, dim, s.v_pairs.data());
+      kernels.gemm_bf16_pairs(n, dim, (n_keys + 1) / 2, s.p_pairs.data(), 2, 2 * n, s.v_pairs.data(), 2 * dim,
+                              dq_acc, dim);
+    } else {
+      kernels.gemm_accumulate(n, dim, n_keys, dst, 1, n, k_tile, ldk, dq_acc, dim);
+    }
   }
 }
 

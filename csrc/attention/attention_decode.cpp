@@ -113,7 +113,10 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
     }
   });
   // Merge: out = sum_c exp(m_c - m) O_c / sum_c exp(m_c - m) l_c with m = max_c m_c.
-  parallel_for(pairs, 1, [&](int64_t begin, int64_t end) {
+  // A few microseconds for a batch of one: on the calling thread unless there is
+  // enough of it to pay for waking the workers (tens of microseconds).
+  const int64_t merge_grain = std::max<int64_t>(1, (int64_t{1} << 16) / (n_chunks * rows_per_head * dim));
+  parallel_for(pairs, merge_grain, [&](int64_t begin, int64_t end) {
     std::vector<float> merged(dim);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / p.kv_heads, kv_head = pair % p.kv_heads;

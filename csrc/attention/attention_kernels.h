@@ -52,6 +52,7 @@ struct AttentionKernels {
   // them first; null where the drivers widen tiles and use dot_rows / gemm.
   // scores[r][j] = q[r] . k[j] for `rows` fp32 query rows of `dim`;
   // acc[r][:] += sum_j p[r][j] v[j][:] with p [rows][keys].
+  // Both prefetch the rows after their tile themselves (prefetch_decode_row).
   void (*decode_scores)(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,
                         int64_t k_stride, const float* k_scales, int64_t scale_stride, float* scores);
   void (*decode_accumulate)(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
@@ -83,6 +84,21 @@ struct AttentionKernels {
   void (*dot_rows_f16)(int64_t M, int64_t N, int64_t K, const uint16_t* a, int64_t lda, const uint16_t* b,
                        int64_t ldb, float* c, int64_t c_row_stride, int64_t c_col_stride) = nullptr;
 };
+
+// Decode reads every K / V row once, straight from DRAM, with too little work
+// per row for the hardware prefetcher alone to keep enough lines in flight. The
+// direct decode kernels therefore request, for each row they consume, the row
+// decode_prefetch_distance() rows further on: requests go out at the pace rows
+// are consumed (a whole tile's lines requested at once stall on the miss
+// buffers and run at half the bandwidth). Prefetches never fault, so rows past
+// the end of the cache cost nothing.
+static inline int64_t decode_prefetch_distance(int64_t row_bytes) {
+  constexpr int64_t kAheadBytes = 16384;  // of each stream: ~1/3 of L1 for K and V together
+  return (kAheadBytes + row_bytes - 1) / row_bytes;
+}
+static inline void prefetch_decode_row(const void* row, int64_t row_bytes) {
+  for (int64_t offset = 0; offset < row_bytes; offset += 64) __builtin_prefetch(static_cast<const char*>(row) + offset);
+}
 
 namespace scalar { extern const AttentionKernels attention_kernels; }
 namespace avx2 { extern const AttentionKernels attention_kernels; }

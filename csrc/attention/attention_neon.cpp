@@ -331,10 +331,13 @@ template <DType kType>
 void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
                          const float* k_scales, int64_t scale_stride, float* scores) {
   const int64_t vector_dim = dim / 4 * 4;
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
+  const int64_t ahead = decode_prefetch_distance(row_bytes);
   for (int64_t j0 = 0; j0 < keys; j0 += 4) {
     const int nk = keys - j0 < 4 ? static_cast<int>(keys - j0) : 4;
     const typename CacheElement<kType>::type* key_rows[4];
     for (int i = 0; i < 4; ++i) key_rows[i] = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
+    for (int i = 0; i < nk; ++i) prefetch_decode_row(cache_row<kType>(k, j0 + ahead + i, k_stride), row_bytes);
     for (int64_t r0 = 0; r0 < rows; r0 += 4) {
       const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
       float32x4_t acc[4][4];
@@ -361,9 +364,12 @@ void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q
 
 // acc[r][c0 : c0 + 4 NV] += sum_j p[r][j] v[j][c0 : c0 + 4 NV] for up to four
 // rows at a time: each V vector is loaded (and converted) once for all of them.
+// The first block of columns (c0 = 0) prefetches the rows ahead.
 template <DType kType, int NV>
 void decode_accumulate_block(int64_t rows, int64_t keys, int64_t dim, int64_t c0, const float* p, const void* v,
                              int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
+  const int64_t ahead = decode_prefetch_distance(row_bytes);
   for (int64_t r0 = 0; r0 < rows; r0 += 4) {
     const int nr = rows - r0 < 4 ? static_cast<int>(rows - r0) : 4;
     float32x4_t o[4][NV];
@@ -371,6 +377,7 @@ void decode_accumulate_block(int64_t rows, int64_t keys, int64_t dim, int64_t c0
       for (int i = 0; i < NV; ++i) o[r][i] = r < nr ? vld1q_f32(acc + (r0 + r) * dim + c0 + 4 * i) : vdupq_n_f32(0.0f);
     for (int64_t j = 0; j < keys; ++j) {
       const auto* row = cache_row<kType>(v, j, v_stride);
+      if (c0 == 0 && r0 == 0) prefetch_decode_row(cache_row<kType>(v, j + ahead, v_stride), row_bytes);
       float32x4_t vv[NV];
       for (int i = 0; i < NV; ++i) vv[i] = load_row4<kType>(row, c0 + 4 * i);
       const float row_scale = kType == DType::i8 ? v_scales[j * scale_stride] : 1.0f;

@@ -43,7 +43,8 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       p_f16(kBlockK * max_rows),
       q_pairs(max_rows * (head_dim + 1)),
       p_pairs(2 * (kBlockK / 2 + 1) * max_rows),
-      v_pairs(2 * (kBlockK / 2 + 1) * head_dim) {}
+      v_pairs(2 * (kBlockK / 2 + 1) * head_dim),
+      d_out_pairs(max_rows * (head_dim + 1)) {}
 
 Scratch& thread_scratch(int64_t max_rows, int64_t head_dim) {
   thread_local std::unique_ptr<Scratch> scratch;
@@ -192,23 +193,32 @@ namespace {
 
 // With few query rows (decode) each K/V tile is used once, straight from DRAM,
 // and the work per tile is too short for the hardware prefetcher alone to keep
-// enough cache lines in flight: request the tile kPrefetchTiles ahead (and the
-// first ones up front) while this one is computed.
+// enough cache lines in flight. Direct decode kernels prefetch as they go (see
+// prefetch_decode_row); for tiles widened first, request the tile
+// kPrefetchTiles ahead (and the first ones up front) while this one is computed.
 constexpr int64_t kPrefetchTiles = 2;
 
-void prefetch_tile(const Problem& p, int64_t b, int64_t kv_head, int64_t pos, int64_t count) {
-  const int64_t row_bytes = p.head_dim * static_cast<int64_t>(dtype_size(p.k.dtype));
-  for (int64_t r = 0; r < count; ++r) {
-    const char* k_row = p.k.row(b, kv_head, pos + r);
-    const char* v_row = p.v.row(b, kv_head, pos + r);
-    for (int64_t offset = 0; offset < row_bytes; offset += 64) {
-      __builtin_prefetch(k_row + offset);
-      __builtin_prefetch(v_row + offset);
-    }
+void prefetch_rows(const char* row, int64_t stride_bytes, int64_t row_bytes, int64_t count) {
+  if (stride_bytes == row_bytes) {  // contiguous rows: one range
+    for (const char* end = row + count * row_bytes; row < end; row += 64) __builtin_prefetch(row);
+    return;
   }
+  for (int64_t r = 0; r < count; ++r, row += stride_bytes)
+    for (int64_t offset = 0; offset < row_bytes; offset += 64) __builtin_prefetch(row + offset);
+}
+
+void prefetch_tile(const Problem& p, int64_t b, int64_t kv_head, int64_t pos, int64_t count) {
+  const int64_t element = static_cast<int64_t>(dtype_size(p.k.dtype));
+  prefetch_rows(p.k.row(b, kv_head, pos), p.k.seq_stride * element, p.head_dim * element, count);
+  prefetch_rows(p.v.row(b, kv_head, pos), p.v.seq_stride * element, p.head_dim * element, count);
 }
 
 }  // namespace
+
+bool use_bf16_pairs(const Problem& p, const AttentionKernels& kernels) {
+  return p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && p.head_dim % 2 == 0 &&
+         kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
+}
 
 void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBlock& rows, int64_t j_begin,
                   int64_t j_end, Scratch& s) {
@@ -235,8 +245,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // bf16 inputs with AVX512-BF16 or ARM's FEAT_BF16: Q, K, P and V enter
   // vdpbf16ps / BFDOT as bf16 pairs; P is rounded to bf16 as FlashAttention
   // does on GPUs. (The NEON table has the pair kernels only where BFDOT runs.)
-  const bool bf16_pairs = key_major && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && dim % 2 == 0 &&
-                          kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
+  const bool bf16_pairs = key_major && use_bf16_pairs(p, kernels);
   // fp16 queries and keys with ARM's FEAT_FHM (prefill, and decode from an
   // fp16 cache): Q, K, P and V enter FMLAL as fp16; P is rounded to fp16 as
   // FlashAttention does on GPUs (the NEON table has the fp16 kernels only
@@ -272,7 +281,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
     const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
-    if (!key_major) {
+    if (!key_major && !direct_rows) {
       const int64_t ahead = j0 + kPrefetchTiles * kBlockK;
       if (j0 == first) prefetch_tile(p, b, rows.kv_head, k0 + j0, std::min(ahead, last + 1) - j0);
       else if (ahead <= last) prefetch_tile(p, b, rows.kv_head, k0 + ahead, std::min(kBlockK, last + 1 - ahead));

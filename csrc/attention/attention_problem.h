@@ -76,7 +76,7 @@ struct Scratch {
   std::vector<float> q_t, q_rows, scores, tanh_scores, k_tile, v_tile, acc, row_max, row_sum, rescale;
   std::vector<float> d_out, d_out_t, d_scores, delta;
   std::vector<uint16_t> q_f16, d_out_t_f16, p_f16;  // fp16 operands of the FMLAL path (ARM FEAT_FHM)
-  std::vector<uint16_t> q_pairs, p_pairs, v_pairs;  // bf16 pair-packed operands (AVX512-BF16 path)
+  std::vector<uint16_t> q_pairs, p_pairs, v_pairs, d_out_pairs;  // bf16 pair-packed operands (AVX512-BF16 path)
 };
 
 // The calling thread's scratch, kept between tasks and calls: one task (a block
@@ -103,6 +103,10 @@ bool tile_needs_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, in
 // same place in tanh_out when given (the backward pass needs it).
 void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, int64_t n_keys, float* scores,
                            int64_t row_stride, int64_t key_stride, float* tanh_out);
+
+// bf16 Q, K, V with AVX512-BF16 or ARM's FEAT_BF16: blocks of enough rows feed
+// them to gemm_bf16_pairs (vdpbf16ps / BFDOT) as bf16 pairs instead of widening.
+bool use_bf16_pairs(const Problem& p, const AttentionKernels& kernels);
 
 // Forward over keys [j_begin, j_end) of the block's sequence: acc (unnormalised
 // output, rows x D), row_max and row_sum hold the online-softmax state.

@@ -26,9 +26,23 @@ std::unique_ptr<TensorArg> optional_arg(py::handle obj, const char* name) {
   return obj.is_none() ? nullptr : std::make_unique<TensorArg>(obj, name);
 }
 
+// The tensors of a Python KVCache, exported once: a decode step then converts
+// only q and out (each DLPack export costs microseconds, a sizeable share of a
+// step whose cache streams from DRAM in a few hundred).
+struct KVCacheViews {
+  KVCacheViews(py::handle k, py::handle v, py::handle k_scale, py::handle v_scale)
+      : k(k, "cache.k"), v(v, "cache.v"), k_scale(optional_arg(k_scale, "cache.k_scale")),
+        v_scale(optional_arg(v_scale, "cache.v_scale")) {}
+  TensorArg k, v;
+  std::unique_ptr<TensorArg> k_scale, v_scale;
+};
+
 }  // namespace
 
 void register_attention(py::module_& m) {
+  py::class_<KVCacheViews>(m, "KVCacheViews")
+      .def(py::init<py::handle, py::handle, py::handle, py::handle>(), py::arg("k"), py::arg("v"),
+           py::arg("k_scale"), py::arg("v_scale"));
   m.def("attention_forward",
         [](py::handle q, py::handle k, py::handle v, py::handle mask, py::handle alibi, py::handle out, py::handle lse,
            float scale, int64_t window_left, int64_t window_right, bool bottom_right, float softcap) {
@@ -89,18 +103,17 @@ void register_attention(py::module_& m) {
         py::arg("window_left"), py::arg("window_right"), py::arg("bottom_right"), py::arg("softcap"),
         "Backward of varlen_attention_forward.");
   m.def("attention_decode",
-        [](py::handle q, py::handle k, py::handle v, py::handle k_scale, py::handle v_scale, int64_t length,
-           py::handle out, float scale, int64_t window_left, int64_t window_right, float softcap) {
-          TensorArg tq(q, "q"), tk(k, "cache.k"), tv(v, "cache.v"), tout(out, "out");
-          auto tks = optional_arg(k_scale, "cache.k_scale");
-          auto tvs = optional_arg(v_scale, "cache.v_scale");
+        [](py::handle q, const KVCacheViews& cache, int64_t length, py::handle out, float scale, int64_t window_left,
+           int64_t window_right, float softcap) {
+          TensorArg tq(q, "q"), tout(out, "out");
           py::gil_scoped_release release;
-          attention_decode(tq, tk, tv, tks ? &tks->view() : nullptr, tvs ? &tvs->view() : nullptr, length,
+          attention_decode(tq, cache.k, cache.v, cache.k_scale ? &cache.k_scale->view() : nullptr,
+                           cache.v_scale ? &cache.v_scale->view() : nullptr, length,
                            make_options(scale, window_left, window_right, true, softcap), tout);
         },
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("k_scale"), py::arg("v_scale"), py::arg("length"),
-        py::arg("out"), py::arg("scale"), py::arg("window_left"), py::arg("window_right"), py::arg("softcap"),
-        "Decode step: q [B, Hq, Lq <= 8, D] against the first `length` cache positions.");
+        py::arg("q"), py::arg("cache"), py::arg("length"), py::arg("out"), py::arg("scale"), py::arg("window_left"),
+        py::arg("window_right"), py::arg("softcap"),
+        "Decode step: q [B, Hq, Lq <= 8, D] against the first `length` positions of a KVCacheViews.");
   m.def("kv_quantize_int8",
         [](py::handle src, py::handle dst, py::handle scale, int64_t start) {
           TensorArg tsrc(src, "k"), tdst(dst, "cache"), tscale(scale, "cache scale");

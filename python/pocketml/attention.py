@@ -299,6 +299,7 @@ class KVCache:
         self.k_scale = torch.zeros(shape[:3], dtype=torch.float32) if quantized else None
         self.v_scale = torch.zeros(shape[:3], dtype=torch.float32) if quantized else None
         self.length = 0
+        self._views, self._views_of = None, ()
 
     @property
     def max_len(self):
@@ -331,6 +332,19 @@ class KVCache:
     def reset(self):
         self.length = 0
 
+    def __getstate__(self):  # copies and pickles carry the tensors, not their native export
+        state = dict(self.__dict__)
+        state["_views"], state["_views_of"] = None, ()
+        return state
+
+    def _native_views(self):
+        # The tensors exported to the native core once, not on every decode step
+        # (exports cost microseconds each); again if one was replaced.
+        tensors = (self.k, self.v, self.k_scale, self.v_scale)
+        if self._views is None or any(a is not b for a, b in zip(tensors, self._views_of)):
+            self._views, self._views_of = core.KVCacheViews(*tensors), tensors
+        return self._views
+
 
 def decode(q, cache, scale=None, window=None, softcap=None):
     """Attention of q [B, Hq, Lq <= 8, D] (the newest Lq positions, already
@@ -347,9 +361,8 @@ def decode(q, cache, scale=None, window=None, softcap=None):
     cap = _softcap_value(softcap)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     q = _last_dim_contiguous(q)
-    out = torch.empty(q.shape, dtype=q.dtype)
-    core.attention_decode(q, cache.k, cache.v, cache.k_scale, cache.v_scale, cache.length, out, scale, left, right,
-                          cap)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    core.attention_decode(q, cache._native_views(), cache.length, out, scale, left, right, cap)
     return out
 
 

@@ -181,6 +181,84 @@ TEST(every_rescale_exp_and_widening_variant_equals_the_reference) {
   }
 }
 
+// The direct decode kernels (K / V read in their cache type) against double
+// sums over the exactly widened rows: every row count a few-row block can have
+// (so every split into register blocks), key counts around the 16-key blocks,
+// head dims around the vector blocks, strided rows and scales, fp16's largest
+// values and int8's full range.
+TEST(every_decode_kernel_equals_a_double_reference) {
+  std::mt19937 gen(9);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  for (const auto& v : optimized_variants()) {
+    if (!v.kernels->decode_scores) continue;
+    for (DType type : {DType::f32, DType::f16, DType::bf16, DType::i8}) {
+      for (int64_t dim : {1, 17, 64, 80, 128, 200, 256}) {
+        for (int64_t keys : {1, 15, 16, 33, 64}) {
+          const int64_t stride = dim + 5, scale_stride = 2;
+          auto values = normal_values(keys * stride, static_cast<uint32_t>(dim * 100 + keys), 2.0f);
+          values[0] = 65504.0f;
+          if (keys > 1) values[stride + dim - 1] = -65504.0f;
+          std::vector<uint16_t> halves(values.size());
+          std::vector<int8_t> bytes(values.size());
+          for (size_t i = 0; i < values.size(); ++i) {
+            halves[i] = type == DType::f16 ? fp32_to_fp16(values[i]) : fp32_to_bf16(values[i]);
+            bytes[i] = static_cast<int8_t>(gen());
+          }
+          const auto scales = normal_values(keys * scale_stride, 12, 0.01f);
+          const void* cache = type == DType::f32 ? static_cast<const void*>(values.data())
+                              : type == DType::i8 ? static_cast<const void*>(bytes.data())
+                                                  : static_cast<const void*>(halves.data());
+          std::vector<float> wide(keys * dim);  // the exact fp32 value of every element (int8 times its scale)
+          switch (type) {
+            case DType::f16: reference().widen_f16_rows(halves.data(), stride, keys, dim, wide.data(), dim); break;
+            case DType::bf16: reference().widen_bf16_rows(halves.data(), stride, keys, dim, wide.data(), dim); break;
+            case DType::i8:
+              reference().widen_int8_rows(bytes.data(), stride, scales.data(), scale_stride, keys, dim, wide.data(), dim);
+              break;
+            default:
+              for (int64_t j = 0; j < keys; ++j) std::copy_n(values.data() + j * stride, dim, wide.data() + j * dim);
+          }
+          for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 15}) {
+            const std::string what = v.name + " " + dtype_name(type) + " rows " + std::to_string(rows) + " keys " +
+                                     std::to_string(keys) + " dim " + std::to_string(dim);
+            const auto q = normal_values(rows * dim, 13, 0.1f);
+            std::vector<float> scores(rows * keys, std::numeric_limits<float>::quiet_NaN());
+            v.kernels->decode_scores(type, rows, keys, dim, q.data(), cache, stride, scales.data(), scale_stride,
+                                     scores.data());
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t j = 0; j < keys; ++j) {
+                double exact = 0.0, magnitude = 0.0;
+                for (int64_t d = 0; d < dim; ++d) {
+                  exact += static_cast<double>(q[r * dim + d]) * wide[j * dim + d];
+                  magnitude += std::fabs(static_cast<double>(q[r * dim + d]) * wide[j * dim + d]);
+                }
+                CHECK(std::fabs(scores[r * keys + j] - exact) <= 1e-6 * magnitude,
+                      what << " score " << r << "," << j << ": " << scores[r * keys + j] << " vs " << exact);
+              }
+
+            std::vector<float> p(rows * keys);
+            for (float& x : p) x = unit(gen);
+            const auto acc0 = normal_values(rows * dim, 14);
+            std::vector<float> acc(acc0);
+            v.kernels->decode_accumulate(type, rows, keys, dim, p.data(), cache, stride, scales.data(), scale_stride,
+                                         acc.data());
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t d = 0; d < dim; ++d) {
+                double exact = acc0[r * dim + d], magnitude = std::fabs(exact);
+                for (int64_t j = 0; j < keys; ++j) {
+                  exact += static_cast<double>(p[r * keys + j]) * wide[j * dim + d];
+                  magnitude += std::fabs(static_cast<double>(p[r * keys + j]) * wide[j * dim + d]);
+                }
+                CHECK(std::fabs(acc[r * dim + d] - exact) <= 1e-6 * magnitude,
+                      what << " acc " << r << "," << d << ": " << acc[r * dim + d] << " vs " << exact);
+              }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The bf16 pair kernels, on the variants whose instructions this CPU has
 // (AVX512-BF16, ARM FEAT_BF16): products of bf16 values against a double sum,
 // and the pair interleaves bit for bit.
@@ -694,4 +772,51 @@ TEST(fp16_decode_is_as_close_to_float64_as_the_scalar_isa) {
             isa_name(isa) << " fp16 decode D " << dim << ": error " << error << ", scalar ISA " << scalar_error);
     });
   }
+}
+
+// bf16 backward (S, dP and dQ from bf16 pairs where the CPU has them, dS rounded
+// to bf16): every ISA's gradients within bf16 rounding of the scalar ISA's, with
+// grouped-query heads, an odd key count (a zero-padded last pair) and a causal mask.
+TEST(bf16_backward_agrees_across_isas) {
+  const int64_t q_heads = 4, kv_heads = 2, len_q = 20, len_k = 37, dim = 32;
+  auto bits = [](const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = fp32_to_bf16(x[i]);
+    return b;
+  };
+  const auto q = bits(normal_values(q_heads * len_q * dim, 51)), k = bits(normal_values(kv_heads * len_k * dim, 52)),
+             v = bits(normal_values(kv_heads * len_k * dim, 53)), d_out = bits(normal_values(q.size(), 54));
+  AttentionOptions options;
+  options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  options.window_right = 0;
+  options.bottom_right = true;
+  auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
+    return contiguous_view(const_cast<uint16_t*>(x.data()), DType::bf16, {1, heads, len, dim});
+  };
+  std::vector<uint16_t> reference[3];
+  for_every_isa([&](Isa isa) {
+    std::vector<uint16_t> out(q.size()), dq(q.size()), dk(k.size()), dv(v.size());
+    std::vector<float> lse(q_heads * len_q);
+    const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q});
+    attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                      options, view(out, q_heads, len_q), lse_view);
+    attention_backward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
+                       options, view(out, q_heads, len_q), lse_view, view(d_out, q_heads, len_q),
+                       view(dq, q_heads, len_q), view(dk, kv_heads, len_k), view(dv, kv_heads, len_k));
+    const std::vector<uint16_t>* grads[3] = {&dq, &dk, &dv};
+    if (isa == Isa::scalar) {
+      for (int i = 0; i < 3; ++i) reference[i] = *grads[i];
+      return;
+    }
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; ++i) {
+      float largest = 0.0f;
+      for (uint16_t x : reference[i]) largest = std::max(largest, std::fabs(bf16_to_fp32(x)));
+      for (size_t e = 0; e < reference[i].size(); ++e) {
+        const float got = bf16_to_fp32((*grads[i])[e]), expected = bf16_to_fp32(reference[i][e]);
+        CHECK(std::fabs(got - expected) <= 2e-2f * (std::fabs(expected) + 0.1f * largest),
+              isa_name(isa) << " bf16 " << names[i] << " at " << e << ": " << got << " vs " << expected);
+      }
+    }
+  });
 }
