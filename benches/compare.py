@@ -36,9 +36,11 @@ def main(argv=None) -> int:
 
     pocketml.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    report = Report(Machine.measure(1 << (28 if args.quick else 30)))
+    probe_bytes = 1 << (28 if args.quick else 30)
+    report = Report(Machine.measure(probe_bytes))
     for name in args.suite or available:
         importlib.import_module(f"suites.{name}").run(report, args.quick)
+    report.settle_machine(Machine.measure(probe_bytes))
 
     table = report.table()
     print(table)
