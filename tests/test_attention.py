@@ -175,6 +175,37 @@ def test_gradients_match_torch_fp32(isa, kind):
         torch.testing.assert_close(a.grad, e.grad, atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask_shape", [(1, 1, 37, 70), (2, 1, 37, 70), (37, 70), (2, 4, 37, 70)])
+def test_float_mask_gradient_matches_torch_through_broadcasting(isa, mask_shape):
+    # A learned additive bias (e.g. relative positions) gets its gradient, summed
+    # over the dimensions it was broadcast along, as in torch.
+    b, hq, hkv, lq, lk, d = 2, 4, 2, 37, 70, 16
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d)
+    bias = torch.randn(mask_shape, generator=torch.Generator().manual_seed(4))
+    grad = torch.randn(b, hq, lq, d, generator=torch.Generator().manual_seed(9))
+    ours = [x.clone().requires_grad_() for x in (q, k, v, bias)]
+    theirs = [x.clone().requires_grad_() for x in (q, k, v, bias)]
+    A.scaled_dot_product_attention(*ours[:3], attn_mask=ours[3], enable_gqa=True).backward(grad)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        F.scaled_dot_product_attention(*theirs[:3], attn_mask=theirs[3], enable_gqa=True).backward(grad)
+    for a, e in zip(ours, theirs):
+        assert a.grad.shape == e.grad.shape
+        torch.testing.assert_close(a.grad, e.grad, atol=5e-5, rtol=1e-4)
+
+
+def test_float_mask_gradient_with_window_and_softcap_matches_float64(isa):
+    b, hq, hkv, lq, lk, d = 1, 2, 1, 20, 33, 16
+    q, k, v = make_qkv(b, hq, hkv, lq, lk, d)
+    bias = torch.randn(1, hq, lq, lk, generator=torch.Generator().manual_seed(4))
+    grad = torch.randn(b, hq, lq, d, generator=torch.Generator().manual_seed(9))
+    extras = dict(window=(5, 3), softcap=20.0, enable_gqa=True)
+    ours = bias.clone().requires_grad_()
+    exact = bias.double().requires_grad_()
+    A.scaled_dot_product_attention(q, k, v, attn_mask=ours, **extras).backward(grad)
+    A.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=exact, **extras).backward(grad.double())
+    torch.testing.assert_close(ours.grad.double(), exact.grad, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["causal_bottom_right", "window", "softcap", "alibi"])
 def test_gradients_of_extensions_match_float64(isa, kind):
     b, hq, hkv, lq, lk, d = 1, 4, 1, 37, 70, 80

@@ -158,7 +158,23 @@ class _FusedAttention(torch.autograd.Function):
         dv = torch.empty(v.shape, dtype=v.dtype)
         core.attention_backward(q, k, v, mask, alibi, out, lse, grad_out, dq, dk, dv, scale, left, right,
                                 bottom_right, softcap)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        dmask = None
+        if ctx.needs_input_grad[3]:
+            dmask = _additive_mask_grad(q, k, v, mask, alibi, scale, (left, right), bottom_right, softcap, grad_out)
+        return dq, dk, dv, dmask, None, None, None, None, None, None
+
+
+def _additive_mask_grad(q, k, v, mask, alibi, scale, window, bottom_right, softcap, grad_out):
+    """d out / d mask for a float mask that requires grad (learned position biases):
+    the gradient of the scores, which the fused backward never materialises, from
+    the naive reference in fp32 (O(B * H * Lq * Lk) memory, as torch's math path)."""
+    with torch.enable_grad():
+        m = mask.detach().float().requires_grad_()
+        out = reference_attention(q.detach().float(), k.detach().float(), v.detach().float(), m, scale,
+                                  window=window, bottom_right=bottom_right, softcap=softcap or None,
+                                  alibi_slopes=alibi)
+        (dmask,) = torch.autograd.grad(out, m, grad_out.float())
+    return dmask.to(mask.dtype)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -170,7 +186,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     needs ``enable_gqa=True`` as in torch. Extras: ``window=(left, right)``,
     ``softcap``, ``alibi_slopes`` (fp32 [Hq]) and ``causal_alignment``
     ('top_left' as torch, or 'bottom_right') for the causal mask, window and
-    ALiBi. Differentiable in q, k and v (masks and slopes are constants)."""
+    ALiBi. Differentiable in q, k, v and a float ``attn_mask`` (its gradient comes
+    from the naive reference, O(B * H * Lq * Lk) memory); ALiBi slopes are constants."""
     for x, arg in ((query, "query"), (key, "key"), (value, "value")):
         _require_tensor(x, arg)
     if dropout_p != 0.0:
