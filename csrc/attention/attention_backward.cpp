@@ -29,18 +29,11 @@ struct Gradients {
 void backward_block(const Problem& p, const Gradients& g, const AttentionKernels& kernels, const RowBlock& rows,
                     int64_t j_begin, int64_t j_end, Scratch& s, float* dk_acc, float* dv_acc, float* dq_acc) {
   const int64_t n = rows.count, dim = p.head_dim, b = rows.batch;
-  const int64_t len_q = p.q_length(b), len_k = p.k_length(b);
   const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b), head = rows.head[0];
   const float scale = p.options.scale;
 
-  int64_t first = j_end, last = j_begin - 1;
-  for (int64_t r = 0; r < n; ++r) {
-    const KeyBand band = key_band(p.options, rows.pos[r], len_q, len_k);
-    first = std::min(first, band.first);
-    last = std::max(last, band.last);
-  }
-  first = std::max(first, j_begin);
-  last = std::min(last, j_end - 1);
+  const KeyBand keys = block_key_range(p, rows, j_begin, j_end);
+  const int64_t first = keys.first, last = keys.last;
   if (first > last) return;
 
   float* q_rows = s.q_rows.data();  // scale * Q, for dK
@@ -80,7 +73,7 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   // fp16 inputs with ARM's FEAT_FHM: S = K Q^T, dP^T = V dO^T and dV += P^T dO
   // take Q, K, V, dO as stored (fp16) and P rounded to fp16 (probabilities in
   // [0, 1]). dS has no bound on its range, so dK and dQ stay fp32 GEMMs.
-  const bool f16_products = p.q.dtype == DType::f16 && kernels.gemm_f16 != nullptr;
+  const bool f16_products = use_f16_products(p, kernels);
   const auto f16_rows = [](const Operand& o, int64_t b, int64_t h, int64_t pos) {
     return reinterpret_cast<const uint16_t*>(o.row(b, h, pos));
   };

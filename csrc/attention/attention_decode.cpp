@@ -67,9 +67,9 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
   p.head_dim = q.shape[3];
   p.len_q = q.shape[2];
   p.len_k = length;
-  p.q = Operand{static_cast<char*>(q.data), q.dtype, q.strides[0], q.strides[1], q.strides[2]};
-  p.k = Operand{static_cast<char*>(k.data), k.dtype, k.strides[0], k.strides[1], k.strides[2]};
-  p.v = Operand{static_cast<char*>(v.data), v.dtype, v.strides[0], v.strides[1], v.strides[2]};
+  p.q = dense_operand(q);
+  p.k = dense_operand(k);
+  p.v = dense_operand(v);
   p.out = bind_like(out, q, "out", false);
   p.options = options;
   p.options.bottom_right = true;

@@ -220,22 +220,35 @@ bool use_bf16_pairs(const Problem& p, const AttentionKernels& kernels) {
          kernels.gemm_bf16_pairs != nullptr && (cpu_features().avx512bf16 || cpu_features().neon_bf16);
 }
 
+bool use_f16_products(const Problem& p, const AttentionKernels& kernels) {
+  return p.q.dtype == DType::f16 && p.k.dtype == DType::f16 && kernels.gemm_f16 != nullptr &&
+         kernels.dot_rows_f16 != nullptr;
+}
+
+Operand dense_operand(const TensorView& t) {
+  return Operand{static_cast<char*>(t.data), t.dtype, t.strides[0], t.strides[1], t.strides[2]};
+}
+
+KeyBand block_key_range(const Problem& p, const RowBlock& rows, int64_t j_begin, int64_t j_end) {
+  const int64_t len_q = p.q_length(rows.batch), len_k = p.k_length(rows.batch);
+  KeyBand keys{j_end, j_begin - 1};
+  for (int64_t r = 0; r < rows.count; ++r) {
+    const KeyBand band = key_band(p.options, rows.pos[r], len_q, len_k);
+    keys.first = std::min(keys.first, band.first);
+    keys.last = std::max(keys.last, band.last);
+  }
+  return KeyBand{std::max(keys.first, j_begin), std::min(keys.last, j_end - 1)};
+}
+
 void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBlock& rows, int64_t j_begin,
                   int64_t j_end, Scratch& s) {
   const int64_t n = rows.count, dim = p.head_dim, b = rows.batch;
-  const int64_t len_q = p.q_length(b), len_k = p.k_length(b);
   const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b);
   const Operand* k_scale = p.k.dtype == DType::i8 ? &p.k_scale : nullptr;
   const Operand* v_scale = p.v.dtype == DType::i8 ? &p.v_scale : nullptr;
 
-  int64_t first = j_end, last = j_begin - 1;
-  for (int64_t r = 0; r < n; ++r) {
-    const KeyBand band = key_band(p.options, rows.pos[r], len_q, len_k);
-    first = std::min(first, band.first);
-    last = std::max(last, band.last);
-  }
-  first = std::max(first, j_begin);
-  last = std::min(last, j_end - 1);
+  const KeyBand keys = block_key_range(p, rows, j_begin, j_end);
+  const int64_t first = keys.first, last = keys.last;
   if (first > last) return;
 
   // Enough rows to fill a vector: scores as a GEMM against Q transposed, in a
@@ -250,8 +263,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // fp16 cache): Q, K, P and V enter FMLAL as fp16; P is rounded to fp16 as
   // FlashAttention does on GPUs (the NEON table has the fp16 kernels only
   // where FMLAL runs).
-  const bool f16_products = p.q.dtype == DType::f16 && p.k.dtype == DType::f16 && kernels.gemm_f16 != nullptr &&
-                            kernels.dot_rows_f16 != nullptr;
+  const bool f16_products = use_f16_products(p, kernels);
   // Few rows with a direct decode kernel: K and V are read in their storage type.
   const bool direct_rows = !key_major && kernels.decode_scores != nullptr;
   float* q_rows = s.q_rows.data();
@@ -392,10 +404,6 @@ void check_heads(int64_t q_heads, int64_t kv_heads) {
   if (kv_heads == 0 || q_heads % kv_heads != 0)
     fail_argument(ErrorKind::InvalidArgument, "k", "a number of heads dividing q's " + std::to_string(q_heads),
                   std::to_string(kv_heads));
-}
-
-Operand dense_operand(const TensorView& t) {
-  return Operand{static_cast<char*>(t.data), t.dtype, t.strides[0], t.strides[1], t.strides[2]};
 }
 
 Operand packed_operand(const TensorView& t) {

@@ -30,6 +30,9 @@ struct Operand {
   }
 };
 
+// A [B, H, L, D] tensor (D contiguous) as an operand.
+Operand dense_operand(const TensorView& t);
+
 struct Problem {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
   Operand q, k, v, out, lse;  // lse: fp32, seq_stride 1
@@ -107,6 +110,14 @@ void apply_score_modifiers(const Problem& p, const RowBlock& rows, int64_t j0, i
 // bf16 Q, K, V with AVX512-BF16 or ARM's FEAT_BF16: blocks of enough rows feed
 // them to gemm_bf16_pairs (vdpbf16ps / BFDOT) as bf16 pairs instead of widening.
 bool use_bf16_pairs(const Problem& p, const AttentionKernels& kernels);
+
+// fp16 Q, K, V where the table has the FMLAL kernels (ARM's FEAT_FHM): products
+// of fp16 operands accumulated in fp32 instead of widened tiles.
+bool use_f16_products(const Problem& p, const AttentionKernels& kernels);
+
+// The keys of [j_begin, j_end) that some row of the block may see by the window /
+// causal band (first > last when none).
+KeyBand block_key_range(const Problem& p, const RowBlock& rows, int64_t j_begin, int64_t j_end);
 
 // Forward over keys [j_begin, j_end) of the block's sequence: acc (unnormalised
 // output, rows x D), row_max and row_sum hold the online-softmax state.
