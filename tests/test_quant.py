@@ -312,15 +312,16 @@ def int8_activation_reference(x, qt):
     """float64 of sx * (xq @ W^T), with xq, sx rounded exactly as documented (fp32 math)."""
     x = np.asarray(x, dtype=np.float32).reshape(-1, qt.shape[1])
     max_abs = np.abs(x).max(axis=1, keepdims=True)
-    sx = np.where(max_abs > 0, max_abs / np.float32(127), np.float32(1)).astype(np.float32)
+    sx = np.maximum(max_abs / np.float32(127), np.finfo(np.float32).tiny).astype(np.float32)
     xq = np.clip(np.rint(x / sx), -127, 127)
     d = qt.dequantize().astype(np.float64)
     return sx.astype(np.float64) * (xq @ d.T), sx.astype(np.float64) * (np.abs(xq) @ np.abs(d).T)
 
 
-@pytest.mark.parametrize("fmt", [("affine", 4, 32, False), ("affine", 8, None, True), ("affine", 3, 128, False),
+@pytest.mark.parametrize("fmt", [("affine", 4, 32, False), ("affine", 4, 64, True), ("affine", 4, 128, False),
+                                 ("affine", 8, None, True), ("affine", 8, 64, False), ("affine", 3, 128, False),
                                  ("affine", 6, 64, True)], ids=lambda f: "-".join(map(str, f)))
-@pytest.mark.parametrize("m", [1, 5, 67])
+@pytest.mark.parametrize("m", [1, 5, 67])  # the fused GEMV (M <= 8) and the tiled path
 def test_int8_activation_path_against_reference(isa, rng, fmt, m):
     k = 99 if fmt[2] is None else 384
     qt = make(rng, fmt, 37, k)
@@ -333,6 +334,34 @@ def test_int8_activation_path_against_reference(isa, rng, fmt, m):
     assert np.all(np.abs(y - reference) <= 2e-6 * k * magnitude + 1e-30)
     exact = quant.matmul(x, qt)  # the default path is unchanged and close
     assert np.abs(y - exact).max() <= 0.05 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activation_gemv_agrees_with_the_tiled_path(isa, rng, bits):
+    qt = make(rng, ("affine", bits, 64, False), 45, 4096 + 64)  # the last 64-byte block is partial
+    x = rng.standard_normal((20, qt.shape[1])).astype(np.float32)
+    tiled = quant.matmul(x, qt, act_bits=8)  # M > 8
+    _, magnitude = int8_activation_reference(x, qt)
+    for i in (0, 7, 19):
+        fused = quant.matmul(x[i:i + 1], qt, act_bits=8)
+        assert np.all(np.abs(fused - tiled[i:i + 1]) <= 1e-6 * qt.shape[1] * magnitude[i:i + 1] + 1e-30)
+
+
+@pytest.mark.parametrize("m", [3, 12])
+def test_int8_activation_rows_without_an_int8_form(isa, rng, m):
+    """A row with NaN or inf gives NaN; a zero row zeros; a row of tiny subnormals stays finite."""
+    qt = make(rng, ("affine", 4, 32, False), 16, 96)
+    x = rng.standard_normal((m, 96)).astype(np.float32)
+    x[0, 5] = np.nan
+    x[1, 7] = -np.inf
+    x[2] = 0
+    if m > 3:
+        x[3] = np.float32(1e-44) * rng.choice([-1, 1], 96)
+    y = quant.matmul(x, qt, act_bits=8)
+    assert np.isnan(y[0]).all() and np.isnan(y[1]).all()
+    assert (y[2] == 0).all()
+    expected, magnitude = int8_activation_reference(x[3:], qt)
+    assert np.all(np.abs(y[3:] - expected) <= 1e-6 * 96 * magnitude + 1e-30)
 
 
 def test_int8_activation_path_is_opt_in_only(rng):

@@ -95,6 +95,8 @@ def gemv_cases(report, shapes):
         int4 = cycled(lambda: (w4.clone(), sz4.to(torch.bfloat16)), w4.numel())
         peers = [
             (Peer("pocketml int4 g64", lambda: quant.matmul(x, next(ours["int4"]))), q4.nbytes),
+            (Peer("pocketml int4 g64, int8 activations (opt-in)",
+                  lambda: quant.matmul(x, next(ours["int4"]), act_bits=8)), q4.nbytes),
             (Peer("pocketml int8 per-row", lambda: quant.matmul(x, next(ours["int8"]))), q8.nbytes),
             (Peer("pocketml LUT 4-bit", lambda: quant.matmul(x, next(ours["lut4"]))), lut4.nbytes),
             (Peer("torch fp32 x @ W.T", lambda: x @ next(fp32).T), w.numel() * 4),

@@ -66,10 +66,12 @@ void dequantize(const QuantizedViews& q, const TensorView& out);
 // x and out in fp32, fp16 or bf16 (out is rounded once from fp32).
 //
 // act_bits = 8 (opt-in, affine weights only) first rounds each row of x to int8
-// with one scale, x ~ sx * xq (sx = max|x| / 127, round to nearest even), then
-// computes out = sx * sum_g scale_g * (sum_k xq * code - zero_g * sum_k xq) with
-// exact int32 sums per group (VNNI vpdpbusd where available). Results differ
-// from act_bits = 0 by the activation rounding; it is never chosen implicitly.
+// with one scale, x ~ sx * xq (sx = max(max|x| / 127, FLT_MIN), round to nearest
+// even), then computes out = sx * sum_g scale_g * (sum_k xq * code - zero_g * sum_k xq)
+// with exact int32 sums per group (VNNI vpdpbusd where available; for M <= 8 and
+// 4- or 8-bit codes a fused GEMV reading the packed weights once). A row of x
+// holding a NaN or an infinity has no int8 form: its results are NaN. Results
+// differ from act_bits = 0 by the activation rounding; it is never chosen implicitly.
 void quantized_matmul(const TensorView& x, const QuantizedViews& q, const TensorView& out, int act_bits = 0);
 
 }  // namespace pocketml

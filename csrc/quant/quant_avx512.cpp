@@ -405,8 +405,167 @@ void dot_int8(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_
   }
 }
 
+// The fused int8-activation GEMV. A 64-byte load of a packed row is a block
+// of 128 4-bit codes (its low nibbles, then its high nibbles: two vpdpbusd
+// against the activations stored in that order) or of 64 8-bit codes (one).
+// Each 32-bit lane sums codes of a single chunk, hence of a single group: a
+// block's exact sums turn into fp32 once and meet a vector of their lanes' group
+// scales. The zero points' share, sum_g scale_g * zero_g * x_sums[g], is summed
+// as each row's group parameters are loaded.
+template <int Bits, int GroupCodes>  // GroupCodes: 32, 64, 128, or 0 for one group per row
+struct Int8GemvGroups {
+  static constexpr int kBlockCodes = kInt8GemvBlockBytes * 8 / Bits;
+  static constexpr int kLanesPerChunk = 16 * kCodesPerChunk / kBlockCodes;
+  static constexpr int kPerBlock = GroupCodes != 0 && GroupCodes < kBlockCodes ? kBlockCodes / GroupCodes : 1;
+
+  struct LaneGroups {
+    alignas(64) int32_t index[16];
+  };
+  static constexpr LaneGroups lane_groups() {
+    LaneGroups groups{};
+    for (int lane = 0; lane < 16; ++lane) groups.index[lane] = lane / kLanesPerChunk * kCodesPerChunk * kPerBlock / kBlockCodes;
+    return groups;
+  }
+  static constexpr LaneGroups kLaneGroups = lane_groups();
+
+  // The group of the block's first lane, counted from the row's first group.
+  static int64_t first_group(int64_t block) {
+    if constexpr (GroupCodes == 0) {
+      return 0;
+    } else if constexpr (kPerBlock > 1) {
+      return block * kPerBlock;
+    } else {
+      return block / (GroupCodes / kBlockCodes);
+    }
+  }
+
+  // Each lane's group scale, given the scales of the block's groups.
+  static __m512 lane_scales(const float* scales) {
+    if constexpr (kPerBlock == 1) {
+      return _mm512_set1_ps(*scales);
+    } else {
+      const __m128 block_scales =
+          kPerBlock == 4 ? _mm_loadu_ps(scales) : _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scales)));
+      return _mm512_permutexvar_ps(_mm512_load_si512(kLaneGroups.index), _mm512_castps128_ps512(block_scales));
+    }
+  }
+};
+
+// One block of R weight rows against M activation rows (xq points at the block
+// in activation row 0). Full blocks load 64 bytes; the row's last may be partial.
+template <int Bits, int M, int R, class Groups>
+inline void gemv_int8_block(const uint8_t* const* packed, __mmask64 bytes, bool partial, const int8_t* xq, int64_t ldx,
+                            const GroupBlock* params, int64_t group_in_block, __m512 (&acc)[R][M]) {
+  for (int r = 0; r < R; ++r) {
+    const __m512i raw = partial ? _mm512_maskz_loadu_epi8(bytes, packed[r]) : _mm512_loadu_si512(packed[r]);
+    const __m512 scales = Groups::lane_scales(params[r].scale + group_in_block);
+    for (int i = 0; i < M; ++i) {
+      __m512i sums;
+      if constexpr (Bits == 4) {
+        const __m512i low = _mm512_and_si512(raw, _mm512_set1_epi8(15));
+        const __m512i high = _mm512_and_si512(_mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15));
+        sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512(xq + i * ldx));
+        sums = _mm512_dpbusd_epi32(sums, high, _mm512_loadu_si512(xq + i * ldx + 64));
+      } else {
+        sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), raw, _mm512_loadu_si512(xq + i * ldx));
+      }
+      acc[r][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scales, acc[r][i]);
+    }
+  }
+}
+
+template <int Bits, int M, int R, int GroupCodes>
+void gemv_int8_rows_at(const PackedWeights& w, int64_t row, const int8_t* xq, int64_t ldx, const float* x_sums,
+                       int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
+  using Groups = Int8GemvGroups<Bits, GroupCodes>;
+  const int64_t full_blocks = w.row_bytes / kInt8GemvBlockBytes;
+  const int64_t tail_bytes = w.row_bytes % kInt8GemvBlockBytes;
+  const int64_t groups = w.groups_per_row();
+  const int64_t prefetch_distance = 2 * R * w.row_bytes;
+  const uint8_t* packed[R];
+  __m512 acc[R][M], zero_share[R][M];
+  for (int r = 0; r < R; ++r) {
+    packed[r] = w.packed + (row + r) * w.row_bytes;
+    for (int i = 0; i < M; ++i) acc[r][i] = zero_share[r][i] = _mm512_setzero_ps();
+  }
+  prefetch_group_params(w, row + 2 * R, R);
+  GroupBlock params[R];
+  int64_t g0 = -kGroupsPerBlock;
+  auto load_params = [&](int64_t first) {
+    g0 = first;
+    const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
+    for (int r = 0; r < R; ++r) {
+      params[r].load(w, (row + r) * groups + g0, count);
+      for (int j = 0; j < count; j += 16) {
+        const __m512 scaled_zero = _mm512_mul_ps(_mm512_load_ps(params[r].scale + j), _mm512_load_ps(params[r].zero + j));
+        for (int i = 0; i < M; ++i)
+          zero_share[r][i] = _mm512_fmadd_ps(scaled_zero, _mm512_loadu_ps(x_sums + i * lds + g0 + j), zero_share[r][i]);
+      }
+    }
+  };
+  for (int64_t b = 0; b < full_blocks; ++b) {
+    const int64_t group = Groups::first_group(b);
+    if (group >= g0 + kGroupsPerBlock) load_params(group);
+    for (int r = 0; r < R; ++r) prefetch_line(packed[r] + prefetch_distance);
+    gemv_int8_block<Bits, M, R, Groups>(packed, ~__mmask64(0), false, xq + b * Groups::kBlockCodes, ldx, params,
+                                        group - g0, acc);
+    for (int r = 0; r < R; ++r) packed[r] += kInt8GemvBlockBytes;
+  }
+  if (tail_bytes > 0) {
+    const int64_t group = Groups::first_group(full_blocks);
+    if (group >= g0 + kGroupsPerBlock) load_params(group);
+    gemv_int8_block<Bits, M, R, Groups>(packed, (__mmask64(1) << tail_bytes) - 1, true,
+                                        xq + full_blocks * Groups::kBlockCodes, ldx, params, group - g0, acc);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row + r] = x_scale[i] * _mm512_reduce_add_ps(_mm512_sub_ps(acc[r][i], zero_share[r][i]));
+}
+
+// Rows in steps of R, so that R * M accumulators and their zero-point shares fit the registers.
+template <int Bits, int M, int GroupCodes>
+void gemv_int8_grouped(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
+                       const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
+  constexpr int R = M == 1 ? 4 : M == 2 ? 2 : 1;
+  int64_t row = row_begin;
+  for (; row + R <= row_end; row += R)
+    gemv_int8_rows_at<Bits, M, R, GroupCodes>(w, row, xq, ldx, x_sums, lds, x_scale, m, y, ldy);
+  for (; row < row_end; ++row) gemv_int8_rows_at<Bits, M, 1, GroupCodes>(w, row, xq, ldx, x_sums, lds, x_scale, m, y, ldy);
+}
+
+template <int Bits, int M>
+void gemv_int8_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
+                    const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
+  switch (w.groups_per_row() == 1 ? 0 : w.group_size) {
+    case 32: gemv_int8_grouped<Bits, M, 32>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+    case 64: gemv_int8_grouped<Bits, M, 64>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+    case 128: gemv_int8_grouped<Bits, M, 128>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+    default: gemv_int8_grouped<Bits, M, 0>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+  }
+}
+
+template <int Bits>
+void gemv_int8_bits(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
+                    const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
+  switch (gemv_padded_rows(m)) {
+    case 1: gemv_int8_rows<Bits, 1>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+    case 2: gemv_int8_rows<Bits, 2>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+    case 4: gemv_int8_rows<Bits, 4>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+    default: gemv_int8_rows<Bits, 8>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
+  }
+}
+
+void gemv_int8(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
+               const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
+  if (w.bits == 4) {
+    gemv_int8_bits<4>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy);
+  } else {
+    gemv_int8_bits<8>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy);
+  }
+}
+
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, gemv_int8};
 
 }  // namespace pocketml::avx512

@@ -39,6 +39,35 @@ using UnpackCodesFn = void (*)(const PackedWeights& w, int64_t row, int64_t chun
 using DotInt8Fn = void (*)(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_t ldw, int n, int64_t k,
                            int64_t group, const float* scales, int64_t lds, float* c, int64_t ldc);
 
+// The fused int8-activation GEMV (M <= kMaxGemvRows) for the weights
+// int8_gemv_handles: for weight rows r in [row_begin, row_end),
+//   y[i * ldy + r] = x_scale[i] * sum_g scale_g * (sum_{k in g} xq[i][k] * code[r][k] - zero_g * x_sums[i][g])
+// reading each packed row once, in blocks of kInt8GemvBlockBytes. Row i of xq
+// (ldx bytes apart) holds activation k at int8_gemv_position(bits, k), zeros up
+// to whole blocks; row i of x_sums (lds apart) holds each group's sum of xq,
+// zeros past the last group up to a multiple of 16.
+using GemvInt8Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
+                            const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy);
+
+inline constexpr int kInt8GemvBlockBytes = 64;
+
+static inline bool int8_gemv_handles(const PackedWeights& w) {
+  return w.kind == QuantKind::affine && (w.bits == 4 || w.bits == 8);
+}
+
+// Codes per block of packed bytes: 128 4-bit codes or 64 8-bit ones.
+static inline int64_t int8_gemv_block_codes(int bits) { return kInt8GemvBlockBytes * 8 / bits; }
+
+// The place of activation k in the int8 GEMV's xq row: that of its code in the
+// packed bytes, so that one byte-wise dot product pairs them. A block of 4-bit
+// codes is read as its 64 low nibbles, then its 64 high nibbles (quant_format.h:
+// code i of a chunk sits in byte i % 16, high nibble when i >= 16).
+static inline int64_t int8_gemv_position(int bits, int64_t k) {
+  if (bits == 8) return k;
+  const int64_t block = k / 128, chunk = k % 128 / kCodesPerChunk, i = k % kCodesPerChunk;
+  return 128 * block + 64 * (i / 16) + 16 * chunk + i % 16;
+}
+
 inline constexpr int kDotTileRows = 4;
 inline constexpr int kInt8TileRows = 4, kInt8TileCols = 2;
 inline constexpr int kMaxGemvRows = 8;
@@ -63,6 +92,7 @@ struct QuantKernels {
   // int8-activation path; nullptr (AVX2: no 512-bit VNNI in its build flags): the scalar reference runs.
   UnpackCodesFn unpack_codes;
   DotInt8Fn dot_int8;
+  GemvInt8Fn gemv_int8;  // nullptr: int8 activations go through unpack_codes and dot_int8 at every M
 };
 
 namespace scalar { extern const QuantKernels quant_kernels; }

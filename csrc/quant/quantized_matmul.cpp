@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "convert/convert.h"
@@ -30,6 +31,14 @@ constexpr int64_t kChunkCodes = 512;         // columns decoded per tile
 constexpr int64_t kMaxRowsPerXBlock = 128;   // x rows per task: 128 x 512 fp32 = 256 KiB, in L2
 constexpr int64_t kGemvMinRowsPerTask = 32;  // 32 rows of 4096 4-bit codes = 64 KiB streamed per task
 constexpr int64_t kGemvTasksPerThread = 4;
+
+// Rows per task of the fused GEMVs: each thread streams a few long, contiguous
+// row ranges, which the hardware prefetchers follow, instead of hopping between
+// short ones; a few per thread so that a worker woken late still finds work.
+int64_t gemv_rows_per_task(int64_t n) {
+  const int64_t tasks = kGemvTasksPerThread * ThreadPool::global().num_threads();
+  return std::max(kGemvMinRowsPerTask, ((n + tasks - 1) / tasks + 7) / 8 * 8);
+}
 
 // The fp32 copy of a float matrix [rows, cols] padded with zeros to `padded_cols`.
 void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padded_cols, float* dst) {
@@ -89,36 +98,105 @@ const QuantKernels& int8_kernels() {
   return active.dot_int8 != nullptr ? active : *quant_tables().scalar;
 }
 
-// See quantized_matmul's act_bits = 8 in quant.h. Tasks as in tiled_matmul, each
-// with whole rows of codes (K bytes each) unpacked once.
+// The activations of the int8 path (see quantized_matmul's act_bits = 8 in
+// quant.h): one scale per row, int8 codes in the order a kernel reads them, and
+// their sums per group of `group` columns.
+struct Int8Activations {
+  int64_t row_length, padded_groups;  // the strides of codes and group_sums
+  std::vector<float> row_scale;
+  AlignedBuffer<int8_t> codes;
+  AlignedBuffer<float> group_sums;
+
+  // Rows [m, rows) are zeros. position(k) is the place of column k in a row of
+  // `row_length` codes.
+  template <class Position>
+  Int8Activations(const float* x32, int64_t m, int64_t rows, int64_t padded_cols, int64_t group, int64_t row_length,
+                  Position position)
+      : row_length(row_length),
+        padded_groups((padded_cols / group + kCodesPerChunk - 1) / kCodesPerChunk * kCodesPerChunk),
+        row_scale(static_cast<size_t>(rows), 1.0f),
+        codes(static_cast<size_t>(rows * row_length)),
+        group_sums(static_cast<size_t>(rows * padded_groups)) {
+    std::fill(codes.data(), codes.data() + rows * row_length, int8_t(0));
+    std::fill(group_sums.data(), group_sums.data() + rows * padded_groups, 0.0f);
+    parallel_for(m, 16, [&](int64_t begin, int64_t end) {
+      std::vector<int8_t> scratch(static_cast<size_t>(padded_cols));
+      for (int64_t i = begin; i < end; ++i) {
+        const float* row = x32 + i * padded_cols;
+        // max |x| on the bit patterns, whose integer order is that of the magnitudes
+        // (a NaN's is above infinity's), in a loop the compiler vectorises.
+        int32_t max_bits = 0;  // sign bits cleared: the signed order is the unsigned one
+        for (int64_t k = 0; k < padded_cols; ++k) {
+          int32_t bits;
+          std::memcpy(&bits, row + k, sizeof bits);
+          bits &= 0x7FFFFFFF;
+          max_bits = bits > max_bits ? bits : max_bits;
+        }
+        float max_abs;
+        std::memcpy(&max_abs, &max_bits, sizeof max_abs);
+        // A NaN or infinity has no int8 code: its row's codes stay 0 and its
+        // results become NaN.
+        if (max_bits >= 0x7F800000) {
+          row_scale[i] = std::numeric_limits<float>::quiet_NaN();
+          continue;
+        }
+        // The floor keeps x / scale finite for rows of tiny subnormals.
+        const float scale = std::max(max_abs / 127.0f, std::numeric_limits<float>::min());
+        row_scale[i] = scale;
+        // Rounded in column order (a loop the compiler vectorises), then moved to
+        // their places in runs of kRun columns, which stay together in every
+        // layout (int8_gemv_position).
+        int8_t* natural = scratch.data();
+        const int64_t cols = padded_cols;  // a local: stores through int8_t* may alias the captured one
+        for (int64_t k = 0; k < cols; ++k) {
+          // |x / scale| <= 127 (1 + 2^-22): rounding to nearest even (round_half_even's
+          // addition) needs no clamp to stay in [-127, 127].
+          natural[k] = static_cast<int8_t>(static_cast<int32_t>((row[k] / scale + 0x1.8p23f) - 0x1.8p23f));
+        }
+        int8_t* q = codes.data() + i * row_length;
+        for (int64_t run = 0; run < padded_cols; run += kRun) std::memcpy(q + position(run), natural + run, kRun);
+        float* sums = group_sums.data() + i * padded_groups;
+        for (int64_t k0 = 0; k0 < padded_cols; k0 += group) {
+          int32_t sum = 0;
+          for (int64_t k = k0; k < k0 + group; ++k) sum += natural[k];
+          sums[k0 / group] = static_cast<float>(sum);
+        }
+      }
+    });
+  }
+  static constexpr int kRun = 16;
+};
+
+// Columns per group of the int8 path: a group that is not a whole number of
+// chunks is the whole (padded) row.
+int64_t int8_group_columns(const PackedWeights& w, int64_t padded_cols) {
+  return w.group_size % kCodesPerChunk == 0 ? w.group_size : padded_cols;
+}
+
+// The int8 path for few rows: the fused GEMV, tasks as in the fp32 one.
+void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, const float* x32, int64_t m,
+                          int64_t padded_cols, float* out32) {
+  const int64_t block_codes = int8_gemv_block_codes(w.bits);
+  const int64_t row_length = (padded_cols + block_codes - 1) / block_codes * block_codes;
+  const Int8Activations x(x32, m, gemv_padded_rows(static_cast<int>(m)), padded_cols,
+                          int8_group_columns(w, padded_cols), row_length,
+                          [bits = w.bits](int64_t k) { return int8_gemv_position(bits, k); });
+  const int64_t n = w.rows;
+  parallel_for(n, gemv_rows_per_task(n), [&](int64_t begin, int64_t end) {
+    kernels.gemv_int8(w, begin, end, x.codes.data(), x.row_length, x.group_sums.data(), x.padded_groups,
+                      x.row_scale.data(), static_cast<int>(m), out32, n);
+  });
+}
+
+// The int8 path for many rows. Tasks as in tiled_matmul, each with whole rows of
+// codes (K bytes each) unpacked once.
 void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m, int64_t padded_cols, float* out32) {
   const QuantKernels& kernels = int8_kernels();
   const int64_t n = w.rows;
-  const int64_t group = w.group_size % kCodesPerChunk == 0 ? w.group_size : padded_cols;
+  const int64_t group = int8_group_columns(w, padded_cols);
   const int64_t groups = padded_cols / group;
-  const int64_t padded_groups = (groups + kCodesPerChunk - 1) / kCodesPerChunk * kCodesPerChunk;
-  // Activations: one scale per row, int8 codes, and their sums per group.
-  std::vector<float> row_scale(static_cast<size_t>(m));
-  AlignedBuffer<int8_t> xq(static_cast<size_t>(m * padded_cols));
-  AlignedBuffer<float> group_sums(static_cast<size_t>(m * padded_groups));
-  parallel_for(m, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float* row = x32 + i * padded_cols;
-      float max_abs = 0.0f;
-      for (int64_t k = 0; k < padded_cols; ++k) max_abs = std::max(max_abs, std::fabs(row[k]));
-      const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
-      row_scale[i] = scale;
-      int8_t* q = xq.data() + i * padded_cols;
-      for (int64_t k = 0; k < padded_cols; ++k) q[k] = static_cast<int8_t>(std::clamp(round_half_even(row[k] / scale), -127.0f, 127.0f));
-      float* sums = group_sums.data() + i * padded_groups;
-      std::fill(sums, sums + padded_groups, 0.0f);
-      for (int64_t g = 0; g < groups; ++g) {
-        int32_t sum = 0;
-        for (int64_t k = g * group; k < (g + 1) * group; ++k) sum += q[k];
-        sums[g] = static_cast<float>(sum);
-      }
-    }
-  });
+  const Int8Activations x(x32, m, m, padded_cols, group, padded_cols, [](int64_t k) { return k; });
+  const int64_t padded_groups = x.padded_groups;
   std::fill(out32, out32 + m * n, 0.0f);
   const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;
   const int64_t x_rows_per_block = (m + x_blocks - 1) / x_blocks;
@@ -145,16 +223,16 @@ void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m,
       for (int64_t i = m0; i < m1; i += kInt8TileRows) {
         const int mi = static_cast<int>(std::min<int64_t>(kInt8TileRows, m1 - i));
         for (int64_t j = n0; j < n1; j += kInt8TileCols)
-          kernels.dot_int8(xq.data() + i * padded_cols, padded_cols, mi, codes.data() + (j - n0) * padded_cols,
+          kernels.dot_int8(x.codes.data() + i * padded_cols, padded_cols, mi, codes.data() + (j - n0) * padded_cols,
                            padded_cols, static_cast<int>(std::min<int64_t>(kInt8TileCols, n1 - j)), padded_cols, group,
                            scales.data() + (j - n0) * groups, groups, out32 + i * n + j, n);
         // The zero points' share, sum_g (-scale_g zero_g) * sum_{k in g} xq, is a small fp32 product.
         for (int64_t j = n0; j < n1; j += kDotTileRows)
-          kernels.dot_tile(group_sums.data() + i * padded_groups, padded_groups, std::min(mi, kDotTileRows),
+          kernels.dot_tile(x.group_sums.data() + i * padded_groups, padded_groups, std::min(mi, kDotTileRows),
                            minus_scaled_zero.data() + (j - n0) * padded_groups, padded_groups,
                            static_cast<int>(std::min<int64_t>(kDotTileRows, n1 - j)), padded_groups, out32 + i * n + j, n);
         for (int64_t r = i; r < i + mi; ++r)
-          for (int64_t j = n0; j < n1; ++j) out32[r * n + j] *= row_scale[r];
+          for (int64_t j = n0; j < n1; ++j) out32[r * n + j] *= x.row_scale[r];
       }
     }
   });
@@ -253,7 +331,11 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
     widen_rows(x, m, w.cols, padded_cols, x32.data());
     AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
     float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
-    int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
+    if (m <= kMaxGemvRows && kernels.gemv_int8 != nullptr && int8_gemv_handles(w)) {
+      int8_activation_gemv(kernels, w, x32.data(), m, padded_cols, out32);
+    } else {
+      int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
+    }
     if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
     return;
   }
@@ -265,12 +347,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
   if (fused) {
-    // Few long tasks: each thread streams one contiguous range of rows, which the
-    // hardware prefetchers follow, instead of hopping between short ones; a few per
-    // thread so that a worker woken late still finds work.
-    const int64_t tasks = kGemvTasksPerThread * ThreadPool::global().num_threads();
-    const int64_t rows_per_task = std::max(kGemvMinRowsPerTask, ((n + tasks - 1) / tasks + 7) / 8 * 8);
-    parallel_for(n, rows_per_task, [&](int64_t begin, int64_t end) {
+    parallel_for(n, gemv_rows_per_task(n), [&](int64_t begin, int64_t end) {
       kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
     });
   } else {

@@ -231,7 +231,8 @@ def matmul(x, qweight: QuantizedTensor, act_bits: int | None = None):
 
     act_bits=8 (opt-in, affine weights): each row of x is first rounded to int8 with
     one scale (max|x| / 127) and the products run as exact int8 x uint8 dot products
-    (AVX-512 VNNI); faster for prefill, but the result changes by that rounding.
+    (AVX-512 VNNI): faster for prefill and, with 4-bit weights, for decode, but the
+    result changes by that rounding. A row holding NaN or infinity gives NaN.
     """
     if act_bits not in (None, 8) or isinstance(act_bits, bool):
         raise ValueError(f"argument 'act_bits': expected None or 8, got {act_bits!r}")
