@@ -92,7 +92,8 @@ struct QuantKernels {
   // int8-activation path; nullptr (AVX2: no 512-bit VNNI in its build flags): the scalar reference runs.
   UnpackCodesFn unpack_codes;
   DotInt8Fn dot_int8;
-  GemvInt8Fn gemv_int8;  // nullptr: int8 activations go through unpack_codes and dot_int8 at every M
+  // nullptr (scalar, AVX2, ARMv8.0): int8 activations go through unpack_codes and dot_int8 at every M.
+  GemvInt8Fn gemv_int8;
 };
 
 namespace scalar { extern const QuantKernels quant_kernels; }
@@ -101,7 +102,10 @@ namespace avx512 { extern const QuantKernels quant_kernels; }
 namespace neon { extern const QuantKernels quant_kernels; }  // ARMv8.0 only
 // The int8-activation dot product with ARMv8.2 extensions, called only where
 // cpu_features() reports them (quant_tables() puts the best one in the NEON table).
-namespace neon_dotprod { extern const DotInt8Fn dot_int8; }  // sdot
+namespace neon_dotprod {  // sdot
+extern const DotInt8Fn dot_int8;
+extern const GemvInt8Fn gemv_int8;
+}  // namespace neon_dotprod
 namespace neon_i8mm { extern const DotInt8Fn dot_int8; }     // usmmla
 
 const IsaTables<QuantKernels>& quant_tables();

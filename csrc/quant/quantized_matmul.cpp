@@ -240,7 +240,7 @@ void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m,
 
 #if POCKETML_ARCH_ARM
 // The NEON table with the int8 dot product of the best extension this CPU has
-// (the ARMv8.0 one otherwise), chosen once.
+// (the ARMv8.0 one otherwise) and, with SDOT, the fused int8 GEMV, chosen once.
 const QuantKernels* neon_quant_kernels() {
   static const QuantKernels kernels = [] {
     QuantKernels k = neon::quant_kernels;
@@ -249,6 +249,7 @@ const QuantKernels* neon_quant_kernels() {
     } else if (cpu_features().neon_dotprod) {
       k.dot_int8 = neon_dotprod::dot_int8;
     }
+    if (cpu_features().neon_dotprod) k.gemv_int8 = neon_dotprod::gemv_int8;
     return k;
   }();
   return &kernels;
