@@ -659,6 +659,8 @@ def _value_projection(name, module):
 #   int4 g32                              MSE + calibration    0.97184  0.97709  4.75
 #   int4 g64                              MSE                  0.95942  0.97055  4.38
 #   int4 g32, value projections 6-bit g32 MSE + calibration    0.98148  0.98534  4.91
+#   int8 per-row symmetric, act_bits=8    RTN                  0.99652  0.99731  8.03
+#   int4 g32, act_bits=8                  MSE + calibration    0.96799  0.97431  4.75
 #
 # Thresholds sit just below the measurements: a regression in a quantizer, the
 # calibration statistics or the recipe shows up here.
@@ -674,8 +676,10 @@ INT4_G32_MSE = Q(bits=4, group_size=32, method="mse")
     ([(INT4_G32_MSE, None)], True, 0.970, 0.976),
     ([(Q(bits=4, group_size=64, method="mse"), None)], False, 0.957, 0.969),
     ([(Q(bits=6, group_size=32, method="mse"), _value_projection), (INT4_G32_MSE, None)], True, 0.980, 0.984),
+    ([(Q(bits=8, group_size=None, symmetric=True, act_bits=8), None)], False, 0.9963, 0.9971),
+    ([(Q(bits=4, group_size=32, method="mse", act_bits=8), None)], True, 0.967, 0.974),
 ], ids=["int8", "int8-g32", "int4-g32-rtn", "int4-g32-mse", "int4-g32-calibrated", "int4-g64-mse",
-        "int4-g32-v6-calibrated"])
+        "int4-g32-v6-calibrated", "int8-act8", "int4-g32-calibrated-act8"])
 def test_minilm_embeddings_survive_quantization(minilm, recipe, calibrated, min_threshold, mean_threshold):
     import copy
 
