@@ -212,7 +212,7 @@ void decode(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t ch
 }
 
 // R weight rows at once against M activation rows: each x vector is loaded once
-// for R rows, and R * M * 2 independent FMA chains hide the FMA latency. Values
+// for R rows, and R * M * H independent FMA chains hide the FMA latency. Values
 // with kScalePerGroup sum x * (code - zero) per group into `part` and fold it
 // into acc times the group's scale at the group's end.
 // GroupChunks > 0 fixes the chunks per scale group at compile time (groups of
@@ -225,11 +225,15 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
   const int64_t prefetch_distance = 2 * R * w.row_bytes;
   const uint8_t* chunk[R];
   Values values[R];
-  __m512 acc[R][M][2], part[R][M][2];
+  // Chains per (row, activation row): two for few activation rows, one from
+  // M = 4 on, where R * M chains already hide the latency and registers go to R.
+  constexpr int H = M >= 4 ? 1 : 2;
+  __m512 acc[R][M][H], part[R][M][H];
   for (int r = 0; r < R; ++r) {
     chunk[r] = w.packed + (row + r) * w.row_bytes;
     values[r].start_row(w, row + r);
-    for (int i = 0; i < M; ++i) acc[r][i][0] = acc[r][i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < M; ++i)
+      for (int h = 0; h < H; ++h) acc[r][i][h] = _mm512_setzero_ps();
   }
   const int64_t groups = (chunks + group_chunks - 1) / group_chunks;
   if (w.kind == QuantKind::affine) prefetch_group_params(w, row + 2 * R, R);
@@ -243,17 +247,13 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
       for (int r = 0; r < R; ++r) {
         values[r].start_group(block[r], j);
         if constexpr (Values::kScalePerGroup)
-          for (int i = 0; i < M; ++i) part[r][i][0] = part[r][i][1] = _mm512_setzero_ps();
+          for (int i = 0; i < M; ++i)
+            for (int h = 0; h < H; ++h) part[r][i][h] = _mm512_setzero_ps();
       }
       auto& sums = Values::kScalePerGroup ? part : acc;
       const int64_t c1 = c + group_chunks < chunks ? c + group_chunks : chunks;
       for (; c < c1; ++c) {
         const float* xc = x + c * kCodesPerChunk;
-        __m512 x0[M], x1[M];
-        for (int i = 0; i < M; ++i) {
-          x0[i] = _mm512_loadu_ps(xc + i * ldx);
-          x1[i] = _mm512_loadu_ps(xc + i * ldx + 16);
-        }
         for (int r = 0; r < R; ++r) {
           // Rows are short streams (2 KiB at K = 4096, 4 bits) that the hardware
           // prefetcher picks up late: fetch the same place two steps of R rows
@@ -262,28 +262,32 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, const float* x, int64_t l
           const __m512 v0 = values[r](chunk[r], 0), v1 = values[r](chunk[r], 1);
           chunk[r] += chunk_bytes;
           for (int i = 0; i < M; ++i) {
-            sums[r][i][0] = _mm512_fmadd_ps(x0[i], v0, sums[r][i][0]);
-            sums[r][i][1] = _mm512_fmadd_ps(x1[i], v1, sums[r][i][1]);
+            sums[r][i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx), v0, sums[r][i][0]);
+            sums[r][i][H - 1] = _mm512_fmadd_ps(_mm512_loadu_ps(xc + i * ldx + 16), v1, sums[r][i][H - 1]);
           }
         }
       }
       if constexpr (Values::kScalePerGroup)
         for (int r = 0; r < R; ++r)
           for (int i = 0; i < M; ++i)
-            acc[r][i][0] = _mm512_fmadd_ps(_mm512_add_ps(part[r][i][0], part[r][i][1]), values[r].scale, acc[r][i][0]);
+            acc[r][i][0] = _mm512_fmadd_ps(H == 2 ? _mm512_add_ps(part[r][i][0], part[r][i][H - 1]) : part[r][i][0],
+                                           values[r].scale, acc[r][i][0]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int i = 0; i < M; ++i)
-      if (i < m) y[i * ldy + row + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+      if (i < m) y[i * ldy + row + r] = _mm512_reduce_add_ps(H == 2 ? _mm512_add_ps(acc[r][i][0], acc[r][i][H - 1]) : acc[r][i][0]);
 }
 
 // Rows in steps of R, so that the accumulators fit the 32 registers: 4 for
-// M <= 2, 2 for M = 4, 1 for M = 8 (per-group sums double them: 4 / M).
+// M <= 4, 2 for M = 8 (per-group sums double them: 4, 2, 2, 1). More rows per
+// step matter from M = 4 on, where the activations (64 KiB at K = 4096) live in
+// L2 and every step streams them once: one row per step at M = 8 was bound by
+// that stream (5 G weights/s on one core).
 template <class Values, int M, int GroupChunks>
 void gemv_grouped(const PackedWeights& w, int64_t row_begin, int64_t row_end, const float* x, int64_t ldx, int m, float* y,
           int64_t ldy) {
-  constexpr int R = Values::kScalePerGroup ? (M <= 4 ? 4 / M : 1) : (M <= 2 ? 4 : M == 4 ? 2 : 1);
+  constexpr int R = Values::kScalePerGroup ? (M == 1 ? 4 : M == 8 ? 1 : 2) : (M <= 4 ? 4 : 2);
   int64_t row = row_begin;
   for (; row + R <= row_end; row += R) gemv_rows_at<Values, M, GroupChunks, R>(w, row, x, ldx, m, y, ldy);
   for (; row < row_end; ++row) gemv_rows_at<Values, M, GroupChunks, 1>(w, row, x, ldx, m, y, ldy);
