@@ -226,7 +226,13 @@ TEST(every_fused_gemv_equals_a_double_product_of_the_decoded_weights) {
   const int64_t rows = 11;  // not a multiple of any variant's row step
   std::mt19937 gen(5);
   std::normal_distribution<float> normal;
-  for (const Format& f : all_formats()) {
+  // Rows long enough to be split into column slices at M >= 4 (past 1024 columns),
+  // with more than one block of 64 groups, and one group per row across slices.
+  std::vector<Format> formats = all_formats();
+  formats.push_back({QuantKind::affine, 8, 2080, 32, DType::f16, false});
+  formats.push_back({QuantKind::affine, 8, 2100, 2100, DType::f32, true});
+  formats.push_back({QuantKind::affine, 4, 4160, 64, DType::bf16, false});
+  for (const Format& f : formats) {
     const RandomWeights r(f.kind, f.bits, rows, f.cols, f.kind == QuantKind::lut ? 1 : f.group_size, f.scale_dtype,
                           f.symmetric, 23 + f.bits);
     const int64_t padded_cols = chunks_per_row(f.cols) * kCodesPerChunk;
