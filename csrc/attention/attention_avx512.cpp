@@ -376,12 +376,13 @@ inline __m512 key_scales(const float* scales, int64_t stride, int nk) {
   return _mm512_permutexvar_ps(key, s);
 }
 
-// Scores of ROWS (2, 4 or 8) query rows against KEYS = 16 / ROWS keys at a time: one
+// Scores of ROWS (2 or 4) query rows against KEYS = 16 / ROWS keys at a time: one
 // accumulator per (row, key), so each K vector is converted once for all rows
 // and one sum_lanes16 finishes all 16 dot products (lane r * KEYS + i: row r, key i).
 template <DType kType, int ROWS, bool kWholeVectors>
 void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* q, const void* k, int64_t k_stride,
                          const float* k_scales, int64_t scale_stride, float* scores, int64_t ld) {
+  static_assert(ROWS == 2 || ROWS == 4);
   constexpr int KEYS = 16 / ROWS;
   for (int64_t j0 = 0; j0 < keys; j0 += KEYS) {
     const int nk = keys - j0 < KEYS ? static_cast<int>(keys - j0) : KEYS;
@@ -412,42 +413,45 @@ void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* 
       const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
       _mm256_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps256(sums));
       _mm256_mask_storeu_ps(scores + ld + j0, m, _mm512_extractf32x8_ps(sums, 1));
-    } else if constexpr (ROWS == 4) {
+    } else {
       const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
       _mm_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps128(sums));
       _mm_mask_storeu_ps(scores + ld + j0, m, _mm512_extractf32x4_ps(sums, 1));
       _mm_mask_storeu_ps(scores + 2 * ld + j0, m, _mm512_extractf32x4_ps(sums, 2));
       _mm_mask_storeu_ps(scores + 3 * ld + j0, m, _mm512_extractf32x4_ps(sums, 3));
-    } else {
-      alignas(64) float lanes[16];
-      _mm512_store_ps(lanes, sums);
-      for (int r = 0; r < ROWS; ++r)
-        for (int i = 0; i < nk; ++i) scores[r * ld + j0 + i] = lanes[r * KEYS + i];
     }
   }
 }
 
 // One query row, columns d0 .. d0 + 16 NV of it (the last vector masked by
-// `last`): q's vectors stay in registers and each key's dot product runs over
-// them, so a block of 16 keys walks one row pointer. With `accumulate` the
-// partial dot products are added to the scores already there (dim > 16 NV).
-// A positive `ahead` prefetches that many rows ahead of the keys done.
-template <DType kType, int NV>
+// `last` unless kWholeVectors): q's vectors stay in registers and each key's
+// dot product runs over them, so a block of 16 keys walks one row pointer. With
+// `accumulate` the partial dot products are added to the scores already there
+// (dim > 16 NV). A positive `ahead` prefetches that many rows ahead of the keys done.
+template <DType kType, int NV, bool kWholeVectors>
 void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last, bool accumulate, int64_t ahead,
                            const float* q, const void* k, int64_t k_stride, float* scores) {
+  const int64_t row_bytes = k_stride * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
   __m512 qv[NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) qv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, q + d0 + 16 * v);
+  auto load = [&](const char* row, int v) {
+    return kWholeVectors || v < NV - 1 ? load_row16<kType>(row, d0 + 16 * v) : load_row16<kType>(row, d0 + 16 * v, last);
+  };
   for (int64_t j0 = 0; j0 < keys; j0 += 16) {
     const int nk = keys - j0 < 16 ? static_cast<int>(keys - j0) : 16;
+    const char* row = static_cast<const char*>(cache_row<kType>(k, j0, k_stride));
     __m512 acc[16];
 #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {
-      const void* row = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
-      acc[i] = _mm512_mul_ps(qv[0], load_row16<kType>(row, d0, NV == 1 ? last : 0xFFFF));
+      acc[i] = _mm512_mul_ps(qv[0], load(row, 0));
 #pragma GCC unroll 8
-      for (int v = 1; v < NV; ++v)
-        acc[i] = _mm512_fmadd_ps(qv[v], load_row16<kType>(row, d0 + 16 * v, v == NV - 1 ? last : 0xFFFF), acc[i]);
+      for (int v = 1; v < NV; ++v) acc[i] = _mm512_fmadd_ps(qv[v], load(row, v), acc[i]);
+      if (i + 1 < nk) row += row_bytes;  // keys past the last repeat it
+      // One pointer stepped row by row: left to itself GCC keeps a pointer per
+      // (key, column) of the block, 16 NV of them spilled to the stack and
+      // reloaded for every load (2x the time of the FMAs at D = 128).
+      asm("" : "+r"(row));
     }
     if (ahead > 0) prefetch_ahead<kType>(k, j0, nk, k_stride, ahead, dim);
     __m512 sums = sum_lanes16(acc);
@@ -461,9 +465,15 @@ void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last
 template <DType kType, int NV>
 void decode_scores_one_row_columns(int64_t keys, int64_t dim, int64_t d0, int64_t ahead, const float* q, const void* k,
                                    int64_t k_stride, float* scores) {
-  for (; (dim - d0 + 15) / 16 >= NV; d0 += 16 * NV)
-    decode_scores_one_row<kType, NV>(keys, dim, d0, tail_mask(dim - d0 - 16 * (NV - 1)), d0 > 0, d0 > 0 ? 0 : ahead,
-                                     q, k, k_stride, scores);
+  for (; (dim - d0 + 15) / 16 >= NV; d0 += 16 * NV) {
+    const int64_t rest = dim - d0 - 16 * (NV - 1);
+    if (rest >= 16)
+      decode_scores_one_row<kType, NV, true>(keys, dim, d0, 0xFFFF, d0 > 0, d0 > 0 ? 0 : ahead, q, k, k_stride,
+                                             scores);
+    else
+      decode_scores_one_row<kType, NV, false>(keys, dim, d0, tail_mask(rest), d0 > 0, d0 > 0 ? 0 : ahead, q, k,
+                                              k_stride, scores);
+  }
   if constexpr (NV > 1)
     if (d0 < dim) decode_scores_one_row_columns<kType, NV / 2>(keys, dim, d0, 0, q, k, k_stride, scores);
 }
@@ -477,13 +487,14 @@ void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q
     run(keys, dim, r == 0 ? ahead : 0, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
     r += n;
   };
+  // 4-row blocks even for 8 rows and more: an 8-row block has 2 keys per
+  // sum_lanes16, and its reductions and scalar stores cost 4x the 4-row block's
+  // time per key (97 vs 22 cycles per key and 4 rows at D = 128, Zen 5).
   if (dim % 16 == 0) {
-    while (rows - r >= 8) block(decode_scores_block<kType, 8, true>, 8);
-    if (rows - r >= 4) block(decode_scores_block<kType, 4, true>, 4);
+    while (rows - r >= 4) block(decode_scores_block<kType, 4, true>, 4);
     if (rows - r >= 2) block(decode_scores_block<kType, 2, true>, 2);
   } else {
-    while (rows - r >= 8) block(decode_scores_block<kType, 8, false>, 8);
-    if (rows - r >= 4) block(decode_scores_block<kType, 4, false>, 4);
+    while (rows - r >= 4) block(decode_scores_block<kType, 4, false>, 4);
     if (rows - r >= 2) block(decode_scores_block<kType, 2, false>, 2);
   }
   if (rows - r >= 1) {
