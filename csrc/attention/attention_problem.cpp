@@ -290,7 +290,9 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
         for (int64_t d = 0; d < dim; ++d) s.q_t[d * n + r] = q_rows[r * dim + d];
   }
   float* scores = s.scores.data();
-  const int64_t block_k = direct_rows ? kDecodeBlockK : kBlockK;
+  // The 256-key tiles only where the direct kernels run: the fp16-product path
+  // (FMLAL) converts P into a kBlockK-key scratch tile.
+  const int64_t block_k = direct_rows && !f16_products ? kDecodeBlockK : kBlockK;
   for (int64_t j0 = first; j0 <= last; j0 += block_k) {
     const int64_t n_keys = std::min(block_k, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
