@@ -594,7 +594,11 @@ void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const floa
     alignas(64) float scales[kWeightKeys];
     for (int64_t j0 = 0; j0 < keys; j0 += kWeightKeys) {
       const int64_t n = keys - j0 < kWeightKeys ? keys - j0 : kWeightKeys;
-      for (int64_t j = 0; j < n; ++j) scales[j] = v_scales[(j0 + j) * scale_stride];
+      const float* tile_scales = v_scales + j0 * scale_stride;
+      if (scale_stride != 1) {
+        for (int64_t j = 0; j < n; ++j) scales[j] = tile_scales[j * scale_stride];
+        tile_scales = scales;
+      }
       const void* v0 = cache_row<kType>(v, j0, v_stride);
       for (int64_t r0 = 0; r0 < rows; r0 += kWeightRows) {
         const int64_t block_rows = rows - r0 < kWeightRows ? rows - r0 : kWeightRows;
@@ -603,7 +607,7 @@ void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const floa
             const __mmask16 m = tail_mask(n - j);
             _mm512_mask_storeu_ps(weights + r * kWeightKeys + j, m,
                                   _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + (r0 + r) * keys + j0 + j),
-                                                _mm512_maskz_loadu_ps(m, scales + j)));
+                                                _mm512_maskz_loadu_ps(m, tile_scales + j)));
           }
         decode_accumulate_rows<kType>(block_rows, n, dim, r0 == 0 ? ahead : 0, weights, kWeightKeys, v0, v_stride,
                                       acc + r0 * dim);
