@@ -366,6 +366,38 @@ def test_decode_window_and_softcap(isa):
     torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cache_dtype", ["fp16", "int8"])
+def test_decode_tile_edges_window_and_softcap(isa, cache_dtype):
+    # Cache lengths around the 256-key decode tile and the 64-key int8 weight tiles
+    # (1, 63, 255, 256, 257, 600), 1 to 8 queries, MHA and GQA (up to 32 rows per
+    # KV head), with and without a window and softcap: against float64 attention
+    # over the dequantized cache, and against the scalar ISA.
+    g = torch.Generator().manual_seed(11)
+    for length, lq, (hq, hkv), window, softcap in [
+        (1, 1, (2, 2), None, None), (63, 8, (4, 1), None, 5.0), (255, 2, (8, 2), (100, 0), None),
+        (256, 1, (4, 4), None, None), (257, 5, (4, 1), (40, 0), 3.0), (600, 8, (4, 1), None, None),
+        (600, 3, (8, 8), (300, 0), 2.0)]:
+        if lq > length:
+            continue
+        d = 64
+        cache = A.KVCache(1, hkv, length + 3, d, dtype=cache_dtype)
+        cache.append(torch.randn(1, hkv, length, d, generator=g) * 2, torch.randn(1, hkv, length, d, generator=g))
+        q = torch.randn(1, hq, lq, d, generator=g)
+        out = A.decode(q, cache, window=window, softcap=softcap)
+        if cache_dtype == "int8":
+            k = cache.k[:, :, :length].double() * cache.k_scale[:, :, :length, None].double()
+            v = cache.v[:, :, :length].double() * cache.v_scale[:, :, :length, None].double()
+        else:
+            k, v = cache.k[:, :, :length].double(), cache.v[:, :, :length].double()
+        expected = A.reference_attention(q.double(), k, v, window=window or (-1, 0), bottom_right=True,
+                                         softcap=softcap)
+        what = f"length {length} lq {lq} heads {hq}/{hkv} window {window} softcap {softcap}"
+        torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-5, msg=what)
+        with pocketml.use_isa("scalar"):
+            torch.testing.assert_close(out, A.decode(q, cache, window=window, softcap=softcap), atol=2e-6, rtol=1e-5,
+                                       msg=what)
+
+
 def test_sdpa_override_routes_and_restores():
     original = F.scaled_dot_product_attention
     q, k, v = make_qkv(1, 2, 2, 8, 8, 16)

@@ -50,6 +50,11 @@ def _prefill_shapes(quick):
 
 
 def run(report, quick: bool) -> None:
+    run_prefill(report, quick)
+    run_decode(report, quick)
+
+
+def run_prefill(report, quick: bool) -> None:
     for (heads, length, dim), causal, dtype in itertools.product(_prefill_shapes(quick), (False, True), DTYPES):
         rounds = 5 if quick or length >= 4096 else 9  # a 4096-long case takes seconds per call
         g = torch.Generator().manual_seed(0)
@@ -75,6 +80,10 @@ def run(report, quick: bool) -> None:
             Peer("torch sdpa", lambda: torch.autograd.grad(torch_out, (qg, kg, vg), grad, retain_graph=True)),
         ], flops=2.5 * flops, rounds=rounds)
 
+
+
+def run_decode(report, quick: bool) -> None:
+    """The decode cases alone (benches/attention_decode.py runs them in ~1.5 minutes)."""
     rounds = 5 if quick else 9
     decode_lengths = (4096,) if quick else (4096, 32768)
     for length, (hq, hkv), cache_dtype in itertools.product(decode_lengths, ((32, 32), (32, 8)), ("fp16", "int8")):

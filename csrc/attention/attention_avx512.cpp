@@ -292,6 +292,21 @@ inline __m512 load_row16(const void* row, int64_t d, __mmask16 m) {
   }
 }
 
+// The same without a mask: a plain load the conversion can take as its memory operand.
+template <DType kType>
+inline __m512 load_row16(const void* row, int64_t d) {
+  if constexpr (kType == DType::f32) {
+    return _mm512_loadu_ps(static_cast<const float*>(row) + d);
+  } else if constexpr (kType == DType::f16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + d)));
+  } else if constexpr (kType == DType::bf16) {
+    return bf16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(row) + d)));
+  } else {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const int8_t*>(row) + d))));
+  }
+}
+
 // The storage type of a cache element.
 template <DType kType>
 struct CacheElement {
@@ -312,6 +327,9 @@ inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
 }
 
 // The rows `ahead` rows past rows j .. j + count of a cache operand (see prefetch_decode_row).
+// Check `objdump -d | grep -c prefetcht0` on this file after changing it: GCC 12
+// -O3 dropped every prefetch of the file, silently, when this function got a
+// second (flat, contiguous-rows) path, and decode from DRAM lost half its speed.
 template <DType kType>
 inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t stride, int64_t ahead, int64_t dim) {
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
@@ -361,12 +379,13 @@ inline __m512 key_scales(const float* scales, int64_t stride, int nk) {
   return _mm512_permutexvar_ps(key, s);
 }
 
-// Scores of ROWS (2, 4 or 8) query rows against KEYS = 16 / ROWS keys at a time: one
+// Scores of ROWS (2 or 4) query rows against KEYS = 16 / ROWS keys at a time: one
 // accumulator per (row, key), so each K vector is converted once for all rows
 // and one sum_lanes16 finishes all 16 dot products (lane r * KEYS + i: row r, key i).
-template <DType kType, int ROWS>
+template <DType kType, int ROWS, bool kWholeVectors>
 void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* q, const void* k, int64_t k_stride,
                          const float* k_scales, int64_t scale_stride, float* scores, int64_t ld) {
+  static_assert(ROWS == 2 || ROWS == 4);
   constexpr int KEYS = 16 / ROWS;
   for (int64_t j0 = 0; j0 < keys; j0 += KEYS) {
     const int nk = keys - j0 < KEYS ? static_cast<int>(keys - j0) : KEYS;
@@ -380,10 +399,11 @@ void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* 
       const __mmask16 m = tail_mask(dim - d);
       __m512 qv[ROWS];
 #pragma GCC unroll 8
-      for (int r = 0; r < ROWS; ++r) qv[r] = _mm512_maskz_loadu_ps(m, q + r * dim + d);
+      for (int r = 0; r < ROWS; ++r)
+        qv[r] = kWholeVectors ? _mm512_loadu_ps(q + r * dim + d) : _mm512_maskz_loadu_ps(m, q + r * dim + d);
 #pragma GCC unroll 16
       for (int i = 0; i < KEYS; ++i) {
-        const __m512 kv = load_row16<kType>(key_rows[i], d, m);
+        const __m512 kv = kWholeVectors ? load_row16<kType>(key_rows[i], d) : load_row16<kType>(key_rows[i], d, m);
 #pragma GCC unroll 8
         for (int r = 0; r < ROWS; ++r) acc[r * KEYS + i] = _mm512_fmadd_ps(qv[r], kv, acc[r * KEYS + i]);
       }
@@ -396,42 +416,45 @@ void decode_scores_block(int64_t keys, int64_t dim, int64_t ahead, const float* 
       const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
       _mm256_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps256(sums));
       _mm256_mask_storeu_ps(scores + ld + j0, m, _mm512_extractf32x8_ps(sums, 1));
-    } else if constexpr (ROWS == 4) {
+    } else {
       const __mmask8 m = static_cast<__mmask8>(tail_mask(nk));
       _mm_mask_storeu_ps(scores + j0, m, _mm512_castps512_ps128(sums));
       _mm_mask_storeu_ps(scores + ld + j0, m, _mm512_extractf32x4_ps(sums, 1));
       _mm_mask_storeu_ps(scores + 2 * ld + j0, m, _mm512_extractf32x4_ps(sums, 2));
       _mm_mask_storeu_ps(scores + 3 * ld + j0, m, _mm512_extractf32x4_ps(sums, 3));
-    } else {
-      alignas(64) float lanes[16];
-      _mm512_store_ps(lanes, sums);
-      for (int r = 0; r < ROWS; ++r)
-        for (int i = 0; i < nk; ++i) scores[r * ld + j0 + i] = lanes[r * KEYS + i];
     }
   }
 }
 
 // One query row, columns d0 .. d0 + 16 NV of it (the last vector masked by
-// `last`): q's vectors stay in registers and each key's dot product runs over
-// them, so a block of 16 keys walks one row pointer. With `accumulate` the
-// partial dot products are added to the scores already there (dim > 16 NV).
-// A positive `ahead` prefetches that many rows ahead of the keys done.
-template <DType kType, int NV>
+// `last` unless kWholeVectors): q's vectors stay in registers and each key's
+// dot product runs over them, so a block of 16 keys walks one row pointer. With
+// `accumulate` the partial dot products are added to the scores already there
+// (dim > 16 NV). A positive `ahead` prefetches that many rows ahead of the keys done.
+template <DType kType, int NV, bool kWholeVectors>
 void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last, bool accumulate, int64_t ahead,
                            const float* q, const void* k, int64_t k_stride, float* scores) {
+  const int64_t row_bytes = k_stride * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
   __m512 qv[NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) qv[v] = _mm512_maskz_loadu_ps(v == NV - 1 ? last : 0xFFFF, q + d0 + 16 * v);
+  auto load = [&](const char* row, int v) {
+    return kWholeVectors || v < NV - 1 ? load_row16<kType>(row, d0 + 16 * v) : load_row16<kType>(row, d0 + 16 * v, last);
+  };
   for (int64_t j0 = 0; j0 < keys; j0 += 16) {
     const int nk = keys - j0 < 16 ? static_cast<int>(keys - j0) : 16;
+    const char* row = static_cast<const char*>(cache_row<kType>(k, j0, k_stride));
     __m512 acc[16];
 #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {
-      const void* row = cache_row<kType>(k, j0 + (i < nk ? i : 0), k_stride);
-      acc[i] = _mm512_mul_ps(qv[0], load_row16<kType>(row, d0, NV == 1 ? last : 0xFFFF));
+      acc[i] = _mm512_mul_ps(qv[0], load(row, 0));
 #pragma GCC unroll 8
-      for (int v = 1; v < NV; ++v)
-        acc[i] = _mm512_fmadd_ps(qv[v], load_row16<kType>(row, d0 + 16 * v, v == NV - 1 ? last : 0xFFFF), acc[i]);
+      for (int v = 1; v < NV; ++v) acc[i] = _mm512_fmadd_ps(qv[v], load(row, v), acc[i]);
+      if (i + 1 < nk) row += row_bytes;  // keys past the last repeat it
+      // One pointer stepped row by row: left to itself GCC keeps a pointer per
+      // (key, column) of the block, 16 NV of them spilled to the stack and
+      // reloaded for every load (2x the time of the FMAs at D = 128).
+      asm("" : "+r"(row));
     }
     if (ahead > 0) prefetch_ahead<kType>(k, j0, nk, k_stride, ahead, dim);
     __m512 sums = sum_lanes16(acc);
@@ -445,9 +468,15 @@ void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last
 template <DType kType, int NV>
 void decode_scores_one_row_columns(int64_t keys, int64_t dim, int64_t d0, int64_t ahead, const float* q, const void* k,
                                    int64_t k_stride, float* scores) {
-  for (; (dim - d0 + 15) / 16 >= NV; d0 += 16 * NV)
-    decode_scores_one_row<kType, NV>(keys, dim, d0, tail_mask(dim - d0 - 16 * (NV - 1)), d0 > 0, d0 > 0 ? 0 : ahead,
-                                     q, k, k_stride, scores);
+  for (; (dim - d0 + 15) / 16 >= NV; d0 += 16 * NV) {
+    const int64_t rest = dim - d0 - 16 * (NV - 1);
+    if (rest >= 16)
+      decode_scores_one_row<kType, NV, true>(keys, dim, d0, 0xFFFF, d0 > 0, d0 > 0 ? 0 : ahead, q, k, k_stride,
+                                             scores);
+    else
+      decode_scores_one_row<kType, NV, false>(keys, dim, d0, tail_mask(rest), d0 > 0, d0 > 0 ? 0 : ahead, q, k,
+                                              k_stride, scores);
+  }
   if constexpr (NV > 1)
     if (d0 < dim) decode_scores_one_row_columns<kType, NV / 2>(keys, dim, d0, 0, q, k, k_stride, scores);
 }
@@ -461,9 +490,16 @@ void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q
     run(keys, dim, r == 0 ? ahead : 0, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
     r += n;
   };
-  while (rows - r >= 8) block(decode_scores_block<kType, 8>, 8);
-  if (rows - r >= 4) block(decode_scores_block<kType, 4>, 4);
-  if (rows - r >= 2) block(decode_scores_block<kType, 2>, 2);
+  // 4-row blocks even for 8 rows and more: an 8-row block has 2 keys per
+  // sum_lanes16, and its reductions and scalar stores cost 4x the 4-row block's
+  // time per key (97 vs 22 cycles per key and 4 rows at D = 128, Zen 5).
+  if (dim % 16 == 0) {
+    while (rows - r >= 4) block(decode_scores_block<kType, 4, true>, 4);
+    if (rows - r >= 2) block(decode_scores_block<kType, 2, true>, 2);
+  } else {
+    while (rows - r >= 4) block(decode_scores_block<kType, 4, false>, 4);
+    if (rows - r >= 2) block(decode_scores_block<kType, 2, false>, 2);
+  }
   if (rows - r >= 1) {
     float* row_scores = scores + r * keys;
     decode_scores_one_row_columns<kType, 8>(keys, dim, 0, r == 0 ? ahead : 0, q + r * dim, k, k_stride, row_scores);
@@ -472,12 +508,14 @@ void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q
   }
 }
 
-// acc[r][c0 : c0 + 16 NV] += sum_j p[r][j] v[j][c0 : c0 + 16 NV] for ROWS rows
-// (p rows `keys` apart, acc rows `dim` apart); the last vector is masked by
-// `last`. A positive `ahead` prefetches that many rows ahead of the keys done.
-template <DType kType, int ROWS, int NV>
-void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 last, int64_t ahead, const float* p,
-                             const void* v, int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+// acc[r][c0 : c0 + 16 NV] += sum_j w[r][j] v[j][c0 : c0 + 16 NV] for ROWS rows
+// (w rows `ldw` apart, acc rows `dim` apart); the last vector is masked by
+// `last` unless kWholeVectors. Each weight is broadcast straight from memory,
+// so the loop holds nothing but the V conversions and the FMAs. A positive
+// `ahead` prefetches that many rows ahead of the keys done.
+template <DType kType, int ROWS, int NV, bool kWholeVectors>
+void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 last, int64_t ahead, const float* w,
+                             int64_t ldw, const void* v, int64_t v_stride, float* acc) {
   __m512 o[ROWS][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; ++r)
@@ -489,12 +527,11 @@ void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 la
     if (ahead > 0) prefetch_ahead<kType>(v, j, 1, v_stride, ahead, dim);
     __m512 vv[NV];
 #pragma GCC unroll 8
-    for (int i = 0; i < NV; ++i) vv[i] = load_row16<kType>(row, c0 + 16 * i, i == NV - 1 ? last : 0xFFFF);
+    for (int i = 0; i < NV; ++i)
+      vv[i] = kWholeVectors || i < NV - 1 ? load_row16<kType>(row, c0 + 16 * i) : load_row16<kType>(row, c0 + 16 * i, last);
 #pragma GCC unroll 8
     for (int r = 0; r < ROWS; ++r) {
-      // int8: the row's scale joins the probability, one multiply per key and row.
-      const float weight = kType == DType::i8 ? p[r * keys + j] * v_scales[j * scale_stride] : p[r * keys + j];
-      const __m512 pv = _mm512_set1_ps(weight);
+      const __m512 pv = _mm512_set1_ps(w[r * ldw + j]);
 #pragma GCC unroll 8
       for (int i = 0; i < NV; ++i) o[r][i] = _mm512_fmadd_ps(pv, vv[i], o[r][i]);
     }
@@ -509,31 +546,74 @@ void decode_accumulate_block(int64_t keys, int64_t dim, int64_t c0, __mmask16 la
 // Columns from c0 on in passes of NV vectors, the remainder in narrower passes,
 // so no pass computes on vectors beyond dim.
 template <DType kType, int ROWS, int NV>
-void decode_accumulate_columns(int64_t keys, int64_t dim, int64_t c0, int64_t ahead, const float* p, const void* v,
-                               int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
-  for (; (dim - c0 + 15) / 16 >= NV; c0 += 16 * NV)
-    decode_accumulate_block<kType, ROWS, NV>(keys, dim, c0, tail_mask(dim - c0 - 16 * (NV - 1)), c0 > 0 ? 0 : ahead,
-                                             p, v, v_stride, v_scales, scale_stride, acc);
+void decode_accumulate_columns(int64_t keys, int64_t dim, int64_t c0, int64_t ahead, const float* w, int64_t ldw,
+                               const void* v, int64_t v_stride, float* acc) {
+  for (; (dim - c0 + 15) / 16 >= NV; c0 += 16 * NV) {
+    const int64_t rest = dim - c0 - 16 * (NV - 1);
+    const int64_t pass_ahead = c0 > 0 ? 0 : ahead;
+    if (rest >= 16)
+      decode_accumulate_block<kType, ROWS, NV, true>(keys, dim, c0, 0xFFFF, pass_ahead, w, ldw, v, v_stride, acc);
+    else
+      decode_accumulate_block<kType, ROWS, NV, false>(keys, dim, c0, tail_mask(rest), pass_ahead, w, ldw, v, v_stride,
+                                                      acc);
+  }
   if constexpr (NV > 1)
-    if (c0 < dim)
-      decode_accumulate_columns<kType, ROWS, NV / 2>(keys, dim, c0, 0, p, v, v_stride, v_scales, scale_stride, acc);
+    if (c0 < dim) decode_accumulate_columns<kType, ROWS, NV / 2>(keys, dim, c0, 0, w, ldw, v, v_stride, acc);
 }
 
+// All `rows` rows of weights w (rows `ldw` apart) against `keys` rows of V, the
+// rows in register blocks of 8, 4, 2, 1; the first block prefetches `ahead`.
 template <DType kType>
-void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
-                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
-  const int64_t ahead = prefetch_rows_ahead<kType>(dim);  // by the first row block only
-  // At most 16 accumulators (ROWS x NV): with the V vectors and the broadcast
-  // probability they fit the 32 registers.
+void decode_accumulate_rows(int64_t rows, int64_t keys, int64_t dim, int64_t ahead, const float* w, int64_t ldw,
+                            const void* v, int64_t v_stride, float* acc) {
+  // At most 16 accumulators (ROWS x NV): with the V vectors they fit the 32 registers.
   int64_t r = 0;
-  auto block = [&](auto run, int64_t n) {
-    run(keys, dim, 0, r == 0 ? ahead : 0, p + r * keys, v, v_stride, v_scales, scale_stride, acc + r * dim);
-    r += n;
+  auto block = [&](auto pass, int64_t count) {
+    pass(keys, dim, 0, r == 0 ? ahead : 0, w + r * ldw, ldw, v, v_stride, acc + r * dim);
+    r += count;
   };
   while (rows - r >= 8) block(decode_accumulate_columns<kType, 8, 2>, 8);
   if (rows - r >= 4) block(decode_accumulate_columns<kType, 4, 4>, 4);
   if (rows - r >= 2) block(decode_accumulate_columns<kType, 2, 8>, 2);
   if (rows - r >= 1) block(decode_accumulate_columns<kType, 1, 8>, 1);
+}
+
+// int8 weights are built for up to 8 rows x 64 keys at a time (a 2 KiB stack tile).
+inline constexpr int64_t kWeightRows = 8, kWeightKeys = 64;
+
+template <DType kType>
+void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
+                             int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
+  const int64_t ahead = prefetch_rows_ahead<kType>(dim);
+  if constexpr (kType != DType::i8) {
+    decode_accumulate_rows<kType>(rows, keys, dim, ahead, p, keys, v, v_stride, acc);
+  } else {
+    // The row's scale joins the probability once per key and row, in vectors,
+    // rather than once per key, row and column pass.
+    alignas(64) float weights[kWeightRows * kWeightKeys];
+    alignas(64) float scales[kWeightKeys];
+    for (int64_t j0 = 0; j0 < keys; j0 += kWeightKeys) {
+      const int64_t n = keys - j0 < kWeightKeys ? keys - j0 : kWeightKeys;
+      const float* tile_scales = v_scales + j0 * scale_stride;
+      if (scale_stride != 1) {
+        for (int64_t j = 0; j < n; ++j) scales[j] = tile_scales[j * scale_stride];
+        tile_scales = scales;
+      }
+      const void* v0 = cache_row<kType>(v, j0, v_stride);
+      for (int64_t r0 = 0; r0 < rows; r0 += kWeightRows) {
+        const int64_t block_rows = rows - r0 < kWeightRows ? rows - r0 : kWeightRows;
+        for (int64_t r = 0; r < block_rows; ++r)
+          for (int64_t j = 0; j < n; j += 16) {
+            const __mmask16 m = tail_mask(n - j);
+            _mm512_mask_storeu_ps(weights + r * kWeightKeys + j, m,
+                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p + (r0 + r) * keys + j0 + j),
+                                                _mm512_maskz_loadu_ps(m, tile_scales + j)));
+          }
+        decode_accumulate_rows<kType>(block_rows, n, dim, r0 == 0 ? ahead : 0, weights, kWeightKeys, v0, v_stride,
+                                      acc + r0 * dim);
+      }
+    }
+  }
 }
 
 void decode_scores(DType kv, int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k,

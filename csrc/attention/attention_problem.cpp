@@ -26,7 +26,7 @@ Scratch::Scratch(int64_t max_rows, int64_t head_dim)
       head_dim(head_dim),
       q_t(max_rows * head_dim),
       q_rows(max_rows * head_dim),
-      scores(kBlockK * max_rows),
+      scores(std::max(kBlockK, kDecodeBlockK) * max_rows),
       tanh_scores(kBlockK * max_rows),
       k_tile(kBlockK * head_dim),
       v_tile(kBlockK * head_dim),
@@ -290,8 +290,11 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
         for (int64_t d = 0; d < dim; ++d) s.q_t[d * n + r] = q_rows[r * dim + d];
   }
   float* scores = s.scores.data();
-  for (int64_t j0 = first; j0 <= last; j0 += kBlockK) {
-    const int64_t n_keys = std::min(kBlockK, last + 1 - j0);
+  // The 256-key tiles only where the direct kernels run: the fp16-product path
+  // (FMLAL) converts P into a kBlockK-key scratch tile.
+  const int64_t block_k = direct_rows && !f16_products ? kDecodeBlockK : kBlockK;
+  for (int64_t j0 = first; j0 <= last; j0 += block_k) {
+    const int64_t n_keys = std::min(block_k, last + 1 - j0);
     if (tile_is_masked_out(p, rows, j0, n_keys)) continue;
     if (!key_major && !direct_rows) {
       const int64_t ahead = j0 + kPrefetchTiles * kBlockK;

@@ -16,6 +16,10 @@ namespace pocketml::attention_detail {
 // whole number of vectors for AVX2 (8) and AVX-512 (16).
 inline constexpr int64_t kBlockQ = 64;
 inline constexpr int64_t kBlockK = 64;
+// Keys per tile of the direct decode kernels (few query rows, K / V read in
+// their storage type): the per-tile work (the online-softmax rescale of the
+// output, the row maxima and sums, the kernel calls) is paid once per 256 keys.
+inline constexpr int64_t kDecodeBlockK = 256;
 
 inline constexpr float kInfinity = std::numeric_limits<float>::infinity();
 
