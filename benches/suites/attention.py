@@ -81,7 +81,6 @@ def run_prefill(report, quick: bool) -> None:
         ], flops=2.5 * flops, rounds=rounds)
 
 
-
 def run_decode(report, quick: bool) -> None:
     """The decode cases alone (benches/attention_decode.py runs them in ~1.5 minutes)."""
     rounds = 5 if quick else 9
