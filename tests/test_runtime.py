@@ -88,6 +88,30 @@ def test_thread_count_rejects_bad_values(bad, error):
         pocketml.set_num_threads(bad)
 
 
+def test_keep_warm_scopes_nest_and_end_on_error():
+    import numpy as np
+
+    from pocketml._native import core
+
+    rng = np.random.default_rng(0)
+    qt = pocketml.quant.quantize(rng.standard_normal((300, 256)).astype(np.float32), bits=4, group_size=64)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    cold = pocketml.quant.matmul(x, qt)
+    assert core.warm_scopes() == 0
+    with pocketml.keep_warm():
+        assert core.warm_scopes() == 1
+        with pocketml.keep_warm():
+            assert core.warm_scopes() == 2
+            warm = pocketml.quant.matmul(x, qt)
+        assert core.warm_scopes() == 1
+    assert core.warm_scopes() == 0
+    assert warm.tobytes() == cold.tobytes()
+    with pytest.raises(RuntimeError, match="inside"):
+        with pocketml.keep_warm():
+            raise RuntimeError("inside")
+    assert core.warm_scopes() == 0
+
+
 def test_default_threads_follow_the_environment():
     out = run_python("import pocketml; print(pocketml.get_num_threads())", POCKETML_NUM_THREADS="3")
     assert out.stdout.strip() == "3"

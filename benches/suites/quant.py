@@ -4,6 +4,9 @@ GEMV (M = 1, decode) is memory-bound, so every peer cycles through enough copies
 of its weights that their total is several times the 32 MiB L3: each call reads
 its weights from DRAM, as in a real model. GB/s is the weight bytes each peer
 reads (its own format) over its time. GEMM (prefill) quotes GFLOP/s = 2 M N K / t.
+The GEMV cases run inside pocketml.keep_warm(): called back to back, as in a
+decode loop, pocketml's pool threads spin between calls as torch's OpenMP threads
+do by default (outside it they sleep after each call and pay a wake-up per call).
 MLX's CPU quantized_matmul joins when the optional `mlx` package is installed.
 """
 
@@ -15,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+import pocketml
 from harness import Peer
 from pocketml import quant
 
@@ -110,7 +114,8 @@ def gemv_cases(report, shapes):
         mlx = mlx_peer(w, x.numpy())
         if mlx is not None:
             peers.append((mlx, q4.nbytes))
-        rows = report.compare(f"GEMV M=1 {n}x{k}", [peer for peer, _ in peers])
+        with pocketml.keep_warm():
+            rows = report.compare(f"GEMV M=1 {n}x{k}", [peer for peer, _ in peers])
         for row, (_, nbytes) in zip(rows, peers):  # each peer reads its own format's bytes
             row.gbps = nbytes / (row.median_ms / 1e3) / 1e9
             row.pct_bandwidth = 100 * row.gbps / report.machine.read_gbps

@@ -39,6 +39,8 @@ void register_runtime(py::module_& m) {
     ThreadPool::global().set_num_threads(n);
   }, py::arg("num_threads"));
   m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); });
+  py::class_<ThreadPool::KeepWarm>(m, "KeepWarm").def(py::init<>());
+  m.def("warm_scopes", [] { return ThreadPool::global().warm_scopes(); });
   m.def("measure_machine", [](int64_t buffer_bytes, int repeats) {
     MachineMeasurement result;
     {

@@ -34,6 +34,8 @@ class ThreadPool {
   // called from inside a pool task. Rethrows the first exception a task threw.
   void parallel_for(int64_t n, int64_t grain, const RangeFn& fn);
 
+  int warm_scopes() const { return warm_scopes_.load(); }  // KeepWarm scopes alive
+
   // While one exists, threads spin briefly between jobs instead of sleeping.
   class KeepWarm {
    public:

@@ -23,6 +23,24 @@ def get_num_threads() -> int:
     return core.get_num_threads()
 
 
+@contextlib.contextmanager
+def keep_warm():
+    """Keep the native pool's threads spinning between calls while inside.
+
+    Outside (the default), pool threads sleep as soon as a kernel ends, so they never
+    take the cores from torch's own threads between calls; waking them costs tens of
+    microseconds per call, which matters for small kernels called back to back from
+    Python (a decode loop of quantized matmuls). Inside, they spin for up to 100 us
+    after each kernel before sleeping, as the native decoder's do (and as torch's
+    OpenMP threads do by default). Scopes nest; results are the same either way.
+    """
+    scope = core.KeepWarm()
+    try:
+        yield
+    finally:
+        del scope
+
+
 def active_isa() -> str:
     """The kernel variant that runs: 'scalar', 'avx2', 'avx512' or 'neon'."""
     return core.active_isa()
