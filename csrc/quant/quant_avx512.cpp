@@ -581,28 +581,10 @@ void gemv_int8_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, 
   }
 }
 
-template <int Bits>
-void gemv_int8_bits(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
-                    const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
-  switch (gemv_padded_rows(m)) {
-    case 1: gemv_int8_rows<Bits, 1>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-    case 2: gemv_int8_rows<Bits, 2>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-    case 4: gemv_int8_rows<Bits, 4>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-    default: gemv_int8_rows<Bits, 8>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-  }
-}
-
-void gemv_int8(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
-               const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
-  if (w.bits == 4) {
-    gemv_int8_bits<4>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy);
-  } else {
-    gemv_int8_bits<8>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy);
-  }
-}
+#include "quant/quant_int8_gemv_switchboard-inl.h"
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, gemv_int8};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, gemv_int8_any};
 
 }  // namespace pocketml::avx512

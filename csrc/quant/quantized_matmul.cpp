@@ -99,19 +99,18 @@ const QuantKernels& int8_kernels() {
 }
 
 // The activations of the int8 path (see quantized_matmul's act_bits = 8 in
-// quant.h): one scale per row, int8 codes in the order a kernel reads them, and
-// their sums per group of `group` columns.
+// quant.h): one scale per row, int8 codes in the order a kernel reads them
+// (int8_gemv_position for `layout_bits`; 8 is column order), and their sums per
+// group of `group` columns.
 struct Int8Activations {
   int64_t row_length, padded_groups;  // the strides of codes and group_sums
   std::vector<float> row_scale;
   AlignedBuffer<int8_t> codes;
   AlignedBuffer<float> group_sums;
 
-  // Rows [m, rows) are zeros. position(k) is the place of column k in a row of
-  // `row_length` codes.
-  template <class Position>
+  // Rows [m, rows) are zeros; a row holds `row_length` codes.
   Int8Activations(const float* x32, int64_t m, int64_t rows, int64_t padded_cols, int64_t group, int64_t row_length,
-                  Position position)
+                  int layout_bits)
       : row_length(row_length),
         padded_groups((padded_cols / group + kCodesPerChunk - 1) / kCodesPerChunk * kCodesPerChunk),
         row_scale(static_cast<size_t>(rows), 1.0f),
@@ -120,7 +119,7 @@ struct Int8Activations {
     std::fill(codes.data(), codes.data() + rows * row_length, int8_t(0));
     std::fill(group_sums.data(), group_sums.data() + rows * padded_groups, 0.0f);
     parallel_for(m, 16, [&](int64_t begin, int64_t end) {
-      std::vector<int8_t> scratch(static_cast<size_t>(padded_cols));
+      std::vector<int8_t> scratch(layout_bits == 8 ? 0 : static_cast<size_t>(padded_cols));
       for (int64_t i = begin; i < end; ++i) {
         const float* row = x32 + i * padded_cols;
         // max |x| on the bit patterns, whose integer order is that of the magnitudes
@@ -143,18 +142,20 @@ struct Int8Activations {
         // The floor keeps x / scale finite for rows of tiny subnormals.
         const float scale = std::max(max_abs / 127.0f, std::numeric_limits<float>::min());
         row_scale[i] = scale;
-        // Rounded in column order (a loop the compiler vectorises), then moved to
-        // their places in runs of kRun columns, which stay together in every
-        // layout (int8_gemv_position).
-        int8_t* natural = scratch.data();
+        // Rounded in column order (a loop the compiler vectorises), then, in
+        // another layout, moved to their places in runs of kRun columns, which
+        // stay together in every layout.
+        int8_t* q = codes.data() + i * row_length;
+        int8_t* natural = layout_bits == 8 ? q : scratch.data();
         const int64_t cols = padded_cols;  // a local: stores through int8_t* may alias the captured one
         for (int64_t k = 0; k < cols; ++k) {
           // |x / scale| <= 127 (1 + 2^-22): rounding to nearest even (round_half_even's
           // addition) needs no clamp to stay in [-127, 127].
           natural[k] = static_cast<int8_t>(static_cast<int32_t>((row[k] / scale + 0x1.8p23f) - 0x1.8p23f));
         }
-        int8_t* q = codes.data() + i * row_length;
-        for (int64_t run = 0; run < padded_cols; run += kRun) std::memcpy(q + position(run), natural + run, kRun);
+        if (natural != q)
+          for (int64_t run = 0; run < padded_cols; run += kRun)
+            std::memcpy(q + int8_gemv_position(layout_bits, run), natural + run, kRun);
         float* sums = group_sums.data() + i * padded_groups;
         for (int64_t k0 = 0; k0 < padded_cols; k0 += group) {
           int32_t sum = 0;
@@ -179,8 +180,7 @@ void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
   const int64_t block_codes = int8_gemv_block_codes(w.bits);
   const int64_t row_length = (padded_cols + block_codes - 1) / block_codes * block_codes;
   const Int8Activations x(x32, m, gemv_padded_rows(static_cast<int>(m)), padded_cols,
-                          int8_group_columns(w, padded_cols), row_length,
-                          [bits = w.bits](int64_t k) { return int8_gemv_position(bits, k); });
+                          int8_group_columns(w, padded_cols), row_length, w.bits);
   const int64_t n = w.rows;
   parallel_for(n, gemv_rows_per_task(n), [&](int64_t begin, int64_t end) {
     kernels.gemv_int8(w, begin, end, x.codes.data(), x.row_length, x.group_sums.data(), x.padded_groups,
@@ -195,7 +195,7 @@ void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m,
   const int64_t n = w.rows;
   const int64_t group = int8_group_columns(w, padded_cols);
   const int64_t groups = padded_cols / group;
-  const Int8Activations x(x32, m, m, padded_cols, group, padded_cols, [](int64_t k) { return k; });
+  const Int8Activations x(x32, m, m, padded_cols, group, padded_cols, 8);
   const int64_t padded_groups = x.padded_groups;
   std::fill(out32, out32 + m * n, 0.0f);
   const int64_t x_blocks = (m + kMaxRowsPerXBlock - 1) / kMaxRowsPerXBlock;

@@ -48,6 +48,18 @@ std::vector<float> normal_values(size_t n, uint32_t seed, float sigma = 1.0f) {
   return v;
 }
 
+std::vector<uint16_t> to_f16(const std::vector<float>& x) {
+  std::vector<uint16_t> bits(x.size());
+  for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_fp16(x[i]);
+  return bits;
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& x) {
+  std::vector<uint16_t> bits(x.size());
+  for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_bf16(x[i]);
+  return bits;
+}
+
 // |a - b| within rel * (|b| + 1e-6): equal infinities and zeros pass.
 bool close(float a, float b, float rel) {
   if (a == b) return true;
@@ -271,11 +283,6 @@ TEST(every_bf16_pair_variant_equals_a_double_product) {
   std::printf("    bf16 pair kernels on this CPU:");
   for (const auto& v : variants) std::printf(" %s", v.name.c_str());
   std::printf("\n");
-  auto to_bf16 = [](const std::vector<float>& x) {
-    std::vector<uint16_t> bits(x.size());
-    for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_bf16(x[i]);
-    return bits;
-  };
   const auto a = to_bf16(normal_values(8 * 70, 31)), b = to_bf16(normal_values(33 * 40, 32));
   const auto c0 = normal_values(8 * 20, 33);
   for (const auto& v : variants) {
@@ -460,13 +467,8 @@ TEST(decode_agrees_across_isas_for_every_cache_type_and_odd_dims) {
 // rounding of the scalar ISA's output.
 TEST(bf16_forward_agrees_across_isas) {
   const int64_t q_heads = 4, kv_heads = 2, len_q = 20, len_k = 37, dim = 32;
-  auto bits = [](const std::vector<float>& x) {
-    std::vector<uint16_t> b(x.size());
-    for (size_t i = 0; i < x.size(); ++i) b[i] = fp32_to_bf16(x[i]);
-    return b;
-  };
-  const auto q = bits(normal_values(q_heads * len_q * dim, 41)), k = bits(normal_values(kv_heads * len_k * dim, 42)),
-             v = bits(normal_values(kv_heads * len_k * dim, 43));
+  const auto q = to_bf16(normal_values(q_heads * len_q * dim, 41)), k = to_bf16(normal_values(kv_heads * len_k * dim, 42)),
+             v = to_bf16(normal_values(kv_heads * len_k * dim, 43));
   AttentionOptions options;
   options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
   options.window_right = 0;
@@ -501,12 +503,6 @@ std::vector<NamedKernels> f16_product_variants() {
   for (const auto& v : optimized_variants())
     if (v.kernels->gemm_f16) variants.push_back(v);
   return variants;
-}
-
-std::vector<uint16_t> to_f16(const std::vector<float>& x) {
-  std::vector<uint16_t> bits(x.size());
-  for (size_t i = 0; i < x.size(); ++i) bits[i] = fp32_to_fp16(x[i]);
-  return bits;
 }
 
 std::vector<float> widen(const std::vector<uint16_t>& bits) {
@@ -781,13 +777,8 @@ TEST(fp16_decode_is_as_close_to_float64_as_the_scalar_isa) {
 // grouped-query heads, an odd key count (a zero-padded last pair) and a causal mask.
 TEST(bf16_backward_agrees_across_isas) {
   const int64_t q_heads = 4, kv_heads = 2, len_q = 20, len_k = 37, dim = 32;
-  auto bits = [](const std::vector<float>& x) {
-    std::vector<uint16_t> b(x.size());
-    for (size_t i = 0; i < x.size(); ++i) b[i] = fp32_to_bf16(x[i]);
-    return b;
-  };
-  const auto q = bits(normal_values(q_heads * len_q * dim, 51)), k = bits(normal_values(kv_heads * len_k * dim, 52)),
-             v = bits(normal_values(kv_heads * len_k * dim, 53)), d_out = bits(normal_values(q.size(), 54));
+  const auto q = to_bf16(normal_values(q_heads * len_q * dim, 51)), k = to_bf16(normal_values(kv_heads * len_k * dim, 52)),
+             v = to_bf16(normal_values(kv_heads * len_k * dim, 53)), d_out = to_bf16(normal_values(q.size(), 54));
   AttentionOptions options;
   options.scale = 1.0f / std::sqrt(static_cast<float>(dim));
   options.window_right = 0;
