@@ -318,6 +318,39 @@ def int8_activation_reference(x, qt):
     return sx.astype(np.float64) * (xq @ d.T), sx.astype(np.float64) * (np.abs(xq) @ np.abs(d).T)
 
 
+@pytest.mark.parametrize("group_size, symmetric, k", [(32, False, 4160), (64, True, 448), (128, False, 384),
+                                                       (None, False, 99)])
+@pytest.mark.parametrize("m", [1, 2])
+def test_bf16_activation_gemv(isa, rng, group_size, symmetric, k, m):
+    """bf16 x with 4-bit weights at M <= 2 (vdpbf16ps on AVX512_BF16): the fp32 path's sums, rounded to bf16."""
+    qt = make(rng, ("affine", 4, group_size, symmetric), 37, k)
+    x = torch.randn(m, k).to(torch.bfloat16)
+    x[:, ::9] = 0
+    x[:, 1] = torch.tensor(3e30, dtype=torch.bfloat16)
+    x[:, 2] = torch.tensor(-1e-30, dtype=torch.bfloat16)
+    y = quant.matmul(x, qt)
+    assert y.dtype == torch.bfloat16 and y.shape == (m, 37)
+    check_matmul(x, qt, y)
+    fp32_sums = quant.matmul(x.float(), qt)  # the exact fp32 GEMV on the same values
+    ulp = torch.finfo(torch.bfloat16).eps * fp32_sums.abs()
+    assert torch.all((y.float() - fp32_sums).abs() <= ulp + 1e-30)
+    with pocketml.use_isa("scalar"):
+        assert torch.all((quant.matmul(x, qt).float() - y.float()).abs() <= ulp + 1e-30)
+
+
+def test_bf16_activation_gemv_nan_and_infinity(isa, rng):
+    qt = make(rng, ("affine", 4, 64, False), 16, 256)
+    x = torch.randn(2, 256).to(torch.bfloat16)
+    x[0, 5] = float("nan")
+    x[1, 7] = float("-inf")
+    y = quant.matmul(x, qt)
+    with pocketml.use_isa("scalar"):
+        reference = quant.matmul(x, qt)
+    assert torch.isnan(y[0]).all()
+    assert torch.equal(torch.isnan(y[1]), torch.isnan(reference[1]))
+    assert torch.equal(y[1][~torch.isnan(y[1])], reference[1][~torch.isnan(reference[1])])
+
+
 @pytest.mark.parametrize("fmt", [("affine", 4, 32, False), ("affine", 4, 64, True), ("affine", 4, 128, False),
                                  ("affine", 8, None, True), ("affine", 8, 64, False), ("affine", 3, 128, False),
                                  ("affine", 6, 64, True)], ids=lambda f: "-".join(map(str, f)))

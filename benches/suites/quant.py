@@ -92,13 +92,15 @@ def gemv_cases(report, shapes):
         fp32 = cycled(lambda: w.clone(), w.numel() * 4)
         bf16 = cycled(lambda: w.to(torch.bfloat16), w.numel() * 2)
         xb = x.to(torch.bfloat16)
-        # torch's packed CPU kernels are fastest (by 2-80x) with bf16 activations: give them that.
+        # torch's packed CPU kernels are fastest (by 2-80x) with bf16 activations: give them that,
+        # and compare pocketml with the same activations too.
         w8, s8 = torch_int8_weights(w)
         int8 = cycled(lambda: (w8.clone(), s8.to(torch.bfloat16)), w8.numel())
         w4, sz4 = torch_int4_weights(w)
         int4 = cycled(lambda: (w4.clone(), sz4.to(torch.bfloat16)), w4.numel())
         peers = [
             (Peer("pocketml int4 g64", lambda: quant.matmul(x, next(ours["int4"]))), q4.nbytes),
+            (Peer("pocketml int4 g64 (bf16 x)", lambda: quant.matmul(xb, next(ours["int4"]))), q4.nbytes),
             (Peer("pocketml int4 g64, int8 activations (opt-in)",
                   lambda: quant.matmul(x, next(ours["int4"]), act_bits=8)), q4.nbytes),
             (Peer("pocketml int8 per-row", lambda: quant.matmul(x, next(ours["int8"]))), q8.nbytes),

@@ -193,6 +193,6 @@ void dot_block(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, nullptr, nullptr, nullptr};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace pocketml::avx2

@@ -8,6 +8,7 @@
 // the documented one bit for bit (one fp32 product), as in the reference.
 #include <immintrin.h>
 
+#include <limits>
 #include <type_traits>
 
 // GCC 12's AVX-512 headers build masked intrinsics on _mm512_undefined_*(),
@@ -442,15 +443,12 @@ void dot_int8(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_
   }
 }
 
-// The fused int8-activation GEMV. A 64-byte load of a packed row is a block
-// of 128 4-bit codes (its low nibbles, then its high nibbles: two vpdpbusd
-// against the activations stored in that order) or of 64 8-bit codes (one).
-// Each 32-bit lane sums codes of a single chunk, hence of a single group: a
-// block's exact sums turn into fp32 once and meet a vector of their lanes' group
-// scales. The zero points' share, sum_g scale_g * zero_g * x_sums[g], is summed
-// as each row's group parameters are loaded.
+// The groups of a 64-byte block of a packed row (128 4-bit codes or 64 8-bit
+// ones), for the GEMVs that read rows block by block (int8 activations, bf16 dot
+// products). Each 32-bit lane of such a block's sums covers 4 bytes of a single
+// chunk, hence of a single group.
 template <int Bits, int GroupCodes>  // GroupCodes: 32, 64, 128, or 0 for one group per row
-struct Int8GemvGroups {
+struct PackedBlockGroups {
   static constexpr int kBlockCodes = kInt8GemvBlockBytes * 8 / Bits;
   static constexpr int kLanesPerChunk = 16 * kCodesPerChunk / kBlockCodes;
   static constexpr int kPerBlock = GroupCodes != 0 && GroupCodes < kBlockCodes ? kBlockCodes / GroupCodes : 1;
@@ -488,6 +486,13 @@ struct Int8GemvGroups {
   }
 };
 
+// The fused int8-activation GEMV. A 64-byte load of a packed row is a block
+// of 128 4-bit codes (its low nibbles, then its high nibbles: two vpdpbusd
+// against the activations stored in that order) or of 64 8-bit codes (one).
+// A block's exact sums turn into fp32 once and meet a vector of their lanes'
+// group scales. The zero points' share, sum_g scale_g * zero_g * x_sums[g], is
+// summed as each row's group parameters are loaded.
+//
 // One block of R weight rows against M activation rows (xq points at the block
 // in activation row 0). Full blocks load 64 bytes; the row's last may be partial.
 template <int Bits, int M, int R, class Groups>
@@ -514,7 +519,7 @@ inline void gemv_int8_block(const uint8_t* const* packed, __mmask64 bytes, bool 
 template <int Bits, int M, int R, int GroupCodes>
 void gemv_int8_rows_at(const PackedWeights& w, int64_t row, const int8_t* xq, int64_t ldx, const float* x_sums,
                        int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
-  using Groups = Int8GemvGroups<Bits, GroupCodes>;
+  using Groups = PackedBlockGroups<Bits, GroupCodes>;
   const int64_t full_blocks = w.row_bytes / kInt8GemvBlockBytes;
   const int64_t tail_bytes = w.row_bytes % kInt8GemvBlockBytes;
   const int64_t groups = w.groups_per_row();
@@ -583,8 +588,216 @@ void gemv_int8_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, 
 
 #include "quant/quant_int8_gemv_switchboard-inl.h"
 
+// The exact GEMV for bf16 activations on bf16 dot products (GemvBf16Fn in
+// quant_kernels.h). Per 32 codes it costs about a shift, one vpermw from a table
+// of code - zero and one vdpbf16ps, where the fp32 GEMV spends a widening, two
+// vpermps and two FMAs; on Zen 5 these share two pipes (one core, weights in
+// L2: 45 -> 63 G weights/s at g64, 58 -> 86 with one group per row).
+
+// bf16 bits of an integer of magnitude below 256.
+constexpr uint16_t bf16_of_integer(int n) {
+  if (n == 0) return 0;
+  const int sign = n < 0 ? 1 : 0, magnitude = n < 0 ? -n : n;
+  int exponent = 0;
+  while ((magnitude >> (exponent + 1)) != 0) ++exponent;
+  const int mantissa = (magnitude << (7 - exponent)) & 0x7F;
+  return static_cast<uint16_t>(sign << 15 | (127 + exponent) << 7 | mantissa);
+}
+
+// The weight tables of two groups side by side, for every pair of 4-bit zero
+// points: entry[a][b][c] = c - a and entry[a][b][16 + c] = c - b in bf16, exact.
+// Built at compile time (16 KiB), so starting a group costs loads, not arithmetic.
+struct Bf16PairTables {
+  alignas(64) uint16_t entry[16][16][32];
+};
+constexpr Bf16PairTables make_bf16_pair_tables() {
+  Bf16PairTables tables{};
+  for (int a = 0; a < 16; ++a)
+    for (int b = 0; b < 16; ++b)
+      for (int c = 0; c < 16; ++c) {
+        tables.entry[a][b][c] = bf16_of_integer(c - a);
+        tables.entry[a][b][16 + c] = bf16_of_integer(c - b);
+      }
+  return tables;
+}
+constexpr Bf16PairTables kBf16PairTables = make_bf16_pair_tables();
+
+// The weights of one block's four passes as bf16 code - zero. vpermw
+// (vpermt2w for four groups) reads an index's low 5 (6) bits: the code, and
+// which of the block's groups holds the 16-bit word (word w lies in chunk w / 8,
+// so in group (w / 8) * 32 / GroupCodes). Masking both bytes of each word at
+// once, with the group in bits 4-5 of each, leaves passes 2 and 3 a shift away.
+template <int GroupCodes>
+class Bf16BlockWeights {
+ public:
+  Bf16BlockWeights() = default;
+
+  // zeros: the zero points of the block's groups (nullptr: symmetric, 8).
+  Bf16BlockWeights(const uint8_t* zeros, __m512i raw) {
+    auto zero = [&](int g) { return zeros != nullptr ? zeros[g] : 8; };
+    if constexpr (kPerBlock == 1) {
+      // Both halves hold the group's table, so the index's bit 4 needs no mask.
+      low_ = _mm512_load_si512(kBf16PairTables.entry[zero(0)][zero(0)]);
+      even_ = raw;
+      odd_ = _mm512_srli_epi16(raw, 4);
+    } else {
+      low_ = _mm512_load_si512(kBf16PairTables.entry[zero(0)][zero(1)]);
+      if constexpr (kPerBlock == 4) high_ = _mm512_load_si512(kBf16PairTables.entry[zero(2)][zero(3)]);
+      // (bytes & 0x0F) | group bits
+      const __m512i groups = _mm512_load_si512(kWordGroups.bits);
+      even_ = _mm512_ternarylogic_epi32(raw, _mm512_set1_epi8(15), groups, 0xEA);
+      odd_ = _mm512_ternarylogic_epi32(_mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15), groups, 0xEA);
+    }
+  }
+
+  // Pass j: bits 4j .. 4j + 3 of each word.
+  __m512i operator()(int j) const {
+    const __m512i source = j % 2 == 0 ? even_ : odd_;
+    const __m512i index = j < 2 ? source : _mm512_srli_epi16(source, 8);
+    if constexpr (kPerBlock <= 2) return _mm512_permutexvar_epi16(index, low_);
+    return _mm512_permutex2var_epi16(low_, index, high_);
+  }
+
+ private:
+  static constexpr int kPerBlock = PackedBlockGroups<4, GroupCodes>::kPerBlock;
+  struct WordGroups {
+    alignas(64) uint16_t bits[32];
+  };
+  static constexpr WordGroups word_groups() {
+    WordGroups groups{};
+    for (int word = 0; word < 32; ++word) groups.bits[word] = static_cast<uint16_t>(0x1010 * (word / 8 * kPerBlock / 4));
+    return groups;
+  }
+  static constexpr WordGroups kWordGroups = word_groups();
+
+  __m512i low_, high_;  // the tables of the block's groups 0-1 and 2-3
+  __m512i even_, odd_;  // the indices of passes 0 and 1 (of 2 and 3 in their high bytes)
+};
+
+// One block of R weight rows against M activation rows (x points at the block
+// in activation row 0; zeros[r] at the zero points of row r's block, nullptr
+// when symmetric). Each x vector is loaded once and meets every row's weights.
+template <int M, int R, int GroupCodes>
+inline void gemv_bf16_block(const uint8_t* const* packed, __mmask64 bytes, bool partial, const uint16_t* x, int64_t ldx,
+                            const GroupBlock* params, const uint8_t* const* zeros, int64_t group_in_block,
+                            __m512 (&acc)[R][M]) {
+  using Groups = PackedBlockGroups<4, GroupCodes>;
+  // Two chains of dot products per row for few activation rows: vdpbf16ps's
+  // latency would otherwise bound R * M chains.
+  constexpr int H = M <= 2 ? 2 : 1;
+  Bf16BlockWeights<GroupCodes> weights[R];
+  __m512 sums[R][M][H];
+  for (int r = 0; r < R; ++r) {
+    weights[r] = Bf16BlockWeights<GroupCodes>(
+        zeros[r], partial ? _mm512_maskz_loadu_epi8(bytes, packed[r]) : _mm512_loadu_si512(packed[r]));
+    for (int i = 0; i < M; ++i)
+      for (int h = 0; h < H; ++h) sums[r][i][h] = _mm512_setzero_ps();
+  }
+  for (int j = 0; j < 4; ++j) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = reinterpret_cast<__m512bh>(weights[r](j));
+    for (int i = 0; i < M; ++i) {
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(x + i * ldx + 32 * j));
+      for (int r = 0; r < R; ++r) sums[r][i][j % H] = _mm512_dpbf16_ps(sums[r][i][j % H], wv[r], xv);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m512 scales = Groups::lane_scales(params[r].scale + group_in_block);
+    for (int i = 0; i < M; ++i)
+      acc[r][i] = _mm512_fmadd_ps(H == 2 ? _mm512_add_ps(sums[r][i][0], sums[r][i][H - 1]) : sums[r][i][0], scales, acc[r][i]);
+  }
+}
+
+// The group parameters load kGroupsPerBlock groups at a time, outside the loop
+// over blocks, which then makes no calls and keeps its accumulators in registers.
+template <int M, int R, int GroupCodes>
+void gemv_bf16_rows_at(const PackedWeights& w, int64_t row, const uint16_t* x, int64_t ldx, int m, float* y,
+                       int64_t ldy) {
+  using Groups = PackedBlockGroups<4, GroupCodes>;
+  constexpr int64_t kBlocksPerLoad =
+      GroupCodes == 0 ? std::numeric_limits<int64_t>::max() : kGroupsPerBlock * GroupCodes / kBf16GemvBlockCodes;
+  const int64_t full_blocks = w.row_bytes / kInt8GemvBlockBytes;
+  const int64_t blocks = (w.row_bytes + kInt8GemvBlockBytes - 1) / kInt8GemvBlockBytes;
+  const int64_t groups = w.groups_per_row();
+  const int64_t prefetch_distance = 2 * R * w.row_bytes;
+  const uint8_t* packed[R];
+  __m512 acc[R][M];
+  for (int r = 0; r < R; ++r) {
+    packed[r] = w.packed + (row + r) * w.row_bytes;
+    for (int i = 0; i < M; ++i) acc[r][i] = _mm512_setzero_ps();
+  }
+  prefetch_group_params(w, row + 2 * R, R);
+  GroupBlock params[R];
+  const uint8_t* zeros[R] = {};
+  for (int64_t b0 = 0; b0 < blocks; b0 += kBlocksPerLoad) {
+    const int64_t g0 = Groups::first_group(b0);
+    const int count = static_cast<int>(groups - g0 < kGroupsPerBlock ? groups - g0 : kGroupsPerBlock);
+    for (int r = 0; r < R; ++r) params[r].load(w, (row + r) * groups + g0, count);
+    const int64_t b1 = blocks - b0 < kBlocksPerLoad ? blocks : b0 + kBlocksPerLoad;
+    const int64_t full_end = b1 < full_blocks ? b1 : full_blocks;
+    for (int64_t b = b0; b < full_end; ++b) {
+      const int64_t group = Groups::first_group(b);
+      if (w.zero_points != nullptr)
+        for (int r = 0; r < R; ++r) zeros[r] = w.zero_points + (row + r) * groups + group;
+      for (int r = 0; r < R; ++r) prefetch_line(packed[r] + prefetch_distance);
+      gemv_bf16_block<M, R, GroupCodes>(packed, ~__mmask64(0), false, x + b * kBf16GemvBlockCodes, ldx, params, zeros,
+                                               group - g0, acc);
+      for (int r = 0; r < R; ++r) packed[r] += kInt8GemvBlockBytes;
+    }
+    if (full_end < b1) {
+      // The row's partial last block. It may hold fewer groups than a whole
+      // block, and zero points past the row's are not to be read: those lanes'
+      // codes and x are zero, so any table serves them.
+      const int64_t group = Groups::first_group(full_blocks);
+      uint8_t tail_zeros[R][4] = {};
+      if (w.zero_points != nullptr) {
+        for (int r = 0; r < R; ++r) {
+          for (int64_t g = group; g < groups && g < group + 4; ++g)
+            tail_zeros[r][g - group] = w.zero_points[(row + r) * groups + g];
+          zeros[r] = tail_zeros[r];
+        }
+      }
+      gemv_bf16_block<M, R, GroupCodes>(packed, (__mmask64(1) << (w.row_bytes % kInt8GemvBlockBytes)) - 1, true,
+                                               x + full_blocks * kBf16GemvBlockCodes, ldx, params, zeros, group - g0, acc);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int i = 0; i < M; ++i)
+      if (i < m) y[i * ldy + row + r] = _mm512_reduce_add_ps(acc[r][i]);
+}
+
+template <int M, int GroupCodes>
+void gemv_bf16_grouped(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx,
+                       int m, float* y, int64_t ldy) {
+  constexpr int R = M == 1 ? 4 : M <= 4 ? 2 : 1;
+  int64_t row = row_begin;
+  for (; row + R <= row_end; row += R) gemv_bf16_rows_at<M, R, GroupCodes>(w, row, x, ldx, m, y, ldy);
+  for (; row < row_end; ++row) gemv_bf16_rows_at<M, 1, GroupCodes>(w, row, x, ldx, m, y, ldy);
+}
+
+template <int M>
+void gemv_bf16_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx, int m,
+                    float* y, int64_t ldy) {
+  switch (w.groups_per_row() == 1 ? 0 : w.group_size) {
+    case 32: gemv_bf16_grouped<M, 32>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 64: gemv_bf16_grouped<M, 64>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 128: gemv_bf16_grouped<M, 128>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv_bf16_grouped<M, 0>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
+void gemv_bf16(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx, int m,
+               float* y, int64_t ldy) {
+  switch (gemv_padded_rows(m)) {
+    case 1: gemv_bf16_rows<1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 2: gemv_bf16_rows<2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    case 4: gemv_bf16_rows<4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+    default: gemv_bf16_rows<8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  }
+}
+
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, gemv_int8_any};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, gemv_int8_any, gemv_bf16};
 
 }  // namespace pocketml::avx512

@@ -49,6 +49,34 @@ using DotInt8Fn = void (*)(const int8_t* xq, int64_t ldx, int m, const uint8_t* 
 using GemvInt8Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
                             const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy);
 
+// The exact GEMV for bf16 activations on bf16 dot products (vdpbf16ps), for
+// the weights bf16_gemv_handles (4-bit affine) and M <= kMaxGemvRows. Each
+// weight enters as code - zero, an integer bf16 holds exactly, so every product
+// is exact in fp32; for weight rows r in [row_begin, row_end),
+//   y[i * ldy + r] = sum_g scale_g * sum_{k in g} (code[r][k] - zero_g) * x[i][k]
+// summed in fp32, like the fp32 GEMV but for where the scale multiplies. A
+// 64-byte block of a packed row holds 128 codes, read as four passes of 32
+// nibbles (bits 4j .. 4j + 3 of each 16-bit word for pass j); row i of x (ldx
+// elements apart) holds each block's activations in that order
+// (bf16_gemv_position), zeros up to whole blocks.
+using GemvBf16Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx,
+                            int m, float* y, int64_t ldy);
+
+inline constexpr int kBf16GemvBlockCodes = 128;
+
+static inline bool bf16_gemv_handles(const PackedWeights& w) { return w.kind == QuantKind::affine && w.bits == 4; }
+
+// The place of activation k in the bf16 GEMV's x row. Code i of a chunk sits in
+// byte i % 16, high nibble when i >= 16 (quant_format.h), so byte b of a block
+// is in word b / 2 and its low and high nibbles in passes 2 (b % 2) and
+// 2 (b % 2) + 1.
+static inline int64_t bf16_gemv_position(int64_t k) {
+  const int64_t block = k / kBf16GemvBlockCodes, chunk = k % kBf16GemvBlockCodes / kCodesPerChunk;
+  const int64_t i = k % kCodesPerChunk, byte = 16 * chunk + i % 16;
+  const int64_t pass = 2 * (byte % 2) + i / 16;
+  return block * kBf16GemvBlockCodes + 32 * pass + byte / 2;
+}
+
 inline constexpr int kInt8GemvBlockBytes = 64;
 
 static inline bool int8_gemv_handles(const PackedWeights& w) {
@@ -94,6 +122,8 @@ struct QuantKernels {
   DotInt8Fn dot_int8;
   // nullptr (scalar, AVX2, ARMv8.0): int8 activations go through unpack_codes and dot_int8 at every M.
   GemvInt8Fn gemv_int8;
+  // nullptr where the CPU lacks bf16 dot products: bf16 activations take gemv.
+  GemvBf16Fn gemv_bf16;
 };
 
 namespace scalar { extern const QuantKernels quant_kernels; }

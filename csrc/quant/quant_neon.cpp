@@ -330,6 +330,6 @@ void dot_int8(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_
 
 }  // namespace
 
-const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, nullptr};
+const QuantKernels quant_kernels = {decode_row, dot_tile, gemv_any, unpack_codes, dot_int8, nullptr, nullptr};
 
 }  // namespace pocketml::neon

@@ -417,6 +417,71 @@ TEST(every_fused_int8_gemv_equals_the_exact_sums) {
   CHECK(!expected || variants > 0, "no variant ran the fused int8 GEMV");
 }
 
+// The bf16 GEMV against a double product of the decoded weights, for every
+// group layout it specialises (32, 64, 128, one per row), rows that end in a
+// partial 64-byte block, more groups than one parameter load (64), zero points
+// at both ends, and activations from 1e-30 to 1e30 with zeros.
+TEST(every_bf16_gemv_equals_a_double_product_of_the_decoded_weights) {
+  const Format formats[] = {
+      {QuantKind::affine, 4, 96, 32, DType::f16, false},   {QuantKind::affine, 4, 448, 64, DType::bf16, true},
+      {QuantKind::affine, 4, 384, 128, DType::f32, false}, {QuantKind::affine, 4, 40, 40, DType::f32, false},
+      {QuantKind::affine, 4, 8192, 32, DType::f16, false}, {QuantKind::affine, 4, 4480, 64, DType::f16, false},
+      {QuantKind::affine, 4, 8320, 128, DType::f16, true},
+  };
+  const int64_t rows = 11;  // not a multiple of any row step
+  std::mt19937 gen(37);
+  std::normal_distribution<float> normal;
+  int variants = 0;
+  for (const Format& f : formats) {
+    RandomWeights r(f.kind, f.bits, rows, f.cols, f.group_size, f.scale_dtype, f.symmetric, 41);
+    if (!f.symmetric) {
+      r.zero_points[0] = 0;
+      r.zero_points[1] = 15;
+    }
+    const int64_t padded_cols = chunks_per_row(f.cols) * kCodesPerChunk;
+    const int64_t row_length = (padded_cols + kBf16GemvBlockCodes - 1) / kBf16GemvBlockCodes * kBf16GemvBlockCodes;
+    std::vector<float> dense(rows * padded_cols);
+    for (int64_t row = 0; row < rows; ++row)
+      scalar::quant_kernels.decode_row(r.w, row, 0, chunks_per_row(f.cols), dense.data() + row * padded_cols);
+    for (int m : {1, 2, 3, 5, 8}) {
+      const int x_rows = gemv_padded_rows(m);
+      std::vector<float> x(x_rows * padded_cols, 0.0f);
+      std::vector<uint16_t> placed(x_rows * row_length, 0);
+      for (int i = 0; i < m; ++i) {
+        for (int64_t k = 0; k < f.cols; ++k) {
+          const float scale = k % 5 == 0 ? std::ldexp(1.0f, int(gen() % 200) - 100) : 1.0f;
+          const uint16_t bits = k % 7 == 3 ? 0 : fp32_to_bf16(normal(gen) * scale);
+          x[i * padded_cols + k] = bf16_to_fp32(bits);
+          placed[i * row_length + bf16_gemv_position(k)] = bits;
+        }
+      }
+      for (const auto& v : optimized_variants()) {
+        if (v.kernels->gemv_bf16 == nullptr) continue;
+        ++variants;
+        std::vector<float> y(m * rows, -1.0f);
+        v.kernels->gemv_bf16(r.w, 1, rows, placed.data(), row_length, m, y.data(), rows);  // row 0 is not its to write
+        for (int i = 0; i < m; ++i) {
+          CHECK(y[i * rows] == -1.0f, v.name << " gemv_bf16 wrote row 0");
+          for (int64_t j = 1; j < rows; ++j) {
+            double expected = 0.0, magnitude = 0.0;
+            for (int64_t k = 0; k < padded_cols; ++k) {
+              expected += double(x[i * padded_cols + k]) * dense[j * padded_cols + k];
+              magnitude += std::fabs(double(x[i * padded_cols + k]) * dense[j * padded_cols + k]);
+            }
+            CHECK(std::fabs(y[i * rows + j] - expected) <= 1e-5 * magnitude,
+                  v.name << " gemv_bf16 " << format_name(f) << " m " << m << " [" << i << ", " << j
+                         << "]: " << y[i * rows + j] << " vs " << expected);
+          }
+        }
+      }
+    }
+  }
+  // The AVX-512 table has the bf16 GEMV wherever the CPU has AVX512_BF16.
+  bool expected = false;
+  for (Isa isa : supported_isas()) expected |= isa == Isa::avx512 && cpu_features().avx512bf16;
+  CHECK(!expected || variants > 0, "no variant ran the bf16 GEMV");
+}
+
 // The int8-activation path end to end: every ISA within rounding of the scalar
 // reference's result (same quantized activations, same exact integer sums).
 TEST(int8_activation_matmul_agrees_across_variants) {
