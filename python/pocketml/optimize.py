@@ -23,6 +23,7 @@ import numpy as np
 PRESETS = {
     "int8": "8-bit, one symmetric scale per output row",
     "int4-g32": "4-bit affine, groups of 32 input channels, calibrated",
+    "int4-g32-gptq": "4-bit affine, groups of 32, codes by GPTQ on the calibration sentences",
     "int4-g64": "4-bit affine, groups of 64 input channels, calibrated",
     "int4-g32-v6": "4-bit g32 with 6-bit g32 attention value projections, calibrated",
     "lut4": "4-bit k-means palette (16 values) per tensor, calibrated",
@@ -34,7 +35,8 @@ def preset_configs(name: str):
     """[(config, which layers)] for a preset; `which` is None for all Linear layers.
 
     Every 4-bit config searches its ranges (or clusters) weighted by the activations of
-    the calibration sentences (models.CALIBRATION_SENTENCES); 8-bit needs no help. The
+    the calibration sentences (models.CALIBRATION_SENTENCES), GPTQ also its codes;
+    8-bit needs no help. The
     attention value projections are the layers 4-bit hurts most in all-MiniLM-L6-v2
     (a one-layer-at-a-time scan), so int4-g32-v6 gives them 6 bits (docs/quantization.md).
     """
@@ -46,6 +48,8 @@ def preset_configs(name: str):
         return [(int8, None)]
     if name == "int4-g32":
         return [(int4_g32, None)]
+    if name == "int4-g32-gptq":
+        return [(QuantConfig(bits=4, group_size=32, method="gptq"), None)]
     if name == "int4-g64":
         return [(QuantConfig(bits=4, group_size=64, method="mse"), None)]
     if name == "int4-g32-v6":

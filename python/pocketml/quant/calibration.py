@@ -1,11 +1,11 @@
-"""Calibration: how strongly each input channel of a Linear layer is driven on example
-inputs, as the per-channel importance the weighted quantizers take.
+"""Calibration: what the activations of example inputs tell the quantizers.
 
-The importance of input channel k is the mean squared activation E[x_k^2] over every
-row (token) the layer sees. It is the diagonal of the layer's input second moment
-X^T X / rows, so weighting a weight's squared error by it approximates the error of the
-layer's output on those inputs (the cross terms between channels left out) -- the
-statistic behind llama.cpp's imatrix and AWQ's activation-aware search.
+The importance of input channel k of a Linear layer is the mean squared activation
+E[x_k^2] over every row (token) the layer sees. It is the diagonal of the layer's
+input second moment X^T X / rows, so weighting a weight's squared error by it
+approximates the error of the layer's output on those inputs (the cross terms
+between channels left out) -- the statistic behind llama.cpp's imatrix and AWQ's
+activation-aware search. GPTQ (gptq.py) takes the whole second moment.
 """
 
 from __future__ import annotations
@@ -98,6 +98,46 @@ class _SquaredActivations:
         return (mean / average if average > 0 else torch.ones_like(mean)).to(torch.float32)
 
 
+class _SecondMoment:
+    """Forward pre-hook accumulating X^T X (float64) over the rows a layer sees."""
+
+    def __init__(self, name: str, in_features: int):
+        self.name = name
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.rows = 0
+
+    def __call__(self, module: nn.Module, inputs) -> None:
+        x = inputs[0].detach()
+        rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        if not torch.isfinite(rows).all():
+            raise _NonFiniteActivations(f"argument 'calibration': expected inputs giving finite activations, "
+                                        f"got non-finite input to layer {self.name!r}")
+        self.sum += rows.T @ rows
+        self.rows += rows.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        if self.rows == 0:
+            raise ValueError(f"argument 'calibration': expected data that runs every layer being quantized, got "
+                             f"none reaching layer {self.name!r} (skip it or extend the calibration data)")
+        return self.sum / self.rows
+
+
+def _observe(model: nn.Module, calibration, hooks: Mapping[nn.Module, object]) -> None:
+    """Runs `model` on `calibration` in eval mode under torch.no_grad() with forward
+    pre-hooks on the given modules; hooks removed and modes restored, whatever happens."""
+    handles = [module.register_forward_pre_hook(hook) for module, hook in hooks.items()]
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            _run(model, calibration)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.training = training
+
+
 def collect_importance(model: nn.Module, calibration, layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
     """Per-input-channel importance [in_features] (float32, mean 1) of each of `layers`
     (name -> Linear inside `model`) from running `model` on `calibration`: an iterable
@@ -108,15 +148,13 @@ def collect_importance(model: nn.Module, calibration, layers: Mapping[str, nn.Mo
     hooks removed afterwards, whatever happens.
     """
     stats = {name: _SquaredActivations(name, module.in_features) for name, module in layers.items()}
-    hooks = [module.register_forward_pre_hook(stats[name]) for name, module in layers.items()]
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            _run(model, calibration)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, training in modes:
-            module.training = training
+    _observe(model, calibration, {module: stats[name] for name, module in layers.items()})
     return {name: stat.importance() for name, stat in stats.items()}
+
+
+def collect_hessian(model: nn.Module, calibration, name: str, layer: nn.Module) -> torch.Tensor:
+    """The input second moment X^T X / rows [in_features, in_features] (float64) of
+    `layer` (named `name` inside `model`) over `calibration`, run as collect_importance does."""
+    stat = _SecondMoment(name, layer.in_features)
+    _observe(model, calibration, {layer: stat})
+    return stat.hessian()

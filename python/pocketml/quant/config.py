@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 from pocketml.quant.tensor import AFFINE_BITS, GROUP_SIZES, LUT_BITS
 
-METHODS = ("rtn", "mse", "kmeans")
+METHODS = ("rtn", "mse", "gptq", "kmeans")
 SCALE_DTYPES = ("fp16", "bf16", "fp32")
 
 
@@ -15,8 +15,10 @@ SCALE_DTYPES = ("fp16", "bf16", "fp32")
 class QuantConfig:
     """Validated on construction; to_json()/from_json() round-trip exactly.
 
-    method "rtn" or "mse": group-wise affine (bits 2, 3, 4, 5, 6, 8; group_size 32, 64,
-    128 or None = one group per output row). method "kmeans": LUT palettization (bits
+    method "rtn", "mse" or "gptq": group-wise affine (bits 2, 3, 4, 5, 6, 8; group_size
+    32, 64, 128 or None = one group per output row); "gptq" also chooses the codes to
+    keep each layer's output error small and needs quantize_model's calibration data
+    (pocketml.quant.gptq). method "kmeans": LUT palettization (bits
     1, 2, 3, 4, 6, 8; lut_group_size output channels per table, None = one per tensor).
     act_bits: None keeps activations in floating point (the exact path); 8 opts in to
     int8 activations (rounded per row, VNNI dot products; affine weights only), which

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -48,6 +50,9 @@ class QuantizedLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"argument 'linear': expected a torch.nn.Linear, got {type(linear).__name__}")
         config = config or QuantConfig()
+        if config.method == "gptq":
+            raise ValueError("argument 'config': expected a method that needs no calibration data here, got 'gptq' "
+                             "(quantize_model(model, config, calibration=...) runs it)")
         weight = linear.weight.detach().float()
         if config.method == "kmeans":
             qweight = palettize(weight, config.bits, config.lut_group_size, config.seed, importance=importance,
@@ -55,6 +60,11 @@ class QuantizedLinear(nn.Module):
         else:
             qweight = quantize(weight, config.bits, config.group_size, config.symmetric, config.method,
                                config.scale_dtype, importance=importance)
+        return cls.from_quantized(linear, config, qweight)
+
+    @classmethod
+    def from_quantized(cls, linear: nn.Linear, config: QuantConfig, qweight: QuantizedTensor) -> "QuantizedLinear":
+        """The layer replacing `linear` with the weight `qweight`, quantized as `config` says."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, config, qweight)
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
@@ -63,11 +73,14 @@ class QuantizedLinear(nn.Module):
     @classmethod
     def empty(cls, in_features: int, out_features: int, bias: bool, config: QuantConfig) -> "QuantizedLinear":
         """A layer of the right shapes to load a state_dict into."""
-        weight = torch.zeros(out_features, in_features)
         linear = nn.Linear(in_features, out_features, bias=bias)
         with torch.no_grad():
-            linear.weight.copy_(weight)
-        return cls.from_linear(linear, config)
+            linear.weight.zero_()
+        # GPTQ's arrays have the shapes of the same format rounded to nearest.
+        shapes = replace(config, method="rtn") if config.method == "gptq" else config
+        layer = cls.from_linear(linear, shapes)
+        layer.config = config
+        return layer
 
     def qweight(self) -> QuantizedTensor:
         def view(t):

@@ -13,6 +13,7 @@ from torch import nn
 
 from pocketml.quant.calibration import collect_importance
 from pocketml.quant.config import QuantConfig
+from pocketml.quant.gptq import gptq_quantize_layers
 from pocketml.quant.linear import QuantizedLinear
 
 _METADATA_KEY = "pocketml.quant"
@@ -73,8 +74,11 @@ def quantize_model(model: nn.Module, config: QuantConfig,
     of keyword arguments) or a callable that runs the model. The model runs on them
     first; each layer's mean squared input activation per input channel then weights
     its quantization error (method "mse": the clipping search; "kmeans": the
-    clustering), so the channels that carry signal keep it. Method "rtn" has nothing
-    to weight and refuses calibration.
+    clustering), so the channels that carry signal keep it. Method "gptq" needs them:
+    it quantizes the layers one after the other, running the model once per layer,
+    each minimising its output error on its inputs with the earlier layers already
+    quantized (pocketml.quant.gptq). Method "rtn" has nothing to weight and refuses
+    calibration.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"argument 'model': expected a torch.nn.Module, got {type(model).__name__}")
@@ -82,7 +86,10 @@ def quantize_model(model: nn.Module, config: QuantConfig,
         raise TypeError(f"argument 'config': expected a pocketml.quant.QuantConfig, got {type(config).__name__}")
     if calibration is not None and config.method == "rtn":
         raise ValueError("argument 'calibration': expected None with method 'rtn' (round to nearest weights no "
-                         "error; use method 'mse' or 'kmeans' to calibrate), got calibration data")
+                         "error; use method 'mse', 'gptq' or 'kmeans' to calibrate), got calibration data")
+    if calibration is None and config.method == "gptq":
+        raise ValueError("argument 'calibration': expected example inputs with method 'gptq' (it minimises each "
+                         "layer's output error on them), got None")
     report = QuantizationReport(model_bytes_before=_model_bytes(model))
     targets = []
     for name, module in model.named_modules():
@@ -93,10 +100,16 @@ def quantize_model(model: nn.Module, config: QuantConfig,
         else:
             _check_fits(name, module, config)
             targets.append((name, module))
-    importance = collect_importance(model, calibration, dict(targets)) if calibration is not None and targets else {}
+    if config.method == "gptq":
+        quantized = gptq_quantize_layers(model, targets, calibration, config)
+    else:
+        importance = collect_importance(model, calibration, dict(targets)) if calibration is not None and targets else {}
     # Every layer was checked and calibrated above, so an error leaves the model untouched.
     for name, module in targets:
-        layer = QuantizedLinear.from_linear(module, config, importance=importance.get(name))
+        if config.method == "gptq":
+            layer = QuantizedLinear.from_quantized(module, config, quantized[name])
+        else:
+            layer = QuantizedLinear.from_linear(module, config, importance=importance.get(name))
         report.weight_bytes_before += module.weight.numel() * 4
         report.weight_bytes_after += layer.nbytes
         _replace(model, name, layer)
