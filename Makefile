@@ -44,9 +44,13 @@ test-python: $(STAMP_INSTALL)
 	$(PY) -m pytest -q tests
 
 # Python writes the golden bundles; XCTest validates them through the C ABI.
+# SwiftPM on Linux leaves a few dozen empty TemporaryDirectory.* folders per run
+# in $$TMPDIR: they go to build/ (make clean) instead of /tmp.
 test-swift: native $(STAMP_INSTALL)
 	$(VENV)/bin/pocketml golden --out $(GOLDEN_DIR) > /dev/null
-	POCKETML_GOLDEN_DIR=$(CURDIR)/$(GOLDEN_DIR) $(SWIFT) test --package-path swift --disable-swift-testing \
+	mkdir -p build/swift-tmp
+	TMPDIR=$(CURDIR)/build/swift-tmp POCKETML_GOLDEN_DIR=$(CURDIR)/$(GOLDEN_DIR) \
+	  $(SWIFT) test --package-path swift --disable-swift-testing \
 	  -Xcc -I$(CURDIR)/csrc/include \
 	  -Xlinker -L$(CURDIR)/$(NATIVE_BUILD) -Xlinker -rpath -Xlinker $(CURDIR)/$(NATIVE_BUILD)
 
