@@ -309,6 +309,31 @@ def test_matmul_is_deterministic(rng):
     assert quant.matmul(x, qt).tobytes() == quant.matmul(x, qt).tobytes()
 
 
+@pytest.mark.parametrize("x_dtype, act_bits", [(torch.float32, None), (torch.bfloat16, None), (torch.float32, 8)])
+def test_gemv_splits_across_threads_only_when_it_pays(isa, rng, x_dtype, act_bits):
+    """Every GEMV (fp32, bf16, int8 activations) splits its rows across the threads from
+    1 MiB of packed weights (64 KiB inside keep_warm()) and runs small ones on the
+    caller: the same bytes whatever the split."""
+    previous = pocketml.get_num_threads()
+    try:
+        for n, k, warm in ((2100, 1024, False), (300, 512, True), (64, 384, False)):
+            qt = make(rng, ("affine", 4, 64, False), n, k)
+            x = torch.randn(2, k).to(x_dtype)
+            pocketml.set_num_threads(1)
+            alone = quant.matmul(x, qt, act_bits=act_bits)
+            pocketml.set_num_threads(2)
+            if warm:
+                with pocketml.keep_warm():
+                    split = quant.matmul(x, qt, act_bits=act_bits)
+            else:
+                split = quant.matmul(x, qt, act_bits=act_bits)
+            assert torch.equal(alone, split), (n, k, warm)
+            if act_bits is None:
+                check_matmul(x, qt, split)
+    finally:
+        pocketml.set_num_threads(previous)
+
+
 # --- opt-in int8 activations (VNNI) -------------------------------------------
 
 def int8_activation_reference(x, qt):

@@ -31,11 +31,18 @@ constexpr int64_t kChunkCodes = 512;         // columns decoded per tile
 constexpr int64_t kMaxRowsPerXBlock = 128;   // x rows per task: 128 x 512 fp32 = 256 KiB, in L2
 constexpr int64_t kGemvMinRowsPerTask = 32;  // 32 rows of 4096 4-bit codes = 64 KiB streamed per task
 constexpr int64_t kGemvTasksPerThread = 4;
+// Below these many packed bytes a GEMV runs on the calling thread: waking the
+// workers costs more than they save (2 threads, this VM: ~40 us per call against
+// ~25 us for a 1 MiB GEMV alone; inside keep_warm(), where workers spin, a few us).
+constexpr int64_t kGemvMinParallelBytes = int64_t(1) << 20, kGemvMinParallelBytesWarm = int64_t(64) << 10;
 
 // Rows per task of the fused GEMVs: each thread streams a few long, contiguous
 // row ranges, which the hardware prefetchers follow, instead of hopping between
 // short ones; a few per thread so that a worker woken late still finds work.
-int64_t gemv_rows_per_task(int64_t n) {
+int64_t gemv_rows_per_task(const PackedWeights& w) {
+  const int64_t n = w.rows;
+  const int64_t min_parallel = ThreadPool::global().warm_scopes() > 0 ? kGemvMinParallelBytesWarm : kGemvMinParallelBytes;
+  if (n * w.row_bytes < min_parallel) return n;
   const int64_t tasks = kGemvTasksPerThread * ThreadPool::global().num_threads();
   return std::max(kGemvMinRowsPerTask, ((n + tasks - 1) / tasks + 7) / 8 * 8);
 }
@@ -182,7 +189,7 @@ void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
   const Int8Activations x(x32, m, gemv_padded_rows(static_cast<int>(m)), padded_cols,
                           int8_group_columns(w, padded_cols), row_length, w.bits);
   const int64_t n = w.rows;
-  parallel_for(n, gemv_rows_per_task(n), [&](int64_t begin, int64_t end) {
+  parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
     kernels.gemv_int8(w, begin, end, x.codes.data(), x.row_length, x.group_sums.data(), x.padded_groups,
                       x.row_scale.data(), static_cast<int>(m), out32, n);
   });
@@ -218,7 +225,7 @@ void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
     for (int64_t k = full_chunks * kCodesPerChunk; k < cols; ++k) out[bf16_gemv_position(k)] = row[k];
   }
   const int64_t n = w.rows;
-  parallel_for(n, gemv_rows_per_task(n), [&](int64_t begin, int64_t end) {
+  parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
     kernels.gemv_bf16(w, begin, end, placed.data(), row_length, static_cast<int>(m), out32, n);
   });
 }
@@ -402,7 +409,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
   if (fused) {
-    parallel_for(n, gemv_rows_per_task(n), [&](int64_t begin, int64_t end) {
+    parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
       kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
     });
   } else {
