@@ -457,6 +457,26 @@ def test_quantized_linear_behaves_like_linear(rng):
         assert not layer(torch.randn(2, 96, requires_grad=True)).requires_grad
 
 
+def test_quantized_linear_weight_follows_its_buffers():
+    """The cached QuantizedTensor sees load_state_dict's in-place copies, and copies of
+    the layer never share it."""
+    torch.manual_seed(5)
+    config = quant.QuantConfig(bits=4, group_size=32)
+    a = quant.QuantizedLinear.from_linear(torch.nn.Linear(64, 16), config)
+    b = quant.QuantizedLinear.from_linear(torch.nn.Linear(64, 16), config)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        before = a(x)
+        twin = copy.deepcopy(a)
+        a.load_state_dict(b.state_dict())  # in place: same memory, new values
+        torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+        torch.testing.assert_close(twin(x), before, rtol=0, atol=0)
+        twin.packed.zero_()
+        assert not torch.equal(twin(x), before) and torch.equal(a(x), b(x))
+        a.scales = a.scales.clone() * 2  # a new buffer
+        torch.testing.assert_close(a(x) - a.bias, 2 * (b(x) - b.bias))
+
+
 def test_quantized_linear_gradient_flows_to_input_and_bias():
     torch.manual_seed(1)
     linear = torch.nn.Linear(64, 24)

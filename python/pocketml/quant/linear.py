@@ -11,6 +11,7 @@ from pocketml.quant.config import QuantConfig
 from pocketml.quant.tensor import QuantizedTensor, matmul, palettize, quantize
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ARRAYS = ("packed", "scales", "zero_points", "lut")
 
 
 def _to_torch(array):
@@ -40,7 +41,8 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.config = in_features, out_features, config
         self.kind, self.bits, self.group_size = qweight.kind, qweight.bits, qweight.group_size
-        for name in ("packed", "scales", "zero_points", "lut"):
+        self._qweight, self._qweight_key = None, None
+        for name in _ARRAYS:
             array = getattr(qweight, name)
             self.register_buffer(name, None if array is None else _to_torch(array))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -83,20 +85,28 @@ class QuantizedLinear(nn.Module):
         return layer
 
     def qweight(self) -> QuantizedTensor:
-        def view(t):
-            if t is None:
-                return None
-            return t if t.dtype == torch.bfloat16 else t.numpy()
-
-        return QuantizedTensor(self.kind, self.bits, (self.out_features, self.in_features), self.group_size,
-                               view(self.packed), view(self.scales), view(self.zero_points), view(self.lut))
+        """The weight as a QuantizedTensor viewing the buffers' memory. Built once and
+        kept while the buffers are the same memory (load_state_dict copies into them;
+        .to(), deepcopy and reassignment make new ones), since building it costs as
+        much as a small layer's matmul."""
+        buffers = tuple(self._buffers[name] for name in _ARRAYS)
+        key = tuple(None if t is None else (t.data_ptr(), t.dtype, tuple(t.shape)) for t in buffers)
+        if self._qweight_key != key:
+            views = [None if t is None else t if t.dtype == torch.bfloat16 else t.numpy() for t in buffers]
+            self._qweight = QuantizedTensor(self.kind, self.bits, (self.out_features, self.in_features),
+                                            self.group_size, *views)
+            self._qweight_key = key
+        return self._qweight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in _DTYPES:
             raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
-        y = _QuantizedMatmul.apply(x, self)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = _QuantizedMatmul.apply(x, self)
+        else:  # nothing to differentiate: skip the autograd function's bookkeeping
+            y = matmul(x, self.qweight(), act_bits=self.config.act_bits)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     @property
