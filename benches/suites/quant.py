@@ -21,6 +21,7 @@ import torch
 import pocketml
 from harness import Peer
 from pocketml import quant
+from pocketml.quant.gptq import gptq_quantize
 
 L3_BYTES = 32 << 20
 
@@ -145,9 +146,14 @@ def gemm_cases(report, n, k, ms):
 def quantizer_cases(report, n, k):
     w = torch.randn(n, k) * 0.02
     small = w[:1024].contiguous()
+    # GPTQ on K = 4096 columns (its Cholesky factors grow as K^3), Hessian of 2048 random rows.
+    square = w[:1024, :4096].contiguous()
+    x = torch.randn(2048, 4096, dtype=torch.float64)
+    hessian = x.T @ x / x.shape[0]
     cases = [
         ("RTN int4 g64", w, lambda: quant.quantize(w, bits=4, group_size=64)),
         ("MSE int4 g64", small, lambda: quant.quantize(small, bits=4, group_size=64, method="mse")),
+        ("GPTQ int4 g64", square, lambda: gptq_quantize(square, hessian, bits=4, group_size=64)),
         ("k-means LUT 4-bit per tensor", small, lambda: quant.palettize(small, nbits=4)),
         ("k-means LUT 4-bit per 16 rows", small, lambda: quant.palettize(small, nbits=4, group_size=16)),
     ]

@@ -77,30 +77,31 @@ def gptq_quantize(w, hessian, bits: int = 4, group_size: int | None = 64, symmet
     top = float((1 << bits) - 1)
 
     order = torch.argsort(torch.diagonal(hessian), descending=True, stable=True) if act_order else torch.arange(k)
-    remaining = weight.to(torch.float64)[:, order].clone()
-    scale, zero = scale[:, order], zero[:, order]
+    # Channel-major [K, N] copies, so that each channel's weights are one contiguous row.
+    remaining = weight.to(torch.float64).T[order].contiguous()
+    scale, zero = scale.T[order].contiguous(), zero.T[order].contiguous()
     factor = _inverse_cholesky(hessian[order][:, order], damp)
-    codes = torch.empty(n, k, dtype=torch.float64)
+    codes = torch.empty(k, n, dtype=torch.float64)
     for begin in range(0, k, _BLOCK):
         end = min(begin + _BLOCK, k)
-        block = remaining[:, begin:end].clone()
+        block = remaining[begin:end].clone()
         errors = torch.empty_like(block)
         for j in range(end - begin):
-            column = begin + j
-            s, z = scale[:, column], zero[:, column]
-            steps = torch.where(s != 0, torch.round(block[:, j] / torch.where(s != 0, s, 1.0)), 0.0)
+            channel = begin + j
+            s, z = scale[channel], zero[channel]
+            steps = torch.where(s != 0, torch.round(block[j] / torch.where(s != 0, s, 1.0)), 0.0)
             q = torch.clamp(steps + z, 0.0, top)
-            codes[:, column] = q
-            error = (block[:, j] - s * (q - z)) / factor[column, column]
-            block[:, j:] -= error[:, None] * factor[column, column:end][None, :]
-            errors[:, j] = error
-        remaining[:, end:] -= errors @ factor[begin:end, end:]
+            codes[channel] = q
+            error = (block[j] - s * (q - z)) / factor[channel, channel]
+            block[j:] -= factor[channel, channel:end, None] * error[None, :]
+            errors[j] = error
+        remaining[end:] -= factor[begin:end, end:].T @ errors
 
     plain = torch.empty_like(codes)
-    plain[:, order] = codes
-    plain = plain.to(torch.uint8).numpy()
+    plain[order] = codes
+    plain = plain.T.to(torch.uint8).contiguous().numpy()
     packed = np.empty((n, packed_row_bytes(k, bits)), dtype=np.uint8)
-    core.quant_pack(np.ascontiguousarray(plain), bits, packed)
+    core.quant_pack(plain, bits, packed)
     return QuantizedTensor("affine", bits, (n, k), group, packed, scales=ranges.scales,
                            zero_points=ranges.zero_points)
 
