@@ -299,10 +299,16 @@ const QuantKernels* neon_quant_kernels() {
 #endif
 
 #if POCKETML_ARCH_X86
-// The AVX-512 table, without the bf16 GEMV where the CPU lacks AVX512_BF16.
+// The AVX-512 table as far as the CPU goes: the base variant runs on every
+// AVX-512 F/BW/VL/DQ CPU, the int8 dot products need AVX512_VNNI (without it the
+// int8 path runs the reference) and the bf16 GEMV AVX512_BF16.
 const QuantKernels* avx512_quant_kernels() {
   static const QuantKernels kernels = [] {
     QuantKernels k = avx512::quant_kernels;
+    if (!cpu_features().avx512vnni) {
+      k.dot_int8 = nullptr;
+      k.gemv_int8 = nullptr;
+    }
     if (!cpu_features().avx512bf16) k.gemv_bf16 = nullptr;
     return k;
   }();
