@@ -554,6 +554,8 @@ def test_gptq_bad_input():
         gptq_quantize(w, np.eye(64))
     with pytest.raises(ValueError, match="argument 'damp'"):
         gptq_quantize(w, torch.eye(64), damp=0)
+    with pytest.raises(ValueError, match="argument 'hessian': expected a symmetric positive semi-definite"):
+        gptq_quantize(w, torch.full((64, 64), 2.0) - torch.eye(64))  # eigenvalues 127 and -1
     with pytest.raises(ValueError, match="argument 'group_size'"):
         gptq_quantize(w, torch.eye(64), group_size=48)
     # Channels the data never drives (a zero row and column) are allowed.

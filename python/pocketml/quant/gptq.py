@@ -45,8 +45,12 @@ def _inverse_cholesky(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     dead = torch.diagonal(h) <= 0  # channels the data never drives: any code will do
     h[dead, dead] = 1.0
     h += damp * torch.diagonal(h).mean() * torch.eye(k, dtype=h.dtype)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inverse, upper=True)
+    try:
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+        return torch.linalg.cholesky(inverse, upper=True)
+    except torch.linalg.LinAlgError as error:
+        raise ValueError("argument 'hessian': expected a symmetric positive semi-definite matrix such as "
+                         f"X^T X / rows, got one that stays indefinite after damping ({error})") from None
 
 
 def gptq_quantize(w, hessian, bits: int = 4, group_size: int | None = 64, symmetric: bool = False,
