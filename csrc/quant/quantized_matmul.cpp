@@ -387,42 +387,34 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t padded_cols = chunks * kCodesPerChunk;
   const QuantKernels& kernels = quant_tables().active();
+  // The fp32 result: out itself, or a buffer converted into out at the end.
+  AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
+  float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
   if (act_bits == 8) {
     AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
     widen_rows(x, m, w.cols, padded_cols, x32.data());
-    AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
-    float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
     if (m <= kMaxGemvRows && kernels.gemv_int8 != nullptr && int8_gemv_handles(w)) {
       int8_activation_gemv(kernels, w, x32.data(), m, padded_cols, out32);
     } else {
       int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
     }
-    if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
-    return;
-  }
-  if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && bf16_gemv_handles(w)) {
-    AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
-    float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
+  } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && bf16_gemv_handles(w)) {
     bf16_activation_gemv(kernels, w, x, out32);
-    if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
-    return;
-  }
-  const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
-  const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
-  AlignedBuffer<float> x32(static_cast<size_t>(x_rows * padded_cols));
-  widen_rows(x, m, w.cols, padded_cols, x32.data());
-  std::fill(x32.data() + m * padded_cols, x32.data() + x_rows * padded_cols, 0.0f);
-  AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
-  float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
-  if (fused) {
-    parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
-      kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
-    });
   } else {
-    tiled_matmul(kernels, w, x32.data(), m, padded_cols, out32);
+    const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
+    const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
+    AlignedBuffer<float> x32(static_cast<size_t>(x_rows * padded_cols));
+    widen_rows(x, m, w.cols, padded_cols, x32.data());
+    std::fill(x32.data() + m * padded_cols, x32.data() + x_rows * padded_cols, 0.0f);
+    if (fused) {
+      parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
+        kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
+      });
+    } else {
+      tiled_matmul(kernels, w, x32.data(), m, padded_cols, out32);
+    }
   }
-  if (out.dtype != DType::f32)
-    convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
+  if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
 }
 
 }  // namespace pocketml
