@@ -486,6 +486,18 @@ struct PackedBlockGroups {
   }
 };
 
+// Calls run(std::integral_constant<int, GroupCodes>{}) with the group length the
+// block-wise GEMVs specialise: 32, 64, 128, or 0 for one group per row.
+template <class Run>
+inline void with_group_codes(const PackedWeights& w, Run run) {
+  switch (w.groups_per_row() == 1 ? 0 : w.group_size) {
+    case 32: run(std::integral_constant<int, 32>{}); break;
+    case 64: run(std::integral_constant<int, 64>{}); break;
+    case 128: run(std::integral_constant<int, 128>{}); break;
+    default: run(std::integral_constant<int, 0>{}); break;
+  }
+}
+
 // The fused int8-activation GEMV. A 64-byte load of a packed row is a block
 // of 128 4-bit codes (its low nibbles, then its high nibbles: two vpdpbusd
 // against the activations stored in that order) or of 64 8-bit codes (one).
@@ -578,12 +590,10 @@ void gemv_int8_grouped(const PackedWeights& w, int64_t row_begin, int64_t row_en
 template <int Bits, int M>
 void gemv_int8_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const int8_t* xq, int64_t ldx,
                     const float* x_sums, int64_t lds, const float* x_scale, int m, float* y, int64_t ldy) {
-  switch (w.groups_per_row() == 1 ? 0 : w.group_size) {
-    case 32: gemv_int8_grouped<Bits, M, 32>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-    case 64: gemv_int8_grouped<Bits, M, 64>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-    case 128: gemv_int8_grouped<Bits, M, 128>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-    default: gemv_int8_grouped<Bits, M, 0>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m, y, ldy); break;
-  }
+  with_group_codes(w, [&](auto group_codes) {
+    gemv_int8_grouped<Bits, M, decltype(group_codes)::value>(w, row_begin, row_end, xq, ldx, x_sums, lds, x_scale, m,
+                                                             y, ldy);
+  });
 }
 
 #include "quant/quant_int8_gemv_switchboard-inl.h"
@@ -778,12 +788,9 @@ void gemv_bf16_grouped(const PackedWeights& w, int64_t row_begin, int64_t row_en
 template <int M>
 void gemv_bf16_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx, int m,
                     float* y, int64_t ldy) {
-  switch (w.groups_per_row() == 1 ? 0 : w.group_size) {
-    case 32: gemv_bf16_grouped<M, 32>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 64: gemv_bf16_grouped<M, 64>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 128: gemv_bf16_grouped<M, 128>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    default: gemv_bf16_grouped<M, 0>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-  }
+  with_group_codes(w, [&](auto group_codes) {
+    gemv_bf16_grouped<M, decltype(group_codes)::value>(w, row_begin, row_end, x, ldx, m, y, ldy);
+  });
 }
 
 void gemv_bf16(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx, int m,

@@ -192,6 +192,32 @@ std::string format_name(const Format& f) {
          std::to_string(f.cols) + " group " + std::to_string(f.group_size);
 }
 
+// Every row of a weight decoded by the reference: [rows, padded_cols].
+std::vector<float> decoded_rows(const PackedWeights& w, int64_t padded_cols) {
+  std::vector<float> dense(w.rows * padded_cols);
+  for (int64_t row = 0; row < w.rows; ++row)
+    scalar::quant_kernels.decode_row(w, row, 0, chunks_per_row(w.cols), dense.data() + row * padded_cols);
+  return dense;
+}
+
+// A GEMV's y [m, rows] against double products of x [.., padded_cols] and the
+// decoded weights, for the rows from 1 on: row 0 was not the kernel's to write.
+void check_gemv_rows(const std::string& what, const std::vector<float>& y, const std::vector<float>& x,
+                     const std::vector<float>& dense, int m, int64_t rows, int64_t padded_cols) {
+  for (int i = 0; i < m; ++i) {
+    CHECK(y[i * rows] == -1.0f, what << " wrote row 0");
+    for (int64_t j = 1; j < rows; ++j) {
+      double expected = 0.0, magnitude = 0.0;
+      for (int64_t k = 0; k < padded_cols; ++k) {
+        expected += double(x[i * padded_cols + k]) * dense[j * padded_cols + k];
+        magnitude += std::fabs(double(x[i * padded_cols + k]) * dense[j * padded_cols + k]);
+      }
+      CHECK(std::fabs(y[i * rows + j] - expected) <= 1e-5 * magnitude,
+            what << " m " << m << " [" << i << ", " << j << "]: " << y[i * rows + j] << " vs " << expected);
+    }
+  }
+}
+
 }  // namespace
 
 TEST(every_variant_decodes_and_unpacks_bit_for_bit_like_the_reference) {
@@ -236,9 +262,7 @@ TEST(every_fused_gemv_equals_a_double_product_of_the_decoded_weights) {
     const RandomWeights r(f.kind, f.bits, rows, f.cols, f.kind == QuantKind::lut ? 1 : f.group_size, f.scale_dtype,
                           f.symmetric, 23 + f.bits);
     const int64_t padded_cols = chunks_per_row(f.cols) * kCodesPerChunk;
-    std::vector<float> dense(rows * padded_cols);
-    for (int64_t row = 0; row < rows; ++row)
-      scalar::quant_kernels.decode_row(r.w, row, 0, chunks_per_row(f.cols), dense.data() + row * padded_cols);
+    const std::vector<float> dense = decoded_rows(r.w, padded_cols);
     for (int m : {1, 2, 3, 5, 8}) {
       const int x_rows = gemv_padded_rows(m);
       std::vector<float> x(x_rows * padded_cols, 0.0f);
@@ -248,19 +272,7 @@ TEST(every_fused_gemv_equals_a_double_product_of_the_decoded_weights) {
         if (v.kernels->gemv == nullptr) continue;
         std::vector<float> y(m * rows, -1.0f);
         v.kernels->gemv(r.w, 1, rows, x.data(), padded_cols, m, y.data(), rows);  // row 0 is not its to write
-        for (int i = 0; i < m; ++i) {
-          CHECK(y[i * rows] == -1.0f, v.name << " gemv wrote row 0");
-          for (int64_t j = 1; j < rows; ++j) {
-            double expected = 0.0, magnitude = 0.0;
-            for (int64_t k = 0; k < padded_cols; ++k) {
-              expected += double(x[i * padded_cols + k]) * dense[j * padded_cols + k];
-              magnitude += std::fabs(double(x[i * padded_cols + k]) * dense[j * padded_cols + k]);
-            }
-            CHECK(std::fabs(y[i * rows + j] - expected) <= 1e-5 * magnitude,
-                  v.name << " gemv " << format_name(f) << " m " << m << " [" << i << ", " << j << "]: " << y[i * rows + j]
-                         << " vs " << expected);
-          }
-        }
+        check_gemv_rows(v.name + " gemv " + format_name(f), y, x, dense, m, rows, padded_cols);
       }
     }
   }
@@ -440,9 +452,7 @@ TEST(every_bf16_gemv_equals_a_double_product_of_the_decoded_weights) {
     }
     const int64_t padded_cols = chunks_per_row(f.cols) * kCodesPerChunk;
     const int64_t row_length = (padded_cols + kBf16GemvBlockCodes - 1) / kBf16GemvBlockCodes * kBf16GemvBlockCodes;
-    std::vector<float> dense(rows * padded_cols);
-    for (int64_t row = 0; row < rows; ++row)
-      scalar::quant_kernels.decode_row(r.w, row, 0, chunks_per_row(f.cols), dense.data() + row * padded_cols);
+    const std::vector<float> dense = decoded_rows(r.w, padded_cols);
     for (int m : {1, 2, 3, 5, 8}) {
       const int x_rows = gemv_padded_rows(m);
       std::vector<float> x(x_rows * padded_cols, 0.0f);
@@ -460,19 +470,7 @@ TEST(every_bf16_gemv_equals_a_double_product_of_the_decoded_weights) {
         ++variants;
         std::vector<float> y(m * rows, -1.0f);
         v.kernels->gemv_bf16(r.w, 1, rows, placed.data(), row_length, m, y.data(), rows);  // row 0 is not its to write
-        for (int i = 0; i < m; ++i) {
-          CHECK(y[i * rows] == -1.0f, v.name << " gemv_bf16 wrote row 0");
-          for (int64_t j = 1; j < rows; ++j) {
-            double expected = 0.0, magnitude = 0.0;
-            for (int64_t k = 0; k < padded_cols; ++k) {
-              expected += double(x[i * padded_cols + k]) * dense[j * padded_cols + k];
-              magnitude += std::fabs(double(x[i * padded_cols + k]) * dense[j * padded_cols + k]);
-            }
-            CHECK(std::fabs(y[i * rows + j] - expected) <= 1e-5 * magnitude,
-                  v.name << " gemv_bf16 " << format_name(f) << " m " << m << " [" << i << ", " << j
-                         << "]: " << y[i * rows + j] << " vs " << expected);
-          }
-        }
+        check_gemv_rows(v.name + " gemv_bf16 " + format_name(f), y, x, dense, m, rows, padded_cols);
       }
     }
   }

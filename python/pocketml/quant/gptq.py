@@ -74,10 +74,9 @@ def gptq_quantize(w, hessian, bits: int = 4, group_size: int | None = 64, symmet
     ranges = quantize(weight.float(), bits, group_size, symmetric, "mse", scale_dtype,
                       importance=importance.to(torch.float32))
     group = ranges.group_size
-    scale = torch.as_tensor(np.asarray(ranges.scales, dtype=np.float32) if isinstance(ranges.scales, np.ndarray)
-                            else ranges.scales.float()).to(torch.float64).repeat_interleave(group, dim=1)
+    scale = torch.as_tensor(ranges.scales).to(torch.float64).repeat_interleave(group, dim=1)
     zero = (torch.full_like(scale, float(1 << (bits - 1))) if ranges.zero_points is None else
-            torch.from_numpy(ranges.zero_points.astype(np.float64)).repeat_interleave(group, dim=1))
+            torch.as_tensor(ranges.zero_points).to(torch.float64).repeat_interleave(group, dim=1))
     top = float((1 << bits) - 1)
 
     order = torch.argsort(torch.diagonal(hessian), descending=True, stable=True) if act_order else torch.arange(k)
@@ -92,9 +91,8 @@ def gptq_quantize(w, hessian, bits: int = 4, group_size: int | None = 64, symmet
         errors = torch.empty_like(block)
         for j in range(end - begin):
             channel = begin + j
-            s, z = scale[channel], zero[channel]
-            steps = torch.where(s != 0, torch.round(block[j] / torch.where(s != 0, s, 1.0)), 0.0)
-            q = torch.clamp(steps + z, 0.0, top)
+            s, z = scale[channel], zero[channel]  # scales are positive (the quantizer never stores 0)
+            q = torch.clamp(torch.round(block[j] / s) + z, 0.0, top)
             codes[channel] = q
             error = (block[j] - s * (q - z)) / factor[channel, channel]
             block[j:] -= factor[channel, channel:end, None] * error[None, :]

@@ -102,14 +102,17 @@ def quantize_model(model: nn.Module, config: QuantConfig,
             targets.append((name, module))
     if config.method == "gptq":
         quantized = gptq_quantize_layers(model, targets, calibration, config)
+
+        def replacement(name, module):
+            return QuantizedLinear.from_quantized(module, config, quantized[name])
     else:
         importance = collect_importance(model, calibration, dict(targets)) if calibration is not None and targets else {}
+
+        def replacement(name, module):
+            return QuantizedLinear.from_linear(module, config, importance=importance.get(name))
     # Every layer was checked and calibrated above, so an error leaves the model untouched.
     for name, module in targets:
-        if config.method == "gptq":
-            layer = QuantizedLinear.from_quantized(module, config, quantized[name])
-        else:
-            layer = QuantizedLinear.from_linear(module, config, importance=importance.get(name))
+        layer = replacement(name, module)
         report.weight_bytes_before += module.weight.numel() * 4
         report.weight_bytes_after += layer.nbytes
         _replace(model, name, layer)
