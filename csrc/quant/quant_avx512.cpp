@@ -600,9 +600,9 @@ void gemv_int8_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, 
 
 // The exact GEMV for bf16 activations on bf16 dot products (GemvBf16Fn in
 // quant_kernels.h). Per 32 codes it costs about a shift, one vpermw from a table
-// of code - zero and one vdpbf16ps, where the fp32 GEMV spends a widening, two
+// of small integers and one vdpbf16ps, where the fp32 GEMV spends a widening, two
 // vpermps and two FMAs; on Zen 5 these share two pipes (one core, weights in
-// L2: 45 -> 63 G weights/s at g64, 58 -> 86 with one group per row).
+// L2: 45 -> 74 G weights/s at g64, 58 -> 88 with one group per row).
 
 // bf16 bits of an integer of magnitude below 256.
 constexpr uint16_t bf16_of_integer(int n) {
@@ -614,29 +614,24 @@ constexpr uint16_t bf16_of_integer(int n) {
   return static_cast<uint16_t>(sign << 15 | (127 + exponent) << 7 | mantissa);
 }
 
-// The weight tables of two groups side by side, for every pair of 4-bit zero
-// points: entry[a][b][c] = c - a and entry[a][b][16 + c] = c - b in bf16, exact.
-// Built at compile time (16 KiB), so starting a group costs loads, not arithmetic.
-struct Bf16PairTables {
-  alignas(64) uint16_t entry[16][16][32];
+// bf16(n) at index n mod 32, for n in -16 .. 15.
+struct Bf16Residues {
+  alignas(64) uint16_t word[32];
 };
-constexpr Bf16PairTables make_bf16_pair_tables() {
-  Bf16PairTables tables{};
-  for (int a = 0; a < 16; ++a)
-    for (int b = 0; b < 16; ++b)
-      for (int c = 0; c < 16; ++c) {
-        tables.entry[a][b][c] = bf16_of_integer(c - a);
-        tables.entry[a][b][16 + c] = bf16_of_integer(c - b);
-      }
-  return tables;
+constexpr Bf16Residues make_bf16_residues() {
+  Bf16Residues residues{};
+  for (int i = 0; i < 32; ++i) residues.word[i] = bf16_of_integer(i < 16 ? i : i - 32);
+  return residues;
 }
-constexpr Bf16PairTables kBf16PairTables = make_bf16_pair_tables();
+constexpr Bf16Residues kBf16Residues = make_bf16_residues();
 
-// The weights of one block's four passes as bf16 code - zero. vpermw
-// (vpermt2w for four groups) reads an index's low 5 (6) bits: the code, and
-// which of the block's groups holds the 16-bit word (word w lies in chunk w / 8,
-// so in group (w / 8) * 32 / GroupCodes). Masking both bytes of each word at
-// once, with the group in bits 4-5 of each, leaves passes 2 and 3 a shift away.
+// The weights of one block's four passes as bf16 code - zero. Each byte of the
+// block, masked to the code of pass 0 (1) in its low nibble and of pass 2 (3)
+// in its high one, loses its group's zero point byte-wise, so no borrow crosses
+// into the next code; vpermw then maps the low 5 bits of each word, the
+// difference mod 32, to its bf16. Word w lies in chunk w / 8, one 128-bit lane,
+// so in group (w / 8) * 32 / GroupCodes of the block. (A table per pair of zero
+// points, loaded per block, ran at 62 G weights/s where this runs at 74.)
 template <int GroupCodes>
 class Bf16BlockWeights {
  public:
@@ -644,43 +639,44 @@ class Bf16BlockWeights {
 
   // zeros: the zero points of the block's groups (nullptr: symmetric, 8).
   Bf16BlockWeights(const uint8_t* zeros, __m512i raw) {
-    auto zero = [&](int g) { return zeros != nullptr ? zeros[g] : 8; };
-    if constexpr (kPerBlock == 1) {
-      // Both halves hold the group's table, so the index's bit 4 needs no mask.
-      low_ = _mm512_load_si512(kBf16PairTables.entry[zero(0)][zero(0)]);
-      even_ = raw;
-      odd_ = _mm512_srli_epi16(raw, 4);
-    } else {
-      low_ = _mm512_load_si512(kBf16PairTables.entry[zero(0)][zero(1)]);
-      if constexpr (kPerBlock == 4) high_ = _mm512_load_si512(kBf16PairTables.entry[zero(2)][zero(3)]);
-      // (bytes & 0x0F) | group bits
-      const __m512i groups = _mm512_load_si512(kWordGroups.bits);
-      even_ = _mm512_ternarylogic_epi32(raw, _mm512_set1_epi8(15), groups, 0xEA);
-      odd_ = _mm512_ternarylogic_epi32(_mm512_srli_epi16(raw, 4), _mm512_set1_epi8(15), groups, 0xEA);
-    }
+    const __m512i zero = zero_bytes(zeros);
+    const __m512i low_nibbles = _mm512_set1_epi8(15);
+    even_ = _mm512_sub_epi8(_mm512_and_si512(raw, low_nibbles), zero);
+    odd_ = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low_nibbles), zero);
   }
 
   // Pass j: bits 4j .. 4j + 3 of each word.
   __m512i operator()(int j) const {
     const __m512i source = j % 2 == 0 ? even_ : odd_;
     const __m512i index = j < 2 ? source : _mm512_srli_epi16(source, 8);
-    if constexpr (kPerBlock <= 2) return _mm512_permutexvar_epi16(index, low_);
-    return _mm512_permutex2var_epi16(low_, index, high_);
+    return _mm512_permutexvar_epi16(index, _mm512_load_si512(kBf16Residues.word));
   }
 
  private:
   static constexpr int kPerBlock = PackedBlockGroups<4, GroupCodes>::kPerBlock;
-  struct WordGroups {
-    alignas(64) uint16_t bits[32];
+
+  // Each byte's zero point, from the block's (one, two or four) groups.
+  static __m512i zero_bytes(const uint8_t* zeros) {
+    if (zeros == nullptr) return _mm512_set1_epi8(8);
+    if constexpr (kPerBlock == 1) {
+      return _mm512_set1_epi8(static_cast<char>(*zeros));
+    } else {
+      // Broadcast from memory: a load, where going through a general register costs more.
+      const __m512i packed = kPerBlock == 2 ? _mm512_broadcastw_epi16(_mm_loadu_si16(zeros))
+                                            : _mm512_broadcastd_epi32(_mm_loadu_si32(zeros));
+      return _mm512_shuffle_epi8(packed, _mm512_load_si512(kLaneGroups.byte));
+    }
+  }
+  struct LaneGroups {
+    alignas(64) uint8_t byte[64];
   };
-  static constexpr WordGroups word_groups() {
-    WordGroups groups{};
-    for (int word = 0; word < 32; ++word) groups.bits[word] = static_cast<uint16_t>(0x1010 * (word / 8 * kPerBlock / 4));
+  static constexpr LaneGroups lane_groups() {
+    LaneGroups groups{};
+    for (int i = 0; i < 64; ++i) groups.byte[i] = static_cast<uint8_t>(i / 16 * kPerBlock / 4);
     return groups;
   }
-  static constexpr WordGroups kWordGroups = word_groups();
+  static constexpr LaneGroups kLaneGroups = lane_groups();
 
-  __m512i low_, high_;  // the tables of the block's groups 0-1 and 2-3
   __m512i even_, odd_;  // the indices of passes 0 and 1 (of 2 and 3 in their high bytes)
 };
 
@@ -757,7 +753,7 @@ void gemv_bf16_rows_at(const PackedWeights& w, int64_t row, const uint16_t* x, i
     if (full_end < b1) {
       // The row's partial last block. It may hold fewer groups than a whole
       // block, and zero points past the row's are not to be read: those lanes'
-      // codes and x are zero, so any table serves them.
+      // codes and x are zero, so any zero point serves them.
       const int64_t group = Groups::first_group(full_blocks);
       uint8_t tail_zeros[R][4] = {};
       if (w.zero_points != nullptr) {
