@@ -133,3 +133,74 @@ def test_cli_selftest_checks_every_variant():
     for isa in pocketml.supported_isas():
         assert isa in out.stdout
     assert "MISMATCH" not in out.stdout
+
+
+def _torch_runs_openmp():
+    torch = pytest.importorskip("torch")
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch build runs no OpenMP runtime")
+    return torch
+
+
+def test_kernels_on_torch_openmp_threads_give_identical_results():
+    torch = _torch_runs_openmp()
+    from pocketml import attention, quant
+
+    torch.manual_seed(0)
+    w = quant.quantize(torch.randn(2100, 1024), bits=4, group_size=32)  # > 1 MiB: GEMVs split too
+    x, x1 = torch.randn(130, 1024), torch.randn(1, 1024)
+    q, k, v = (torch.randn(1, 4, 200, 64) for _ in range(3))
+    results = {}
+    try:
+        for on_torch in (True, False):
+            assert pocketml.use_torch_threads(on_torch) is on_torch
+            assert pocketml.runtime.on_torch_threads() is on_torch
+            results[on_torch] = (quant.matmul(x, w), quant.matmul(x1, w),
+                                 attention.scaled_dot_product_attention(q, k, v, is_causal=True))
+    finally:
+        pocketml.use_torch_threads(True)
+    for a, b in zip(results[True], results[False]):
+        assert torch.equal(a, b)
+
+
+def test_use_torch_threads_wants_a_bool():
+    with pytest.raises(TypeError, match="enabled"):
+        pocketml.use_torch_threads(1)
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "True"), ("0", "False")])
+def test_torch_threads_from_the_first_torch_tensor_unless_declined(setting, expected):
+    _torch_runs_openmp()
+    env = {} if setting is None else {"POCKETML_TORCH_THREADS": setting}
+    out = run_python(
+        "import torch, pocketml; from pocketml import quant\n"
+        "before = pocketml.runtime.on_torch_threads()\n"
+        "quant.matmul(torch.ones(1, 32), quant.quantize(torch.ones(8, 32), bits=8, group_size=32))\n"
+        "print(before, pocketml.runtime.on_torch_threads())", **env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", expected]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.parametrize("array", ["numpy", "torch"])
+def test_a_forked_child_runs_parallel_kernels(array):
+    # The child has none of the parent's pool or OpenMP threads; it used to wait
+    # for them forever.
+    out = run_python(f"""
+import os, numpy as np, pocketml
+from pocketml import quant
+if {array!r} == "torch":
+    import torch
+pocketml.set_num_threads(2)
+w = quant.quantize(np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32), bits=4, group_size=64)
+x = np.random.default_rng(1).standard_normal((256, 512), dtype=np.float32)
+as_input = torch.from_numpy if {array!r} == "torch" else (lambda a: a)
+expected = np.asarray(quant.matmul(as_input(x), w))
+pid = os.fork()
+if pid == 0:
+    same = np.array_equal(np.asarray(quant.matmul(as_input(x), w)), expected)
+    os._exit(0 if same and not pocketml.runtime.on_torch_threads() else 3)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

@@ -39,6 +39,15 @@ void register_runtime(py::module_& m) {
     ThreadPool::global().set_num_threads(n);
   }, py::arg("num_threads"));
   m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); });
+  m.def("use_openmp_threads", [](const std::string& library) {
+    py::gil_scoped_release release;  // waits for a running job
+    return ThreadPool::global().use_openmp_threads(library);
+  }, py::arg("library"));
+  m.def("use_own_threads", [] {
+    py::gil_scoped_release release;
+    ThreadPool::global().use_own_threads();
+  });
+  m.def("on_openmp_threads", [] { return ThreadPool::global().on_openmp_threads(); });
   py::class_<ThreadPool::KeepWarm>(m, "KeepWarm").def(py::init<>());
   m.def("warm_scopes", [] { return ThreadPool::global().warm_scopes(); });
   m.def("measure_machine", [](int64_t buffer_bytes, int repeats) {

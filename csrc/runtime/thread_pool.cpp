@@ -3,12 +3,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <new>
 #include <string>
 
 #include "runtime/error.h"
 
 #if defined(__linux__)
 #include <sched.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
 #endif
 
 namespace pocketml {
@@ -64,6 +68,25 @@ ThreadPool::ThreadPool() {
   const int n = default_num_threads();
   num_threads_ = n;
   start_workers(n - 1);
+#if defined(__unix__) || defined(__APPLE__)
+  // fork() copies no thread but the caller, and a job or a sleeping worker may
+  // hold a lock at that moment: no job runs across a fork, and the child starts
+  // its workers afresh (multiprocessing, DataLoader workers).
+  pthread_atfork([] { global().run_mutex_.lock(); }, [] { global().run_mutex_.unlock(); },
+                 [] { global().forget_workers_after_fork(); });
+#endif
+}
+
+void ThreadPool::forget_workers_after_fork() {
+  for (std::thread& t : workers_) t.detach();  // threads of the parent: there is nothing to join
+  workers_.clear();
+  // A parent's worker may have held the state lock; none of its waiters exist here.
+  new (&state_mutex_) std::mutex;
+  new (&wake_) std::condition_variable;
+  new (&done_) std::condition_variable;
+  sleeping_workers_ = 0;
+  busy_workers_ = 0;
+  run_mutex_.unlock();
 }
 
 ThreadPool::~ThreadPool() { stop_workers(); }
@@ -95,7 +118,24 @@ void ThreadPool::set_num_threads(int n) {
   start_workers(n - 1);
 }
 
-void ThreadPool::run_chunks(int thread_index) {
+bool ThreadPool::use_openmp_threads(const std::string& library) {
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  return openmp_.attach(library);
+}
+
+void ThreadPool::use_own_threads() {
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  openmp_.detach();
+}
+
+bool ThreadPool::on_openmp_threads() const { return openmp_.active(); }
+
+void ThreadPool::run_openmp_member(void* pool) {
+  ThreadPool& self = *static_cast<ThreadPool*>(pool);
+  self.run_chunks(self.openmp_.thread_num(), self.openmp_.team_size());
+}
+
+void ThreadPool::run_chunks(int thread_index, int team_size) {
   auto run_one = [&](int64_t chunk) {
     const int64_t begin = chunk * grain_;
     const int64_t end = std::min(n_, begin + grain_);
@@ -107,7 +147,7 @@ void ThreadPool::run_chunks(int thread_index) {
     }
   };
   t_inside_pool_task = true;
-  if (thread_index < num_chunks_) run_one(thread_index);
+  for (int64_t chunk = thread_index; chunk < participants_; chunk += team_size) run_one(chunk);
   for (int64_t chunk = next_chunk_.fetch_add(1); chunk < num_chunks_; chunk = next_chunk_.fetch_add(1)) run_one(chunk);
   t_inside_pool_task = false;
 }
@@ -124,11 +164,26 @@ void ThreadPool::worker_loop(int index, uint64_t seen) {
     if (stopping_) return;
     seen = ticket_.load();
     if (index >= static_cast<int>(seen & 0xFFFF)) continue;  // this job needs fewer threads
-    run_chunks(index);
+    run_chunks(index, participants_);
     if (busy_workers_.fetch_sub(1) == 1) {
       std::lock_guard<std::mutex> lock(state_mutex_);  // the caller may be between its check and its wait
       done_.notify_one();
     }
+  }
+}
+
+void ThreadPool::run_on_own_threads(int participants) {
+  busy_workers_ = participants - 1;
+  ticket_.store(((ticket_.load() >> 16) + 1) << 16 | static_cast<uint64_t>(participants));  // publishes the job
+  if (sleeping_workers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(state_mutex_); }  // a worker between its check and its wait sees the ticket
+    wake_.notify_all();
+  }
+  run_chunks(0, participants);
+  auto all_done = [&] { return busy_workers_.load() == 0; };
+  if (!spin_until(warm_scopes_.load() > 0, all_done)) {
+    std::unique_lock<std::mutex> lock(state_mutex_);
+    done_.wait(lock, all_done);
   }
 }
 
@@ -142,24 +197,19 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
     return;
   }
   std::lock_guard<std::mutex> run_lock(run_mutex_);
+  if (workers_.empty() && num_threads_ > 1) start_workers(num_threads_ - 1);  // in a fork's child
   const int participants = static_cast<int>(std::min<int64_t>(num_threads_, chunks));
   fn_ = &fn;
   n_ = n;
   grain_ = grain;
   num_chunks_ = chunks;
+  participants_ = participants;
   next_chunk_ = participants;
   error_ = nullptr;
-  busy_workers_ = participants - 1;
-  ticket_.store(((ticket_.load() >> 16) + 1) << 16 | static_cast<uint64_t>(participants));  // publishes the job
-  if (sleeping_workers_.load() > 0) {
-    { std::lock_guard<std::mutex> lock(state_mutex_); }  // a worker between its check and its wait sees the ticket
-    wake_.notify_all();
-  }
-  run_chunks(0);
-  auto all_done = [&] { return busy_workers_.load() == 0; };
-  if (!spin_until(warm_scopes_.load() > 0, all_done)) {
-    std::unique_lock<std::mutex> lock(state_mutex_);
-    done_.wait(lock, all_done);
+  if (openmp_.active()) {
+    openmp_.run(&ThreadPool::run_openmp_member, this, participants);
+  } else {
+    run_on_own_threads(participants);
   }
   fn_ = nullptr;
   if (error_) std::rethrow_exception(error_);

@@ -9,14 +9,20 @@
 // after each job before sleeping, and the caller spins while waiting for them.
 // Outside one they sleep at once: spinning threads would take the cores from
 // other pools (torch's OpenMP threads) between calls from Python.
+//
+// Where torch has loaded an OpenMP runtime, jobs can run on that runtime's
+// threads instead (use_openmp_threads; see openmp_team.h for why).
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include "runtime/openmp_team.h"
 
 namespace pocketml {
 
@@ -36,6 +42,12 @@ class ThreadPool {
 
   int warm_scopes() const { return warm_scopes_.load(); }  // KeepWarm scopes alive
 
+  // Runs jobs on the threads of the OpenMP runtime at `library` if the process
+  // has loaded it (OpenMpTeam::attach); returns whether it does from now on.
+  bool use_openmp_threads(const std::string& library);
+  void use_own_threads();
+  bool on_openmp_threads() const;
+
   // While one exists, threads spin briefly between jobs instead of sleeping.
   class KeepWarm {
    public:
@@ -52,7 +64,12 @@ class ThreadPool {
   void start_workers(int count);
   void stop_workers();
   void worker_loop(int index, uint64_t seen_ticket);
-  void run_chunks(int thread_index);
+  // Runs chunk thread_index (and those of threads a smaller team lacks), then
+  // claims the rest.
+  void run_chunks(int thread_index, int team_size);
+  static void run_openmp_member(void* pool);
+  void run_on_own_threads(int participants);  // the job's fields set; returns when every chunk ran
+  void forget_workers_after_fork();
 
   std::vector<std::thread> workers_;
   std::atomic<int> num_threads_{1};
@@ -72,6 +89,8 @@ class ThreadPool {
 
   const RangeFn* fn_ = nullptr;
   int64_t n_ = 0, grain_ = 1, num_chunks_ = 0;
+  int participants_ = 0;
+  OpenMpTeam openmp_;
   std::atomic<int64_t> next_chunk_{0};
   std::exception_ptr error_;
   std::mutex error_mutex_;

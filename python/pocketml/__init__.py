@@ -11,6 +11,7 @@ from pocketml.runtime import (
     set_num_threads,
     supported_isas,
     use_isa,
+    use_torch_threads,
 )
 
 __version__ = info()["version"]
@@ -30,6 +31,7 @@ __all__ = [
     "set_num_threads",
     "supported_isas",
     "use_isa",
+    "use_torch_threads",
 ]
 
 

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from pocketml import runtime
+
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 ALL_DTYPES = ("fp32", "fp16", "bf16", "int8", "uint8", "int32", "int64")
 
@@ -31,7 +33,11 @@ def _torch():
 
 def is_torch_tensor(x) -> bool:
     torch = _torch()
-    return torch is not None and isinstance(x, torch.Tensor)
+    if torch is None or not isinstance(x, torch.Tensor):
+        return False
+    if not runtime._torch_threads_decided:
+        runtime._met_torch()
+    return True
 
 
 def describe_type(x) -> str:

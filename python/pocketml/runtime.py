@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import sys
+from pathlib import Path
 
 from pocketml._native import core
+
+# Set once pocketml has first met torch (or use_torch_threads was called).
+_torch_threads_decided = False
 
 
 def info() -> dict:
@@ -21,6 +28,62 @@ def set_num_threads(num_threads: int) -> None:
 
 def get_num_threads() -> int:
     return core.get_num_threads()
+
+
+_OPENMP_LIBRARY = re.compile(r"^lib(g|i)?omp[-.\w]*\.(so(\.\d+)*|dylib)$")
+
+
+def _torch_openmp_library() -> str | None:
+    """The path of the OpenMP runtime torch loaded, or None."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    torch_dir = str(Path(torch.__file__).parent)
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {fields[-1] for fields in map(str.split, maps) if len(fields) == 6}
+    except OSError:  # no /proc (macOS): torch's own copy, if it ships one
+        loaded = {str(p) for p in Path(torch_dir, "lib").glob("lib*omp*")}
+    runtimes = sorted(p for p in loaded if _OPENMP_LIBRARY.match(os.path.basename(p)))
+    # torch's own copy first: other packages may bring their own runtime.
+    runtimes.sort(key=lambda p: not p.startswith(torch_dir))
+    return runtimes[0] if runtimes else None
+
+
+def use_torch_threads(enabled: bool = True) -> bool:
+    """Run pocketml's parallel kernels on the threads of torch's OpenMP runtime.
+
+    On by default from the first torch tensor pocketml receives (unless the
+    POCKETML_TORCH_THREADS environment variable is 0). torch's OpenMP threads spin
+    for milliseconds after each torch operator; a pocketml kernel called in between
+    would share the cores with them, so its own threads would barely run (a MiniLM
+    whose Linear layers are pocketml's spent 2x as long in them). Running the
+    kernel's work on those threads avoids that. `set_num_threads` still sets how
+    many threads a kernel uses; results are identical either way.
+
+    Returns whether kernels now run on torch's threads: False where torch runs no
+    OpenMP runtime or `enabled` is False (pocketml's own pool).
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"argument 'enabled': expected a bool, got {type(enabled).__name__}")
+    global _torch_threads_decided
+    _torch_threads_decided = True
+    if enabled:
+        library = _torch_openmp_library()
+        if library is not None and core.use_openmp_threads(library):
+            return True
+    core.use_own_threads()
+    return False
+
+
+def on_torch_threads() -> bool:
+    """Whether pocketml's kernels run on torch's OpenMP threads (see use_torch_threads)."""
+    return core.on_openmp_threads()
+
+
+def _met_torch() -> None:
+    if not _torch_threads_decided:
+        use_torch_threads(os.environ.get("POCKETML_TORCH_THREADS", "1") != "0")
 
 
 @contextlib.contextmanager

@@ -5,8 +5,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
 
 #include "check.h"
 #include "runtime/cpu_features.h"
@@ -163,3 +170,87 @@ TEST(back_to_back_jobs_of_varying_width_each_run_exactly_once) {
   }
   pool.set_num_threads(original);
 }
+
+#if defined(__unix__) || defined(__APPLE__)
+// The pool borrowing an OpenMP runtime the process loaded, as torch loads libgomp.
+TEST(jobs_run_on_a_loaded_openmp_runtime) {
+  ThreadPool& pool = ThreadPool::global();
+  const int original = pool.num_threads();
+  CHECK(!pool.use_openmp_threads("libpocketml-no-such-runtime.so"), "bound to a library nothing loaded");
+  CHECK(!pool.use_openmp_threads("libstdc++.so.6"), "bound to a loaded library without OpenMP entry points");
+  CHECK(!pool.on_openmp_threads(), "not bound, yet on OpenMP threads");
+  void* gomp = dlopen("libgomp.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (gomp == nullptr) {
+    std::printf("    skipped: no libgomp.so.1 to load here\n");
+    return;
+  }
+  CHECK(pool.use_openmp_threads("libgomp.so.1") && pool.on_openmp_threads(), "did not bind to the loaded libgomp");
+
+  for (int threads : {2, 3, 8}) {
+    pool.set_num_threads(threads);
+    for (int64_t n : {1, 7, 1000}) {
+      for (int64_t grain : {1, 16}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        std::mutex ids_mutex;
+        std::set<std::thread::id> ids;
+        parallel_for(n, grain, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) hits[i]++;
+          std::lock_guard<std::mutex> lock(ids_mutex);
+          ids.insert(std::this_thread::get_id());
+        });
+        int wrong = 0;
+        for (auto& h : hits) wrong += h.load() != 1;
+        CHECK(wrong == 0, wrong << " indices not hit exactly once (threads " << threads << ", n " << n << ")");
+        // Each member of a full team runs its own first chunk.
+        const int64_t chunks = (n + grain - 1) / grain;
+        CHECK(static_cast<int64_t>(ids.size()) == std::min<int64_t>(threads, chunks),
+              ids.size() << " threads ran " << chunks << " chunks at " << threads << " threads");
+      }
+    }
+  }
+
+  bool caught = false;
+  try {
+    parallel_for(64, 1, [](int64_t begin, int64_t) {
+      if (begin == 37) throw std::runtime_error("task 37");
+    });
+  } catch (const std::runtime_error& e) {
+    caught = std::string(e.what()) == "task 37";
+  }
+  CHECK(caught, "an exception from a task on an OpenMP thread must reach the caller");
+
+  // Called inside another OpenMP region, the runtime forms a team of one, smaller
+  // than the job planned: that thread runs every chunk.
+  using ParallelFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  auto gomp_parallel = reinterpret_cast<ParallelFn>(dlsym(gomp, "GOMP_parallel"));
+  std::atomic<int64_t> nested_total{0};
+  std::atomic<int> nested_threads{0};
+  struct Outer {
+    std::atomic<int64_t>* total;
+    std::atomic<int>* threads;
+  } outer{&nested_total, &nested_threads};
+  gomp_parallel(
+      [](void* data) {
+        Outer& o = *static_cast<Outer*>(data);
+        std::set<std::thread::id> ids;
+        std::mutex ids_mutex;
+        parallel_for(100, 10, [&](int64_t begin, int64_t end) {
+          *o.total += end - begin;
+          std::lock_guard<std::mutex> lock(ids_mutex);
+          ids.insert(std::this_thread::get_id());
+        });
+        *o.threads += static_cast<int>(ids.size());
+      },
+      &outer, 2, 0);
+  CHECK(nested_total == 200, "nested jobs covered " << nested_total.load() << " of 200 indices");
+  CHECK(nested_threads == 2, "each nested job ran on its own thread alone, got " << nested_threads.load());
+
+  pool.use_own_threads();
+  CHECK(!pool.on_openmp_threads(), "still on OpenMP threads after use_own_threads");
+  std::atomic<int> after{0};
+  parallel_for(64, 1, [&](int64_t begin, int64_t end) { after += static_cast<int>(end - begin); });
+  CHECK(after == 64, "own threads after the OpenMP runtime covered " << after.load());
+  pool.set_num_threads(original);
+  // gomp stays loaded: its idle threads live on, as they do under torch.
+}
+#endif

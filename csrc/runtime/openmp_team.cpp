@@ -1,0 +1,58 @@
+#include "runtime/openmp_team.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#include <unistd.h>
+#define POCKETML_HAS_DLOPEN 1
+#endif
+
+namespace pocketml {
+
+bool OpenMpTeam::attach(const std::string& library) {
+  detach();
+#if defined(POCKETML_HAS_DLOPEN)
+  // RTLD_NOLOAD: a runtime the process has not loaded is not ours to start.
+  void* handle = dlopen(library.c_str(), RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+  if (handle == nullptr) return false;
+  auto parallel = reinterpret_cast<ParallelFn>(dlsym(handle, "GOMP_parallel"));
+  auto thread_num = reinterpret_cast<IntFn>(dlsym(handle, "omp_get_thread_num"));
+  auto team_size = reinterpret_cast<IntFn>(dlsym(handle, "omp_get_num_threads"));
+  if (parallel == nullptr || thread_num == nullptr || team_size == nullptr) {
+    dlclose(handle);
+    return false;
+  }
+  handle_ = handle;
+  parallel_ = parallel;
+  thread_num_ = thread_num;
+  team_size_ = team_size;
+  owner_pid_ = static_cast<long>(getpid());
+  return true;
+#else
+  (void)library;
+  return false;
+#endif
+}
+
+void OpenMpTeam::detach() {
+#if defined(POCKETML_HAS_DLOPEN)
+  if (handle_ != nullptr) dlclose(handle_);
+#endif
+  handle_ = nullptr;
+  parallel_ = nullptr;
+  thread_num_ = team_size_ = nullptr;
+  owner_pid_ = 0;
+}
+
+bool OpenMpTeam::active() const {
+#if defined(POCKETML_HAS_DLOPEN)
+  return parallel_ != nullptr && owner_pid_ == static_cast<long>(getpid());
+#else
+  return false;
+#endif
+}
+
+void OpenMpTeam::run(void (*member)(void*), void* data, int threads) const {
+  parallel_(member, data, static_cast<unsigned>(threads), 0);
+}
+
+}  // namespace pocketml
