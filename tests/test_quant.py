@@ -688,6 +688,10 @@ def test_bad_input_raises_clear_errors(rng):
     with pytest.raises(ValueError, match="argument 'packed': expected shape"):
         core.quant_matmul(np.ones((2, 96), np.float32), "affine", 4, 96, 32, qt.packed[:, :-1].copy(), qt.scales,
                           qt.zero_points, None, np.empty((2, 8), np.float32))
+    for out_shape in [(6, 8), (2, 4, 8), (2, 3, 9)]:  # out must keep x's leading dimensions
+        with pytest.raises(ValueError, match="argument 'out': expected x's leading dimensions and a last one of 8"):
+            core.quant_matmul(np.ones((2, 3, 96), np.float32), "affine", 4, 96, 32, qt.packed, qt.scales,
+                              qt.zero_points, None, np.empty(out_shape, np.float32))
     with pytest.raises(TypeError, match="argument 'input'"):
         quant.QuantizedLinear.from_linear(torch.nn.Linear(96, 8), quant.QuantConfig(group_size=32))(
             torch.ones(2, 96, dtype=torch.float64))

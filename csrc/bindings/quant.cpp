@@ -80,7 +80,7 @@ void register_quant(py::module_& m) {
     quantized_matmul(xa, q.views, o, act_bits);
   }, py::arg("x"), py::arg("kind"), py::arg("bits"), py::arg("cols"), py::arg("group_size"), py::arg("packed"),
      py::arg("scales"), py::arg("zero_points"), py::arg("lut"), py::arg("out"), py::arg("act_bits") = 0,
-     "out [M, N] = x [M, K] @ dequantize(W)^T with fp32 accumulation (act_bits=8: int8 activations).");
+     "out [..., N] = x [..., K] @ dequantize(W)^T with fp32 accumulation (act_bits=8: int8 activations).");
 }
 
 }  // namespace pocketml::bindings

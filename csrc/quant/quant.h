@@ -62,7 +62,8 @@ void quantize_lut(const TensorView& weight, const LutOptions& options, const Ten
 // out [N, K] fp32/fp16/bf16 = the dequantized weight.
 void dequantize(const QuantizedViews& q, const TensorView& out);
 
-// out [M, N] = x [M, K] @ W^T, fp32 accumulation over the dequantized weights.
+// out [..., N] = x [..., K] @ W^T, fp32 accumulation over the dequantized weights
+// (both contiguous; M, the product of the leading dimensions, counts the rows).
 // x and out in fp32, fp16 or bf16 (out is rounded once from fp32).
 //
 // act_bits = 8 (opt-in, affine weights only) first rounds each row of x to int8

@@ -368,21 +368,25 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
                   "8 (the int8-activation path needs affine weights)");
   const WeightsWithLut weights(q);
   const PackedWeights& w = weights.w;
+  // x [..., K] and out [..., N], both contiguous: M is the product of the leading dimensions.
   require_dtype(x, "x", {DType::f32, DType::f16, DType::bf16});
-  require_ndim(x, "x", 2, 2);
+  require_ndim(x, "x", 1, kMaxDims);
   require_contiguous(x, "x");
-  if (x.shape[1] != w.cols)
+  if (x.shape[x.ndim - 1] != w.cols)
     fail_argument(ErrorKind::InvalidArgument, "x", "a last dimension equal to the weight's input dimension K = " +
                   std::to_string(w.cols), "shape " + x.shape_string());
-  const int64_t m = x.shape[0], n = w.rows;
+  const int64_t m = x.numel() / w.cols, n = w.rows;
   require_dtype(out, "out", {DType::f32, DType::f16, DType::bf16});
-  require_ndim(out, "out", 2, 2);
   require_contiguous(out, "out");
   require_writable(out, "out");
-  if (out.shape[0] != m || out.shape[1] != n)
-    fail_argument(ErrorKind::InvalidArgument, "out", "shape (" + std::to_string(m) + ", " + std::to_string(n) + ")",
-                  "shape " + out.shape_string());
+  bool out_fits = out.ndim == x.ndim && out.shape[out.ndim - 1] == n;
+  for (int d = 0; out_fits && d + 1 < x.ndim; ++d) out_fits = out.shape[d] == x.shape[d];
+  if (!out_fits)
+    fail_argument(ErrorKind::InvalidArgument, "out", "x's leading dimensions and a last one of " + std::to_string(n),
+                  "shape " + out.shape_string() + " for x of shape " + x.shape_string());
   if (m == 0 || n == 0) return;
+  const TensorView x_matrix = contiguous_view(x.data, x.dtype, {m, w.cols}, false);  // [M, K] views
+  const TensorView out_matrix = contiguous_view(out.data, out.dtype, {m, n});
 
   const int64_t chunks = chunks_per_row(w.cols);
   const int64_t padded_cols = chunks * kCodesPerChunk;
@@ -392,19 +396,19 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
   if (act_bits == 8) {
     AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
-    widen_rows(x, m, w.cols, padded_cols, x32.data());
+    widen_rows(x_matrix, m, w.cols, padded_cols, x32.data());
     if (m <= kMaxGemvRows && kernels.gemv_int8 != nullptr && int8_gemv_handles(w)) {
       int8_activation_gemv(kernels, w, x32.data(), m, padded_cols, out32);
     } else {
       int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
     }
   } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && bf16_gemv_handles(w)) {
-    bf16_activation_gemv(kernels, w, x, out32);
+    bf16_activation_gemv(kernels, w, x_matrix, out32);
   } else {
     const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
     const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
     AlignedBuffer<float> x32(static_cast<size_t>(x_rows * padded_cols));
-    widen_rows(x, m, w.cols, padded_cols, x32.data());
+    widen_rows(x_matrix, m, w.cols, padded_cols, x32.data());
     std::fill(x32.data() + m * padded_cols, x32.data() + x_rows * padded_cols, 0.0f);
     if (fused) {
       parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
@@ -414,7 +418,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
       tiled_matmul(kernels, w, x32.data(), m, padded_cols, out32);
     }
   }
-  if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out);
+  if (out.dtype != DType::f32) convert(contiguous_view(out32, DType::f32, {m, n}, false), out_matrix);
 }
 
 }  // namespace pocketml

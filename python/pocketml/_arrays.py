@@ -65,19 +65,22 @@ def dtype_of(x) -> str:
     return canonical_dtype(x.dtype, "x")
 
 
-def torch_dtype(name: str):
-    import torch
+_TORCH_DTYPES: dict = {}  # filled at the first call: torch is imported only when used
 
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8,
-            "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64}[name]
+
+def torch_dtype(name: str):
+    if not _TORCH_DTYPES:
+        import torch
+
+        _TORCH_DTYPES.update({"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                              "int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64})
+    return _TORCH_DTYPES[name]
 
 
 def empty_like(x, shape, dtype: str, arg: str = "x"):
     """An uninitialised array of the same kind as `x` (NumPy or torch, on the CPU)."""
     if is_torch_tensor(x):
-        import torch
-
-        return torch.empty(tuple(shape), dtype=torch_dtype(dtype))
+        return _torch().empty(tuple(shape), dtype=torch_dtype(dtype))
     if isinstance(x, np.ndarray):
         if dtype == "bf16":
             raise TypeError(f"argument '{arg}': NumPy has no bfloat16 dtype; pass a torch tensor to get bf16 results")

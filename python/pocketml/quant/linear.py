@@ -90,7 +90,7 @@ class QuantizedLinear(nn.Module):
         .to(), deepcopy and reassignment make new ones), since building it costs as
         much as a small layer's matmul."""
         buffers = tuple(self._buffers[name] for name in _ARRAYS)
-        key = tuple(None if t is None else (t.data_ptr(), t.dtype, tuple(t.shape)) for t in buffers)
+        key = tuple(None if t is None else (t.data_ptr(), t.dtype, t.shape) for t in buffers)
         if self._qweight_key != key:
             views = [None if t is None else t if t.dtype == torch.bfloat16 else t.numpy() for t in buffers]
             self._qweight = QuantizedTensor(self.kind, self.bits, (self.out_features, self.in_features),
@@ -107,7 +107,10 @@ class QuantizedLinear(nn.Module):
             y = _QuantizedMatmul.apply(x, self)
         else:  # nothing to differentiate: skip the autograd function's bookkeeping
             y = matmul(x, self.qweight(), act_bits=self.config.act_bits)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        if self.bias is None:
+            return y
+        # .to() costs a microsecond even when the dtype already matches.
+        return y + (self.bias if self.bias.dtype == y.dtype else self.bias.to(y.dtype))
 
     @property
     def nbytes(self) -> int:

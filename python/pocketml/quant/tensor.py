@@ -251,8 +251,6 @@ def matmul(x, qweight: QuantizedTensor, act_bits: int | None = None):
     if x.ndim < 1 or x.shape[-1] != k:
         raise ValueError(f"argument 'x': expected a last dimension equal to the weight's input dimension K = {k}, "
                          f"got shape {tuple(x.shape)}")
-    lead = tuple(x.shape[:-1])
-    x2 = x.reshape(-1, k)
-    out = empty_like(x, (x2.shape[0], n), dtype)
-    core.quant_matmul(x2, *qweight._native_args(), out, act_bits or 0)
-    return out.reshape(lead + (n,))
+    out = empty_like(x, tuple(x.shape[:-1]) + (n,), dtype)
+    core.quant_matmul(x, *qweight._native_args(), out, act_bits or 0)
+    return out
