@@ -169,16 +169,21 @@ def test_use_torch_threads_wants_a_bool():
 
 
 @pytest.mark.parametrize("setting, expected", [(None, "True"), ("0", "False")])
-def test_torch_threads_from_the_first_torch_tensor_unless_declined(setting, expected):
+def test_torch_threads_from_the_first_call_after_torch_loads_unless_declined(setting, expected):
     _torch_runs_openmp()
     env = {} if setting is None else {"POCKETML_TORCH_THREADS": setting}
+    # NumPy inputs too: torch's threads spin after its own operators whatever pocketml is given.
     out = run_python(
-        "import torch, pocketml; from pocketml import quant\n"
+        "import numpy as np, pocketml; from pocketml import quant\n"
+        "w = quant.quantize(np.ones((8, 32), np.float32), bits=8, group_size=32)\n"
+        "quant.matmul(np.ones((1, 32), np.float32), w)\n"
+        "without_torch = pocketml.runtime.on_torch_threads()\n"
+        "import torch\n"
         "before = pocketml.runtime.on_torch_threads()\n"
-        "quant.matmul(torch.ones(1, 32), quant.quantize(torch.ones(8, 32), bits=8, group_size=32))\n"
-        "print(before, pocketml.runtime.on_torch_threads())", **env)
+        "quant.matmul(np.ones((1, 32), np.float32), w)\n"
+        "print(without_torch, before, pocketml.runtime.on_torch_threads())", **env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", expected]
+    assert out.stdout.split() == ["False", "False", expected]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

@@ -33,11 +33,11 @@ def _torch():
 
 def is_torch_tensor(x) -> bool:
     torch = _torch()
-    if torch is None or not isinstance(x, torch.Tensor):
+    if torch is None:
         return False
-    if not runtime._torch_threads_decided:
+    if not runtime._torch_threads_decided:  # torch is loaded: its OpenMP threads may spin
         runtime._met_torch()
-    return True
+    return isinstance(x, torch.Tensor)
 
 
 def describe_type(x) -> str:

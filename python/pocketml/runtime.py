@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pocketml._native import core
 
-# Set once pocketml has first met torch (or use_torch_threads was called).
+# Set once pocketml has first met torch loaded (or use_torch_threads was called).
 _torch_threads_decided = False
 
 
@@ -53,8 +53,8 @@ def _torch_openmp_library() -> str | None:
 def use_torch_threads(enabled: bool = True) -> bool:
     """Run pocketml's parallel kernels on the threads of torch's OpenMP runtime.
 
-    On by default from the first torch tensor pocketml receives (unless the
-    POCKETML_TORCH_THREADS environment variable is 0). torch's OpenMP threads spin
+    On by default from the first array pocketml receives once torch is imported
+    (unless the POCKETML_TORCH_THREADS environment variable is 0). torch's OpenMP threads spin
     for milliseconds after each torch operator; a pocketml kernel called in between
     would share the cores with them, so its own threads would barely run (a MiniLM
     whose Linear layers are pocketml's spent 2x as long in them). Running the
