@@ -96,6 +96,8 @@ def keep_warm():
     Python (a decode loop of quantized matmuls). Inside, they spin for up to 100 us
     after each kernel before sleeping, as the native decoder's do (and as torch's
     OpenMP threads do by default). Scopes nest; results are the same either way.
+    Kernels running on torch's OpenMP threads (use_torch_threads) follow torch's
+    runtime's own wait policy instead.
     """
     scope = core.KeepWarm()
     try:
