@@ -366,6 +366,21 @@ def test_bf16_activation_gemv(isa, rng, group_size, symmetric, k, m):
         assert torch.all((quant.matmul(x, qt).float() - y.float()).abs() <= ulp + 1e-30)
 
 
+@pytest.mark.parametrize("rows_with_high_zero", ["all", "last"])
+def test_bf16_activation_gemv_with_zero_points_above_15(isa, rng, rows_with_high_zero):
+    # uint8 zero points may exceed a 4-bit code; code - zero then leaves the bf16
+    # kernel's table, and those rows' tasks take the fp32 GEMV (> 1 MiB: several tasks).
+    qt = make(rng, ("affine", 4, 64, False), 2100, 1024)
+    qt.zero_points[-3:] = 20
+    if rows_with_high_zero == "all":
+        qt.zero_points[:, 1] = 200
+    x = torch.randn(2, 1024).to(torch.bfloat16)
+    y = quant.matmul(x, qt)
+    check_matmul(x, qt, y)
+    fp32_sums = quant.matmul(x.float(), qt)
+    assert torch.all((y.float() - fp32_sums).abs() <= torch.finfo(torch.bfloat16).eps * fp32_sums.abs() + 1e-30)
+
+
 def test_bf16_activation_gemv_nan_and_infinity(isa, rng):
     qt = make(rng, ("affine", 4, 64, False), 16, 256)
     x = torch.randn(2, 256).to(torch.bfloat16)

@@ -187,22 +187,27 @@ def test_torch_threads_from_the_first_call_after_torch_loads_unless_declined(set
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-@pytest.mark.parametrize("array", ["numpy", "torch"])
-def test_a_forked_child_runs_parallel_kernels(array):
-    # The child has none of the parent's pool or OpenMP threads; it used to wait
-    # for them forever.
+@pytest.mark.parametrize("setup", ["numpy", "torch", "torch first used in the child"])
+def test_a_forked_child_runs_parallel_kernels(setup):
+    # The child has none of the parent's pool or OpenMP threads: it used to wait for
+    # them forever, and must not bind torch's OpenMP team (whose threads it lacks
+    # too) even when pocketml first meets torch there.
     out = run_python(f"""
 import os, numpy as np, pocketml
 from pocketml import quant
-if {array!r} == "torch":
-    import torch
+setup = {setup!r}
 pocketml.set_num_threads(2)
 w = quant.quantize(np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32), bits=4, group_size=64)
 x = np.random.default_rng(1).standard_normal((256, 512), dtype=np.float32)
-as_input = torch.from_numpy if {array!r} == "torch" else (lambda a: a)
-expected = np.asarray(quant.matmul(as_input(x), w))
+expected = np.asarray(quant.matmul(x, w))
+if setup != "numpy":
+    import torch
+    torch.mm(torch.ones(512, 512), torch.ones(512, 512))  # torch's OpenMP team now exists
+if setup == "torch":
+    assert np.array_equal(np.asarray(quant.matmul(torch.from_numpy(x), w)), expected)
 pid = os.fork()
 if pid == 0:
+    as_input = torch.from_numpy if setup != "numpy" else (lambda a: a)
     same = np.array_equal(np.asarray(quant.matmul(as_input(x), w)), expected)
     os._exit(0 if same and not pocketml.runtime.on_torch_threads() else 3)
 print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))

@@ -47,7 +47,10 @@ void register_runtime(py::module_& m) {
     py::gil_scoped_release release;
     ThreadPool::global().use_own_threads();
   });
-  m.def("on_openmp_threads", [] { return ThreadPool::global().on_openmp_threads(); });
+  m.def("on_openmp_threads", [] {
+    py::gil_scoped_release release;  // waits for a running job
+    return ThreadPool::global().on_openmp_threads();
+  });
   py::class_<ThreadPool::KeepWarm>(m, "KeepWarm").def(py::init<>());
   m.def("warm_scopes", [] { return ThreadPool::global().warm_scopes(); });
   m.def("measure_machine", [](int64_t buffer_bytes, int repeats) {

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "convert/convert.h"
@@ -200,6 +201,15 @@ void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
 // placed at bf16_gemv_position, tasks as in the fp32 GEMV.
 constexpr int64_t kMaxBf16GemvRows = 2;
 
+// Whether every zero point of rows [begin, end) is below `limit` (a power of two).
+bool zero_points_below(const PackedWeights& w, int64_t begin, int64_t end, uint8_t limit) {
+  if (w.zero_points == nullptr) return true;
+  const int64_t groups = w.groups_per_row();
+  uint8_t bits = 0;
+  for (const uint8_t* z = w.zero_points + begin * groups; z < w.zero_points + end * groups; ++z) bits |= *z;
+  return bits < limit;
+}
+
 void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, const TensorView& x, float* out32) {
   const int64_t m = x.shape[0], cols = x.shape[1];
   const int64_t row_length = (cols + kBf16GemvBlockCodes - 1) / kBf16GemvBlockCodes * kBf16GemvBlockCodes;
@@ -224,9 +234,24 @@ void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
     }
     for (int64_t k = full_chunks * kCodesPerChunk; k < cols; ++k) out[bf16_gemv_position(k)] = row[k];
   }
+  // Zero points above 15 (uint8 holds them; Core ML's 4-bit offsets do not) put
+  // code - zero outside the kernel's table (-16 .. 15): tasks whose rows hold one
+  // take the fp32 GEMV, on activations widened once, by the first of them.
+  std::once_flag widened;
+  AlignedBuffer<float> x32;
+  const int64_t padded_cols = chunks_per_row(cols) * kCodesPerChunk;
   const int64_t n = w.rows;
   parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
-    kernels.gemv_bf16(w, begin, end, placed.data(), row_length, static_cast<int>(m), out32, n);
+    if (zero_points_below(w, begin, end, 16)) {
+      kernels.gemv_bf16(w, begin, end, placed.data(), row_length, static_cast<int>(m), out32, n);
+      return;
+    }
+    std::call_once(widened, [&] {
+      x32 = AlignedBuffer<float>(static_cast<size_t>(rows * padded_cols));
+      widen_rows(x, m, cols, padded_cols, x32.data());
+      std::fill(x32.data() + m * padded_cols, x32.data() + rows * padded_cols, 0.0f);
+    });
+    kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
   });
 }
 
@@ -402,7 +427,8 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
     } else {
       int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
     }
-  } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && bf16_gemv_handles(w)) {
+  } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && kernels.gemv != nullptr &&
+             bf16_gemv_handles(w)) {
     bf16_activation_gemv(kernels, w, x_matrix, out32);
   } else {
     const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;

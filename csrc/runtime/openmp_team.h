@@ -18,8 +18,9 @@ namespace pocketml {
 
 class OpenMpTeam {
  public:
-  // Binds to the runtime at `library` if the process has loaded it (the library
-  // is never loaded here) and it exports the entry points. Returns whether bound.
+  // Binds to the entry points found through `library` if the process has loaded
+  // it (nothing is loaded here). The lookup covers its dependencies too, so torch's
+  // libtorch_cpu gives the runtime torch links. Returns whether bound.
   bool attach(const std::string& library);
   void detach();
 

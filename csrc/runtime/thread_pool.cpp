@@ -78,8 +78,11 @@ ThreadPool::ThreadPool() {
 }
 
 void ThreadPool::forget_workers_after_fork() {
-  for (std::thread& t : workers_) t.detach();  // threads of the parent: there is nothing to join
+  // The handles name threads of the parent: joining waits forever, and detaching
+  // throws on macOS (pthread_detach: ESRCH). They are leaked instead.
+  new std::vector<std::thread>(std::move(workers_));
   workers_.clear();
+  in_fork_child_ = true;
   // A parent's worker may have held the state lock; none of its waiters exist here.
   new (&state_mutex_) std::mutex;
   new (&wake_) std::condition_variable;
@@ -120,6 +123,9 @@ void ThreadPool::set_num_threads(int n) {
 
 bool ThreadPool::use_openmp_threads(const std::string& library) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
+  // A fork's child may hold the parent's OpenMP team without its threads, and
+  // GOMP_parallel would wait for them forever: it keeps the pool's own.
+  if (in_fork_child_) return false;
   return openmp_.attach(library);
 }
 
@@ -128,7 +134,10 @@ void ThreadPool::use_own_threads() {
   openmp_.detach();
 }
 
-bool ThreadPool::on_openmp_threads() const { return openmp_.active(); }
+bool ThreadPool::on_openmp_threads() {
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  return openmp_.active();
+}
 
 void ThreadPool::run_openmp_member(void* pool) {
   ThreadPool& self = *static_cast<ThreadPool*>(pool);
@@ -198,7 +207,9 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
   }
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   if (workers_.empty() && num_threads_ > 1) start_workers(num_threads_ - 1);  // in a fork's child
-  const int participants = static_cast<int>(std::min<int64_t>(num_threads_, chunks));
+  // No more participants than threads exist (starting one may have failed).
+  const int threads = openmp_.active() ? num_threads_.load() : static_cast<int>(workers_.size()) + 1;
+  const int participants = static_cast<int>(std::min<int64_t>(threads, chunks));
   fn_ = &fn;
   n_ = n;
   grain_ = grain;

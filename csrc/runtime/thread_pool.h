@@ -42,11 +42,11 @@ class ThreadPool {
 
   int warm_scopes() const { return warm_scopes_.load(); }  // KeepWarm scopes alive
 
-  // Runs jobs on the threads of the OpenMP runtime at `library` if the process
-  // has loaded it (OpenMpTeam::attach); returns whether it does from now on.
+  // Runs jobs on the threads of the OpenMP runtime found through `library`
+  // (OpenMpTeam::attach; never in a fork's child); returns whether it does from now on.
   bool use_openmp_threads(const std::string& library);
   void use_own_threads();
-  bool on_openmp_threads() const;
+  bool on_openmp_threads();  // waits for a running job
 
   // While one exists, threads spin briefly between jobs instead of sleeping.
   class KeepWarm {
@@ -91,6 +91,7 @@ class ThreadPool {
   int64_t n_ = 0, grain_ = 1, num_chunks_ = 0;
   int participants_ = 0;
   OpenMpTeam openmp_;
+  bool in_fork_child_ = false;  // set in a fork's child (see use_openmp_threads)
   std::atomic<int64_t> next_chunk_{0};
   std::exception_ptr error_;
   std::mutex error_mutex_;

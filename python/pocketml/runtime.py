@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -30,24 +29,18 @@ def get_num_threads() -> int:
     return core.get_num_threads()
 
 
-_OPENMP_LIBRARY = re.compile(r"^lib(g|i)?omp[-.\w]*\.(so(\.\d+)*|dylib)$")
-
-
-def _torch_openmp_library() -> str | None:
-    """The path of the OpenMP runtime torch loaded, or None."""
+def _torch_core_library() -> str | None:
+    """torch's libtorch_cpu, or None. The OpenMP entry points are looked up through
+    it (its dependencies included), so they are those of the runtime torch itself
+    links, whatever other runtimes other packages loaded."""
     torch = sys.modules.get("torch")
-    if torch is None:
+    if torch is None or getattr(torch, "__file__", None) is None:
         return None
-    torch_dir = str(Path(torch.__file__).parent)
-    try:
-        with open("/proc/self/maps") as maps:
-            loaded = {fields[-1] for fields in map(str.split, maps) if len(fields) == 6}
-    except OSError:  # no /proc (macOS): torch's own copy, if it ships one
-        loaded = {str(p) for p in Path(torch_dir, "lib").glob("lib*omp*")}
-    runtimes = sorted(p for p in loaded if _OPENMP_LIBRARY.match(os.path.basename(p)))
-    # torch's own copy first: other packages may bring their own runtime.
-    runtimes.sort(key=lambda p: not p.startswith(torch_dir))
-    return runtimes[0] if runtimes else None
+    lib = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        if (lib / name).is_file():
+            return str(lib / name)
+    return None
 
 
 def use_torch_threads(enabled: bool = True) -> bool:
@@ -69,7 +62,7 @@ def use_torch_threads(enabled: bool = True) -> bool:
     global _torch_threads_decided
     _torch_threads_decided = True
     if enabled:
-        library = _torch_openmp_library()
+        library = _torch_core_library()
         if library is not None and core.use_openmp_threads(library):
             return True
     core.use_own_threads()
@@ -82,8 +75,12 @@ def on_torch_threads() -> bool:
 
 
 def _met_torch() -> None:
+    global _torch_threads_decided
     if not _torch_threads_decided:
-        use_torch_threads(os.environ.get("POCKETML_TORCH_THREADS", "1") != "0")
+        try:
+            use_torch_threads(os.environ.get("POCKETML_TORCH_THREADS", "1") != "0")
+        except Exception:  # never fail the call that happened to come first: keep the own pool
+            _torch_threads_decided = True
 
 
 @contextlib.contextmanager
