@@ -2,6 +2,7 @@
 matmul/dequantize variant against the scalar reference and a float64 reference, the
 PyTorch modules, save/load, bad input, and a real model's embeddings."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -379,6 +380,20 @@ def test_bf16_activation_gemv_with_zero_points_above_15(isa, rng, rows_with_high
     check_matmul(x, qt, y)
     fp32_sums = quant.matmul(x.float(), qt)
     assert torch.all((y.float() - fp32_sums).abs() <= torch.finfo(torch.bfloat16).eps * fp32_sums.abs() + 1e-30)
+    # Each row's kernel is chosen row by row: the split into tasks changes nothing.
+    out = np.empty((2, 2100), np.float32)
+    args = (x, *qt._native_args(), out, 0)
+    threads = pocketml.get_num_threads()
+    try:
+        results = []
+        for count, warm in ((1, False), (2, False), (3, False), (2, True)):
+            pocketml.set_num_threads(count)
+            with pocketml.keep_warm() if warm else contextlib.nullcontext():
+                core.quant_matmul(*args)
+            results.append(out.copy())
+    finally:
+        pocketml.set_num_threads(threads)
+    assert all(np.array_equal(results[0], r) for r in results[1:])
 
 
 def test_bf16_activation_gemv_nan_and_infinity(isa, rng):

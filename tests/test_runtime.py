@@ -214,3 +214,33 @@ print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_multiprocessing_worker_importing_pocketml_keeps_its_own_threads():
+    # The parent ran torch's OpenMP threads before pocketml was ever imported, so no
+    # fork handler of pocketml's saw the fork: the worker must still not bind them.
+    _torch_runs_openmp()
+    out = run_python("""
+import multiprocessing as mp, torch
+torch.set_num_threads(2)
+torch.mm(torch.ones(512, 512), torch.ones(512, 512))
+
+def work(queue):
+    import numpy as np, pocketml
+    from pocketml import quant
+    pocketml.set_num_threads(2)
+    w = quant.quantize(np.ones((512, 512), np.float32), bits=4, group_size=64)
+    y = quant.matmul(np.ones((256, 512), np.float32), w)  # torch's own parallel ops would hang here
+    queue.put((float(y[0, 0]), pocketml.runtime.on_torch_threads()))
+
+ctx = mp.get_context("fork")
+queue = ctx.Queue()
+worker = ctx.Process(target=work, args=(queue,))
+worker.start()
+print(*queue.get(timeout=60))
+worker.join()
+""")
+    assert out.returncode == 0, out.stderr
+    value, on_torch = out.stdout.split()
+    assert abs(float(value) - 512) < 1 and on_torch == "False"

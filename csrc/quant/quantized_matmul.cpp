@@ -201,13 +201,14 @@ void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
 // placed at bf16_gemv_position, tasks as in the fp32 GEMV.
 constexpr int64_t kMaxBf16GemvRows = 2;
 
-// Whether every zero point of rows [begin, end) is below `limit` (a power of two).
-bool zero_points_below(const PackedWeights& w, int64_t begin, int64_t end, uint8_t limit) {
+// Whether every zero point of the row is below 16, so that code - zero of 4-bit
+// codes lies in the bf16 GEMV's table.
+bool zero_points_fit_bf16_table(const PackedWeights& w, int64_t row) {
   if (w.zero_points == nullptr) return true;
   const int64_t groups = w.groups_per_row();
   uint8_t bits = 0;
-  for (const uint8_t* z = w.zero_points + begin * groups; z < w.zero_points + end * groups; ++z) bits |= *z;
-  return bits < limit;
+  for (const uint8_t* z = w.zero_points + row * groups; z < w.zero_points + (row + 1) * groups; ++z) bits |= *z;
+  return bits < 16;
 }
 
 void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, const TensorView& x, float* out32) {
@@ -235,23 +236,30 @@ void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
     for (int64_t k = full_chunks * kCodesPerChunk; k < cols; ++k) out[bf16_gemv_position(k)] = row[k];
   }
   // Zero points above 15 (uint8 holds them; Core ML's 4-bit offsets do not) put
-  // code - zero outside the kernel's table (-16 .. 15): tasks whose rows hold one
-  // take the fp32 GEMV, on activations widened once, by the first of them.
+  // code - zero outside the kernel's table (-16 .. 15): rows holding one take the
+  // fp32 GEMV, on activations widened once by the first such run. Chosen row by
+  // row, so a row's result does not depend on how rows are split into tasks.
   std::once_flag widened;
   AlignedBuffer<float> x32;
   const int64_t padded_cols = chunks_per_row(cols) * kCodesPerChunk;
   const int64_t n = w.rows;
   parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
-    if (zero_points_below(w, begin, end, 16)) {
-      kernels.gemv_bf16(w, begin, end, placed.data(), row_length, static_cast<int>(m), out32, n);
-      return;
+    for (int64_t run = begin; run < end;) {
+      const bool fits = zero_points_fit_bf16_table(w, run);
+      int64_t run_end = run + 1;
+      while (run_end < end && zero_points_fit_bf16_table(w, run_end) == fits) ++run_end;
+      if (fits) {
+        kernels.gemv_bf16(w, run, run_end, placed.data(), row_length, static_cast<int>(m), out32, n);
+      } else {
+        std::call_once(widened, [&] {
+          x32 = AlignedBuffer<float>(static_cast<size_t>(rows * padded_cols));
+          widen_rows(x, m, cols, padded_cols, x32.data());
+          std::fill(x32.data() + m * padded_cols, x32.data() + rows * padded_cols, 0.0f);
+        });
+        kernels.gemv(w, run, run_end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
+      }
+      run = run_end;
     }
-    std::call_once(widened, [&] {
-      x32 = AlignedBuffer<float>(static_cast<size_t>(rows * padded_cols));
-      widen_rows(x, m, cols, padded_cols, x32.data());
-      std::fill(x32.data() + m * padded_cols, x32.data() + rows * padded_cols, 0.0f);
-    });
-    kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
   });
 }
 

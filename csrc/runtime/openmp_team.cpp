@@ -1,16 +1,31 @@
 #include "runtime/openmp_team.h"
 
+#include <atomic>
+
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
+#include <pthread.h>
 #include <unistd.h>
 #define POCKETML_HAS_DLOPEN 1
 #endif
 
 namespace pocketml {
+namespace {
+
+#if defined(POCKETML_HAS_DLOPEN)
+// Set in every fork's child made after this library loaded. Such a child may hold
+// a copy of the parent's OpenMP team without its threads, and GOMP_parallel
+// would wait for them forever (torch's own operators hang there too).
+std::atomic<bool> g_forked{false};
+const bool g_fork_watch = pthread_atfork(nullptr, nullptr, [] { g_forked = true; }) == 0;
+#endif
+
+}  // namespace
 
 bool OpenMpTeam::attach(const std::string& library) {
   detach();
 #if defined(POCKETML_HAS_DLOPEN)
+  if (g_forked || !g_fork_watch) return false;
   // RTLD_NOLOAD: a runtime the process has not loaded is not ours to start.
   void* handle = dlopen(library.c_str(), RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
   if (handle == nullptr) return false;

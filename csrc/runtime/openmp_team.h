@@ -20,7 +20,8 @@ class OpenMpTeam {
  public:
   // Binds to the entry points found through `library` if the process has loaded
   // it (nothing is loaded here). The lookup covers its dependencies too, so torch's
-  // libtorch_cpu gives the runtime torch links. Returns whether bound.
+  // libtorch_cpu gives the runtime torch links. Refused in a fork's child (made
+  // after this library loaded). Returns whether bound.
   bool attach(const std::string& library);
   void detach();
 

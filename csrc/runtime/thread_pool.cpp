@@ -82,7 +82,6 @@ void ThreadPool::forget_workers_after_fork() {
   // throws on macOS (pthread_detach: ESRCH). They are leaked instead.
   new std::vector<std::thread>(std::move(workers_));
   workers_.clear();
-  in_fork_child_ = true;
   // A parent's worker may have held the state lock; none of its waiters exist here.
   new (&state_mutex_) std::mutex;
   new (&wake_) std::condition_variable;
@@ -123,9 +122,6 @@ void ThreadPool::set_num_threads(int n) {
 
 bool ThreadPool::use_openmp_threads(const std::string& library) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
-  // A fork's child may hold the parent's OpenMP team without its threads, and
-  // GOMP_parallel would wait for them forever: it keeps the pool's own.
-  if (in_fork_child_) return false;
   return openmp_.attach(library);
 }
 

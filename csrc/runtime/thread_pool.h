@@ -91,7 +91,6 @@ class ThreadPool {
   int64_t n_ = 0, grain_ = 1, num_chunks_ = 0;
   int participants_ = 0;
   OpenMpTeam openmp_;
-  bool in_fork_child_ = false;  // set in a fork's child (see use_openmp_threads)
   std::atomic<int64_t> next_chunk_{0};
   std::exception_ptr error_;
   std::mutex error_mutex_;

@@ -29,18 +29,17 @@ def get_num_threads() -> int:
     return core.get_num_threads()
 
 
-def _torch_core_library() -> str | None:
-    """torch's libtorch_cpu, or None. The OpenMP entry points are looked up through
-    it (its dependencies included), so they are those of the runtime torch itself
-    links, whatever other runtimes other packages loaded."""
+def _torch_core_libraries() -> list[str]:
+    """Where torch's libtorch_cpu may be: the OpenMP entry points are looked up
+    through it (its dependencies included), so they are those of the runtime torch
+    itself links, whatever other runtimes other packages loaded. The bare names
+    find it where a distribution installs it outside torch's folder."""
     torch = sys.modules.get("torch")
-    if torch is None or getattr(torch, "__file__", None) is None:
-        return None
-    lib = Path(torch.__file__).parent / "lib"
-    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
-        if (lib / name).is_file():
-            return str(lib / name)
-    return None
+    if torch is None:
+        return []
+    names = ["libtorch_cpu.so", "libtorch_cpu.dylib"]
+    lib = Path(torch.__file__).parent / "lib" if getattr(torch, "__file__", None) else None
+    return [str(lib / name) for name in names if lib is not None and (lib / name).is_file()] + names
 
 
 def use_torch_threads(enabled: bool = True) -> bool:
@@ -55,18 +54,28 @@ def use_torch_threads(enabled: bool = True) -> bool:
     many threads a kernel uses; results are identical either way.
 
     Returns whether kernels now run on torch's threads: False where torch runs no
-    OpenMP runtime or `enabled` is False (pocketml's own pool).
+    OpenMP runtime, in a process forked from one that had its threads, or when
+    `enabled` is False (pocketml's own pool).
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"argument 'enabled': expected a bool, got {type(enabled).__name__}")
     global _torch_threads_decided
     _torch_threads_decided = True
-    if enabled:
-        library = _torch_core_library()
-        if library is not None and core.use_openmp_threads(library):
+    if enabled and not _in_forked_worker():
+        if any(core.use_openmp_threads(library) for library in _torch_core_libraries()):
             return True
     core.use_own_threads()
     return False
+
+
+def _in_forked_worker() -> bool:
+    """A multiprocessing worker started by fork may hold a copy of the parent's OpenMP
+    team without its threads (the native side also refuses in any child forked
+    after pocketml loaded; a bare os.fork() before that cannot be told apart)."""
+    import multiprocessing
+
+    method = multiprocessing.get_start_method(allow_none=True)
+    return multiprocessing.parent_process() is not None and method in (None, "fork")
 
 
 def on_torch_threads() -> bool:
