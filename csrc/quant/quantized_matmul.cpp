@@ -48,11 +48,13 @@ int64_t gemv_rows_per_task(const PackedWeights& w) {
   return std::max(kGemvMinRowsPerTask, ((n + tasks - 1) / tasks + 7) / 8 * 8);
 }
 
-// The fp32 copy of a float matrix [rows, cols] padded with zeros to `padded_cols`.
-void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padded_cols, float* dst) {
-  parallel_for(rows, std::max<int64_t>(1, (int64_t(1) << 15) / padded_cols), [&](int64_t begin, int64_t end) {
+// The fp32 copy of a float matrix [m, cols], padded with zeros to [rows,
+// padded_cols] (rows >= m: the fused GEMVs read whole blocks of activation rows).
+AlignedBuffer<float> widened_rows(const TensorView& src, int64_t m, int64_t rows, int64_t cols, int64_t padded_cols) {
+  AlignedBuffer<float> dst(static_cast<size_t>(rows * padded_cols));
+  parallel_for(m, std::max<int64_t>(1, (int64_t(1) << 15) / padded_cols), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      float* row = dst + r * padded_cols;
+      float* row = dst.data() + r * padded_cols;
       const char* in = static_cast<const char*>(src.data) + r * cols * dtype_size(src.dtype);
       TensorView from = contiguous_view(const_cast<char*>(in), src.dtype, {cols}, false);
       TensorView to = contiguous_view(row, DType::f32, {cols});
@@ -60,6 +62,8 @@ void widen_rows(const TensorView& src, int64_t rows, int64_t cols, int64_t padde
       std::fill(row + cols, row + padded_cols, 0.0f);
     }
   });
+  std::fill(dst.data() + m * padded_cols, dst.data() + rows * padded_cols, 0.0f);
+  return dst;
 }
 
 struct WeightsWithLut {
@@ -251,11 +255,7 @@ void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
       if (fits) {
         kernels.gemv_bf16(w, run, run_end, placed.data(), row_length, static_cast<int>(m), out32, n);
       } else {
-        std::call_once(widened, [&] {
-          x32 = AlignedBuffer<float>(static_cast<size_t>(rows * padded_cols));
-          widen_rows(x, m, cols, padded_cols, x32.data());
-          std::fill(x32.data() + m * padded_cols, x32.data() + rows * padded_cols, 0.0f);
-        });
+        std::call_once(widened, [&] { x32 = widened_rows(x, m, rows, cols, padded_cols); });
         kernels.gemv(w, run, run_end, x32.data(), padded_cols, static_cast<int>(m), out32, n);
       }
       run = run_end;
@@ -428,8 +428,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   AlignedBuffer<float> out32_storage(out.dtype == DType::f32 ? 0 : static_cast<size_t>(m * n));
   float* out32 = out.dtype == DType::f32 ? out.ptr<float>() : out32_storage.data();
   if (act_bits == 8) {
-    AlignedBuffer<float> x32(static_cast<size_t>(m * padded_cols));
-    widen_rows(x_matrix, m, w.cols, padded_cols, x32.data());
+    const AlignedBuffer<float> x32 = widened_rows(x_matrix, m, m, w.cols, padded_cols);
     if (m <= kMaxGemvRows && kernels.gemv_int8 != nullptr && int8_gemv_handles(w)) {
       int8_activation_gemv(kernels, w, x32.data(), m, padded_cols, out32);
     } else {
@@ -441,9 +440,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
   } else {
     const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
     const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
-    AlignedBuffer<float> x32(static_cast<size_t>(x_rows * padded_cols));
-    widen_rows(x_matrix, m, w.cols, padded_cols, x32.data());
-    std::fill(x32.data() + m * padded_cols, x32.data() + x_rows * padded_cols, 0.0f);
+    const AlignedBuffer<float> x32 = widened_rows(x_matrix, m, x_rows, w.cols, padded_cols);
     if (fused) {
       parallel_for(n, gemv_rows_per_task(w), [&](int64_t begin, int64_t end) {
         kernels.gemv(w, begin, end, x32.data(), padded_cols, static_cast<int>(m), out32, n);

@@ -5,7 +5,6 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
 #include <pthread.h>
-#include <unistd.h>
 #define POCKETML_HAS_DLOPEN 1
 #endif
 
@@ -40,7 +39,6 @@ bool OpenMpTeam::attach(const std::string& library) {
   parallel_ = parallel;
   thread_num_ = thread_num;
   team_size_ = team_size;
-  owner_pid_ = static_cast<long>(getpid());
   return true;
 #else
   (void)library;
@@ -55,12 +53,11 @@ void OpenMpTeam::detach() {
   handle_ = nullptr;
   parallel_ = nullptr;
   thread_num_ = team_size_ = nullptr;
-  owner_pid_ = 0;
 }
 
 bool OpenMpTeam::active() const {
 #if defined(POCKETML_HAS_DLOPEN)
-  return parallel_ != nullptr && owner_pid_ == static_cast<long>(getpid());
+  return parallel_ != nullptr && !g_forked;
 #else
   return false;
 #endif

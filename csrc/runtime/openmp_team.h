@@ -25,8 +25,8 @@ class OpenMpTeam {
   bool attach(const std::string& library);
   void detach();
 
-  // Bound, and still in the process that bound it: a fork's child (whose copy
-  // of the runtime's threads does not exist) runs on the pool's own threads.
+  // Bound, and not in a fork's child (whose copy of the runtime's threads does
+  // not exist): such a child runs on the pool's own threads.
   bool active() const;
 
   // Calls member(data) on `threads` threads of a team (the caller is thread 0)
@@ -42,7 +42,6 @@ class OpenMpTeam {
   ParallelFn parallel_ = nullptr;
   IntFn thread_num_ = nullptr;
   IntFn team_size_ = nullptr;
-  long owner_pid_ = 0;
 };
 
 }  // namespace pocketml

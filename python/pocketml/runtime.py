@@ -84,12 +84,12 @@ def on_torch_threads() -> bool:
 
 
 def _met_torch() -> None:
-    global _torch_threads_decided
-    if not _torch_threads_decided:
-        try:
-            use_torch_threads(os.environ.get("POCKETML_TORCH_THREADS", "1") != "0")
-        except Exception:  # never fail the call that happened to come first: keep the own pool
-            _torch_threads_decided = True
+    """The default choice, made once (_arrays.is_torch_tensor calls it while undecided;
+    use_torch_threads marks it decided before anything that can fail)."""
+    try:
+        use_torch_threads(os.environ.get("POCKETML_TORCH_THREADS", "1") != "0")
+    except Exception:  # never fail the call that happened to come first: the own pool stays
+        pass
 
 
 @contextlib.contextmanager

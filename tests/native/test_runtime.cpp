@@ -86,16 +86,20 @@ TEST(parallel_for_covers_every_index_once) {
   pool.set_num_threads(original);
 }
 
-TEST(parallel_for_rethrows_a_task_exception) {
-  bool caught = false;
+// Whether the exception thrown by one task of a job reaches the caller.
+bool task_exception_reaches_caller() {
   try {
     parallel_for(64, 1, [](int64_t begin, int64_t) {
       if (begin == 37) throw std::runtime_error("task 37");
     });
   } catch (const std::runtime_error& e) {
-    caught = std::string(e.what()) == "task 37";
+    return std::string(e.what()) == "task 37";
   }
-  CHECK(caught, "exception from a task must reach the caller");
+  return false;
+}
+
+TEST(parallel_for_rethrows_a_task_exception) {
+  CHECK(task_exception_reaches_caller(), "exception from a task must reach the caller");
   std::atomic<int> after{0};
   parallel_for(64, 1, [&](int64_t begin, int64_t end) { after += static_cast<int>(end - begin); });
   CHECK(after == 64, "pool still works after an exception");
@@ -209,15 +213,7 @@ TEST(jobs_run_on_a_loaded_openmp_runtime) {
     }
   }
 
-  bool caught = false;
-  try {
-    parallel_for(64, 1, [](int64_t begin, int64_t) {
-      if (begin == 37) throw std::runtime_error("task 37");
-    });
-  } catch (const std::runtime_error& e) {
-    caught = std::string(e.what()) == "task 37";
-  }
-  CHECK(caught, "an exception from a task on an OpenMP thread must reach the caller");
+  CHECK(task_exception_reaches_caller(), "an exception from a task on an OpenMP thread must reach the caller");
 
   // Called inside another OpenMP region, the runtime forms a team of one, smaller
   // than the job planned: that thread runs every chunk.
