@@ -218,6 +218,21 @@ void check_gemv_rows(const std::string& what, const std::vector<float>& y, const
   }
 }
 
+// gemv(row_begin, row_end, y) computes rows [row_begin, row_end) into y [m, rows]:
+// each row computed alone equals, bit for bit, its value in y from one call
+// over rows 1 .. rows - 1. Kernels work through blocks of rows and the split
+// into tasks moves the blocks' edges, so a row's result must not depend on them.
+template <class Gemv>
+void check_rows_alone_match(const std::string& what, Gemv gemv, const std::vector<float>& y, int m, int64_t rows) {
+  for (int64_t j = 1; j < rows; ++j) {
+    std::vector<float> alone(m * rows, -1.0f);
+    gemv(j, j + 1, alone.data());
+    for (int i = 0; i < m; ++i)
+      CHECK(std::memcmp(&alone[i * rows + j], &y[i * rows + j], sizeof(float)) == 0,
+            what << " m " << m << " row " << j << " alone: " << alone[i * rows + j] << " vs " << y[i * rows + j]);
+  }
+}
+
 }  // namespace
 
 TEST(every_variant_decodes_and_unpacks_bit_for_bit_like_the_reference) {
@@ -271,8 +286,12 @@ TEST(every_fused_gemv_equals_a_double_product_of_the_decoded_weights) {
       for (const auto& v : optimized_variants()) {
         if (v.kernels->gemv == nullptr) continue;
         std::vector<float> y(m * rows, -1.0f);
-        v.kernels->gemv(r.w, 1, rows, x.data(), padded_cols, m, y.data(), rows);  // row 0 is not its to write
+        const auto gemv = [&](int64_t begin, int64_t end, float* out) {
+          v.kernels->gemv(r.w, begin, end, x.data(), padded_cols, m, out, rows);
+        };
+        gemv(1, rows, y.data());  // row 0 is not its to write
         check_gemv_rows(v.name + " gemv " + format_name(f), y, x, dense, m, rows, padded_cols);
+        check_rows_alone_match(v.name + " gemv " + format_name(f), gemv, y, m, rows);
       }
     }
   }
@@ -396,7 +415,11 @@ TEST(every_fused_int8_gemv_equals_the_exact_sums) {
         if (v.kernels->gemv_int8 == nullptr) continue;
         ++variants;
         std::vector<float> y(m * rows, -1.0f);
-        v.kernels->gemv_int8(r.w, 1, rows, placed.data(), row_length, sums.data(), lds, x_scale.data(), m, y.data(), rows);
+        const auto gemv = [&](int64_t begin, int64_t end, float* out) {
+          v.kernels->gemv_int8(r.w, begin, end, placed.data(), row_length, sums.data(), lds, x_scale.data(), m, out, rows);
+        };
+        gemv(1, rows, y.data());
+        check_rows_alone_match(v.name + " gemv_int8 bits " + std::to_string(c.bits), gemv, y, m, rows);
         for (int i = 0; i < m; ++i) {
           CHECK(y[i * rows] == -1.0f, v.name << " gemv_int8 wrote row 0");
           for (int64_t j = 1; j < rows; ++j) {
@@ -469,8 +492,12 @@ TEST(every_bf16_gemv_equals_a_double_product_of_the_decoded_weights) {
         if (v.kernels->gemv_bf16 == nullptr) continue;
         ++variants;
         std::vector<float> y(m * rows, -1.0f);
-        v.kernels->gemv_bf16(r.w, 1, rows, placed.data(), row_length, m, y.data(), rows);  // row 0 is not its to write
+        const auto gemv = [&](int64_t begin, int64_t end, float* out) {
+          v.kernels->gemv_bf16(r.w, begin, end, placed.data(), row_length, m, out, rows);
+        };
+        gemv(1, rows, y.data());  // row 0 is not its to write
         check_gemv_rows(v.name + " gemv_bf16 " + format_name(f), y, x, dense, m, rows, padded_cols);
+        check_rows_alone_match(v.name + " gemv_bf16 " + format_name(f), gemv, y, m, rows);
       }
     }
   }
