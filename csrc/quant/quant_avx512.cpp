@@ -275,8 +275,8 @@ void gemv_rows_at(const PackedWeights& w, int64_t row, int64_t chunk_begin, int6
   // Chains per (row, activation row): two for few activation rows, one from
   // M = 4 on, where R * M chains already hide the latency and registers go to R,
   // and at M = 1 for groups of 32 or 64 codes, whose per-group tables want the
-  // registers more (one core, L2: g32 31 -> 37, g64 46 -> 49 G weights/s; g128
-  // and longer groups lose 5% with one chain).
+  // registers more (one core, weights in L3: g32 31 -> 37, g64 46 -> 49 G
+  // weights/s; g128 and longer groups lose 5% with one chain).
   constexpr int H = M >= 4 || (M == 1 && (GroupChunks == 1 || GroupChunks == 2)) ? 1 : 2;
   __m512 acc[R][M][H], part[R][M][H];
   for (int r = 0; r < R; ++r) {
@@ -650,7 +650,7 @@ void gemv_int8_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, 
 // quant_kernels.h). Per 32 codes it costs about a shift, one vpermw from a table
 // of small integers and one vdpbf16ps, where the fp32 GEMV spends a widening, two
 // vpermps and two FMAs; on Zen 5 these share two pipes (one core, weights in
-// L2: 45 -> 74 G weights/s at g64, 58 -> 88 with one group per row).
+// L2: 51 -> 78 G weights/s at g64, 58 -> 93 with one group per row).
 
 // bf16 bits of an integer of magnitude below 256.
 constexpr uint16_t bf16_of_integer(int n) {
