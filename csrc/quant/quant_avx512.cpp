@@ -88,7 +88,7 @@ struct GroupBlock {
   alignas(64) float code_base[kGroupsPerBlock];  // 2^23 + zero, exact
 
   // Fills the arrays that Fields names and no others: an unread array cost the
-  // 4-bit fp32 GEMV at g32 a quarter of its time (one core: 32 -> 41 G weights/s
+  // 4-bit fp32 GEMV at g32 a fifth of its time (one core: 32 -> 41 G weights/s
   // without the code bases it never reads).
   template <unsigned Fields>
   void load(const PackedWeights& w, int64_t first, int count) {
