@@ -370,7 +370,7 @@ def test_bf16_activation_gemv(isa, rng, group_size, symmetric, k, m):
 @pytest.mark.parametrize("rows_with_high_zero", ["all", "last"])
 def test_bf16_activation_gemv_with_zero_points_above_15(isa, rng, rows_with_high_zero):
     # uint8 zero points may exceed a 4-bit code; code - zero then leaves the bf16
-    # kernel's table, and those rows' tasks take the fp32 GEMV (> 1 MiB: several tasks).
+    # kernel's table, and those rows take the fp32 GEMV (> 1 MiB: several tasks).
     qt = make(rng, ("affine", 4, 64, False), 2100, 1024)
     qt.zero_points[-3:] = 20
     if rows_with_high_zero == "all":

@@ -15,6 +15,7 @@ namespace pocketml::avx512 {
 namespace {
 
 #include "attention/attention_tile_picker-inl.h"
+#include "runtime/lane_sums_avx512-inl.h"
 
 constexpr int kRows = 6;
 constexpr int64_t kDepth = 64;
@@ -339,27 +340,6 @@ inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t s
 template <DType kType>
 inline int64_t prefetch_rows_ahead(int64_t dim) {
   return decode_prefetch_distance(dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type)));
-}
-
-// Lane i of the result is the sum of the lanes of v[i]: 15 additions and 30
-// shuffles finish 16 dot products, where a reduction of each would take 4
-// dependent shuffle-add steps per dot product.
-inline __m512 sum_lanes16(const __m512 (&v)[16]) {
-  __m512 pairs[8], quads[4], halves[2];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i)  // per 128-bit lane: (v2i[0]+v2i[2], v2i+1[0]+v2i+1[2], v2i[1]+v2i[3], ...)
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: the lane's sums of v[4i .. 4i+3]
-    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
-    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i)  // 128-bit lanes: quads[2i] lanes 0+1, 2+3, quads[2i+1] lanes 0+1, 2+3
-    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // The scales of keys 0 .. nk - 1 (zero beyond), lane l holding key l % KEYS.

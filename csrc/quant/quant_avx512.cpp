@@ -26,6 +26,8 @@
 namespace pocketml::avx512 {
 namespace {
 
+#include "runtime/lane_sums_avx512-inl.h"
+
 // Codes 16h .. 16h + 15 of a chunk, one per 32-bit lane. For single-plane codes
 // of up to 4 bits the bits above the code are left as they are (see above).
 template <int Bits>
@@ -120,24 +122,11 @@ struct GroupBlock {
   }
 };
 
-// The lane sums of a, b, c and d, in lanes 0 .. 3: one transposing tree for
-// four GEMV rows instead of four reductions, which weigh on short rows (bf16
-// GEMV, K = 576, one core: 35.5 -> 38.5 G weights/s). Each input's lanes are
-// added in the same order whichever place it takes, so a row's sum does not
-// depend on the rows beside it (blocks of fewer rows repeat one).
-inline __m128 sum_lanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  // Per 128-bit lane: a0 + a2, b0 + b2, a1 + a3, b1 + b3 (and the same for c, d).
-  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-  const __m512d ab2 = _mm512_castps_pd(ab), cd2 = _mm512_castps_pd(cd);
-  const __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(ab2, cd2)),
-                                    _mm512_castpd_ps(_mm512_unpackhi_pd(ab2, cd2)));  // per 128-bit lane: a, b, c, d
-  const __m256 halves = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
-  return _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
-}
-
 // y[0 .. R) = the lane sums of sums[0 .. R) (R <= 4), times `scale`, plus the
-// values there when `accumulate`.
+// values there when `accumulate`: one transposing tree for up to four GEMV rows
+// instead of a reduction per row, which weighs on short rows (bf16 GEMV, K = 576,
+// one core: 35.5 -> 38.5 G weights/s). A row's sum does not depend on the rows
+// beside it (blocks of fewer rows repeat one).
 template <int R>
 inline void store_row_sums(const __m512 (&sums)[R], float scale, bool accumulate, float* y) {
   static_assert(R >= 1 && R <= 4);
