@@ -725,9 +725,9 @@ inline void gemv_bf16_block(const uint8_t* const* packed, __mmask64 bytes, bool 
                             const GroupBlock* params, const uint8_t* const* zeros, int64_t group_in_block,
                             __m512 (&acc)[R][M]) {
   using Groups = PackedBlockGroups<4, GroupCodes>;
-  // Two chains of dot products per row for few activation rows: vdpbf16ps's
-  // latency would otherwise bound R * M chains.
-  constexpr int H = M <= 2 ? 2 : 1;
+  // Two chains of dot products per row: vdpbf16ps's latency would otherwise
+  // bound the R * M chains.
+  constexpr int H = 2;
   Bf16BlockWeights<GroupCodes> weights[R];
   __m512 sums[R][M][H];
   for (int r = 0; r < R; ++r) {
@@ -814,7 +814,7 @@ void gemv_bf16_rows_at(const PackedWeights& w, int64_t row, const uint16_t* x, i
 template <int M, int GroupCodes>
 void gemv_bf16_grouped(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx,
                        int m, float* y, int64_t ldy) {
-  constexpr int R = M == 1 ? 4 : M <= 4 ? 2 : 1;
+  constexpr int R = M == 1 ? 4 : 2;
   int64_t row = row_begin;
   for (; row + R <= row_end; row += R) gemv_bf16_rows_at<M, R, GroupCodes>(w, row, x, ldx, m, y, ldy);
   for (; row < row_end; ++row) gemv_bf16_rows_at<M, 1, GroupCodes>(w, row, x, ldx, m, y, ldy);
@@ -830,11 +830,10 @@ void gemv_bf16_rows(const PackedWeights& w, int64_t row_begin, int64_t row_end, 
 
 void gemv_bf16(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx, int m,
                float* y, int64_t ldy) {
-  switch (gemv_padded_rows(m)) {
-    case 1: gemv_bf16_rows<1>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 2: gemv_bf16_rows<2>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    case 4: gemv_bf16_rows<4>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
-    default: gemv_bf16_rows<8>(w, row_begin, row_end, x, ldx, m, y, ldy); break;
+  if (m == 1) {
+    gemv_bf16_rows<1>(w, row_begin, row_end, x, ldx, m, y, ldy);
+  } else {
+    gemv_bf16_rows<2>(w, row_begin, row_end, x, ldx, m, y, ldy);
   }
 }
 

@@ -200,10 +200,6 @@ void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
   });
 }
 
-// The bf16 GEMV for m <= kMaxBf16GemvRows bf16 activation rows (where it
-// measured faster than the fp32 GEMV; from M = 4 on it is slower): the rows
-// placed at bf16_gemv_position, tasks as in the fp32 GEMV.
-constexpr int64_t kMaxBf16GemvRows = 2;
 
 // Whether every zero point of the row is below 16, so that code - zero of 4-bit
 // codes lies in the bf16 GEMV's table.
@@ -215,6 +211,8 @@ bool zero_points_fit_bf16_table(const PackedWeights& w, int64_t row) {
   return bits < 16;
 }
 
+// The bf16 GEMV for m <= kMaxBf16GemvRows bf16 activation rows, placed at
+// bf16_gemv_position; tasks as in the fp32 GEMV.
 void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, const TensorView& x, float* out32) {
   const int64_t m = x.shape[0], cols = x.shape[1];
   const int64_t row_length = (cols + kBf16GemvBlockCodes - 1) / kBf16GemvBlockCodes * kBf16GemvBlockCodes;
