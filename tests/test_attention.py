@@ -355,6 +355,39 @@ def test_int8_cache_rounding_bound():
     torch.testing.assert_close(cache.k_scale, k.abs().amax(-1) / 127)
 
 
+def test_int8_cache_row_with_nan_decodes_to_nan_as_float_caches_do():
+    # max() alone would drop the NaN and store the row as finite codes.
+    k = torch.randn(1, 1, 4, 8)
+    k[0, 0, 2, 3] = float("nan")
+    q = torch.randn(1, 2, 1, 8)
+    outputs = {}
+    for dtype in ("fp16", "int8"):
+        cache = A.KVCache(1, 1, 4, 8, dtype=dtype)
+        cache.append(k, torch.randn(1, 1, 4, 8))
+        outputs[dtype] = A.decode(q, cache)
+    assert torch.isnan(outputs["fp16"]).all() and torch.isnan(outputs["int8"]).all()
+    int8 = A.KVCache(1, 1, 4, 8, dtype="int8")
+    int8.append(k, torch.randn(1, 1, 4, 8))
+    assert torch.isnan(int8.k_scale[0, 0, 2]) and torch.isfinite(int8.k_scale[0, 0, [0, 1, 3]]).all()
+
+
+def test_decode_of_no_query_heads_is_empty():
+    cache = A.KVCache(1, 2, 16, 32, dtype="fp16")
+    cache.append(torch.randn(1, 2, 5, 32), torch.randn(1, 2, 5, 32))
+    out = A.decode(torch.randn(1, 0, 1, 32), cache)
+    assert out.shape == (1, 0, 1, 32)
+
+
+def test_int8_cache_takes_a_strided_view_of_head_dim_1():
+    k = torch.randn(1, 1, 4, 2)[..., :1]  # last stride 2, harmless at head_dim 1
+    v = torch.randn(1, 1, 4, 1)
+    for dtype in ("fp16", "int8"):
+        cache = A.KVCache(1, 1, 4, 1, dtype=dtype)
+        cache.append(k, v)
+        stored = cache.k.float() * (cache.k_scale[..., None] if dtype == "int8" else 1)
+        torch.testing.assert_close(stored, k, atol=0.01, rtol=0.01)
+
+
 def test_decode_window_and_softcap(isa):
     cache = A.KVCache(1, 1, 300, 64, dtype="fp32")
     keys, values = torch.randn(1, 1, 300, 64), torch.randn(1, 1, 300, 64)
@@ -489,6 +522,15 @@ def test_bad_varlen_and_cache_input():
         A.decode(torch.randn(1, 2, 9, 16), cache)
     with pytest.raises(ValueError, match="argument 'cache'.*dividing"):
         A.decode(torch.randn(1, 3, 1, 16), cache)
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="argument 'scale'.*finite"):
+            A.decode(torch.randn(1, 2, 1, 16), cache, scale=scale)
+    empty = torch.randn(1, 2, 1, 0)
+    with pytest.raises(ValueError, match="argument 'q'.*D > 0"):
+        A.decode(empty, cache)
+    with pytest.raises(ValueError, match="argument 'q'.*D > 0"):
+        A.varlen_attention(empty[0].transpose(0, 1), empty[0].transpose(0, 1), empty[0].transpose(0, 1),
+                           torch.tensor([0, 1]), torch.tensor([0, 1]), 1, 1)
 
 
 def test_backward_split_over_keys_matches_single_range(isa):

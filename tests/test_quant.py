@@ -409,6 +409,49 @@ def test_bf16_activation_gemv_nan_and_infinity(isa, rng):
     assert torch.equal(y[1][~torch.isnan(y[1])], reference[1][~torch.isnan(reference[1])])
 
 
+def test_bf16_activation_gemv_keeps_subnormal_activations(isa, rng):
+    # vdpbf16ps reads subnormal bf16 as zero: such activations take the fp32 GEMV.
+    qt = make(rng, ("affine", 4, 64, False), 16, 256)
+    for m in (1, 2):
+        x = (torch.randn(m, 256) * 1e-39).to(torch.bfloat16)  # all subnormal (below 2^-126)
+        y = quant.matmul(x, qt).double()
+        expected = x.double() @ torch.from_numpy(qt.dequantize()).double().T
+        assert torch.all((y - expected).abs() <= 2 ** -7 * expected.abs() + 2e-40)
+
+
+@pytest.mark.parametrize("group_size", [96, 256])
+def test_block_gemvs_leave_other_group_lengths_to_the_general_paths(isa, rng, group_size):
+    """Groups the format allows beyond 32 / 64 / 128 (a multiple of 32 dividing K,
+    e.g. a Core ML block of 256) are not what the block-wise GEMVs specialise."""
+    k = 768
+    groups = k // group_size
+    qt = quant.QuantizedTensor.from_coreml({
+        "data": rng.integers(0, 16, (24, k), dtype=np.uint8),
+        "scale": (rng.random((24, groups)) + 0.5).astype(np.float16),
+        "offset": rng.integers(0, 16, (24, groups), dtype=np.uint8)}, bits=4)
+    assert qt.group_size == group_size
+    for m in (1, 2):
+        x = torch.randn(m, k).to(torch.bfloat16)
+        check_matmul(x, qt, quant.matmul(x, qt))
+    for m in (1, 8, 9):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        expected, magnitude = int8_activation_reference(x, qt)
+        assert np.all(np.abs(quant.matmul(x, qt, act_bits=8) - expected) <= 1e-6 * k * magnitude + 1e-30)
+
+
+def test_int8_activation_sums_of_a_long_group_do_not_overflow(isa):
+    # One group per row at K > 2^16: 127 * 255 * K passes int32, so the exact
+    # integer sums go span by span.
+    k = 70016
+    qt = quant.QuantizedTensor.from_coreml({"data": np.full((3, k), 255, np.uint8),
+                                            "scale": np.full((3, 1), 2 ** -8, np.float32),
+                                            "offset": np.zeros((3, 1), np.uint8)}, bits=8)
+    for m in (1, 9):
+        x = np.ones((m, k), np.float32)
+        expected, magnitude = int8_activation_reference(x, qt)  # 255 K / 256 each
+        assert np.all(np.abs(quant.matmul(x, qt, act_bits=8) - expected) <= 1e-6 * k * magnitude)
+
+
 @pytest.mark.parametrize("fmt", [("affine", 4, 32, False), ("affine", 4, 64, True), ("affine", 4, 128, False),
                                  ("affine", 8, None, True), ("affine", 8, 64, False), ("affine", 3, 128, False),
                                  ("affine", 6, 64, True)], ids=lambda f: "-".join(map(str, f)))

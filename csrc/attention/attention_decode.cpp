@@ -6,6 +6,7 @@
 // read once per step whatever the GQA ratio.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "attention/attention.h"
@@ -58,7 +59,8 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
   for (const TensorView* t : {&q, &k, &v, &out})
     if (t->strides[3] != 1 && t->shape[3] != 1)
       fail_argument(ErrorKind::InvalidArgument, "q", "contiguous last dimensions", "strides " + t->strides_string());
-  if (options.softcap < 0.0f) fail_argument(ErrorKind::InvalidArgument, "softcap", "a number >= 0", "a negative one");
+  check_options(options);
+  if (q.shape[0] == 0 || q.shape[1] == 0) return;  // an empty output, as torch gives
 
   Problem p;
   p.batch = q.shape[0];
@@ -157,7 +159,7 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
     fail_argument(ErrorKind::InvalidArgument, "k",
                   "at most " + std::to_string(dst.shape[2] - std::max<int64_t>(start, 0)) + " new positions",
                   std::to_string(src.shape[2]));
-  if (src.strides[3] != 1 || dst.strides[3] != 1)
+  if ((src.strides[3] != 1 && src.shape[3] != 1) || (dst.strides[3] != 1 && dst.shape[3] != 1))
     fail_argument(ErrorKind::InvalidArgument, "k", "a contiguous last dimension", "strides " + src.strides_string());
   const Operand in{static_cast<char*>(src.data), src.dtype, src.strides[0], src.strides[1], src.strides[2]};
   const int64_t dim = src.shape[3], tokens = src.shape[2], heads = src.shape[1];
@@ -167,9 +169,15 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
       const int64_t b = pair / heads, h = pair % heads;
       for (int64_t t = 0; t < tokens; ++t) {
         load_rows(in, nullptr, b, h, t, 1, dim, row.data(), dim);
+        // std::max drops a NaN: count it apart, so that its row's scale is NaN
+        // and attention over the row gives NaN, as in the float caches.
         float amax = 0.0f;
-        for (float x : row) amax = std::max(amax, std::fabs(x));
-        const float s = amax / 127.0f;
+        bool nan = false;
+        for (float x : row) {
+          amax = std::max(amax, std::fabs(x));
+          nan = nan || std::isnan(x);
+        }
+        const float s = nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.0f;
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         const int64_t pos = start + t;
         int8_t* out = static_cast<int8_t*>(dst.data) + b * dst.strides[0] + h * dst.strides[1] + pos * dst.strides[2];

@@ -393,16 +393,6 @@ void require_dim(const TensorView& t, const char* arg, int dim, int64_t expected
                   "shape " + dims_string(t));
 }
 
-void check_options(const AttentionOptions& o) {
-  if (!std::isfinite(o.scale))
-    fail_argument(ErrorKind::InvalidArgument, "scale", "a finite number", std::to_string(o.scale));
-  if (!(o.softcap >= 0.0f) || !std::isfinite(o.softcap))
-    fail_argument(ErrorKind::InvalidArgument, "softcap", "a finite number >= 0", std::to_string(o.softcap));
-  if (o.window_left < -1 || o.window_right < -1)
-    fail_argument(ErrorKind::InvalidArgument, "window", "bounds >= 0 or -1 (unbounded)",
-                  "(" + std::to_string(o.window_left) + ", " + std::to_string(o.window_right) + ")");
-}
-
 void check_heads(int64_t q_heads, int64_t kv_heads) {
   if (kv_heads == 0 || q_heads % kv_heads != 0)
     fail_argument(ErrorKind::InvalidArgument, "k", "a number of heads dividing q's " + std::to_string(q_heads),
@@ -432,6 +422,16 @@ std::vector<int64_t> read_cu_seqlens(const TensorView& cu, const char* arg, int6
 }
 
 }  // namespace
+
+void check_options(const AttentionOptions& o) {
+  if (!std::isfinite(o.scale))
+    fail_argument(ErrorKind::InvalidArgument, "scale", "a finite number", std::to_string(o.scale));
+  if (!(o.softcap >= 0.0f) || !std::isfinite(o.softcap))
+    fail_argument(ErrorKind::InvalidArgument, "softcap", "a finite number >= 0", std::to_string(o.softcap));
+  if (o.window_left < -1 || o.window_right < -1)
+    fail_argument(ErrorKind::InvalidArgument, "window", "bounds >= 0 or -1 (unbounded)",
+                  "(" + std::to_string(o.window_left) + ", " + std::to_string(o.window_right) + ")");
+}
 
 Problem dense_problem(const TensorView& q, const TensorView& k, const TensorView& v, const AttentionBias& bias,
                       const AttentionOptions& options) {

@@ -133,6 +133,8 @@ Problem dense_problem(const TensorView& q, const TensorView& k, const TensorView
                       const AttentionOptions& options);
 Problem varlen_problem(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& cu_q,
                        const TensorView& cu_k, const AttentionOptions& options);
+// Validates the scale, softcap and window of any attention call.
+void check_options(const AttentionOptions& o);
 // Checks an output / gradient tensor against its input and binds it as an operand.
 Operand bind_like(const TensorView& t, const TensorView& like, const char* arg, bool packed);
 Operand bind_lse(const Problem& p, const TensorView& lse, bool packed);

@@ -33,7 +33,8 @@ using GemvFn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_e
 // the codes of chunks [chunk_begin, chunk_end) of a row in natural order, one
 // byte each. dot_int8 computes, for i < m, j < n:
 //   c[i * ldc + j] += sum over groups t of scales[j * lds + t] * sum_{k in t} xq[i][k] * codes[j][k]
-// with exact int32 sums per group (group a multiple of 32 dividing k).
+// with exact int32 sums per group (group a multiple of 32 dividing k, at most
+// 2^15 so that the int32 sums cannot overflow: callers split longer groups).
 using UnpackCodesFn = void (*)(const PackedWeights& w, int64_t row, int64_t chunk_begin, int64_t chunk_end,
                                uint8_t* out);
 using DotInt8Fn = void (*)(const int8_t* xq, int64_t ldx, int m, const uint8_t* codes, int64_t ldw, int n, int64_t k,
@@ -58,7 +59,9 @@ using GemvInt8Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t r
 // 64-byte block of a packed row holds 128 codes, read as four passes of 32
 // nibbles (bits 4j .. 4j + 3 of each 16-bit word for pass j); row i of x (ldx
 // elements apart) holds each block's activations in that order
-// (bf16_gemv_position), zeros up to whole blocks.
+// (bf16_gemv_position), zeros up to whole blocks. vdpbf16ps reads subnormal
+// inputs as zero and flushes subnormal sums, so x must hold none (the caller
+// routes such activations to gemv); a partial sum below 2^-126 reads as zero.
 using GemvBf16Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx,
                             int m, float* y, int64_t ldy);
 
@@ -66,7 +69,17 @@ inline constexpr int kBf16GemvBlockCodes = 128;
 // From M = 4 on the bf16 GEMV measured slower than the fp32 one, so it serves 1 or 2 rows.
 inline constexpr int kMaxBf16GemvRows = 2;
 
-static inline bool bf16_gemv_handles(const PackedWeights& w) { return w.kind == QuantKind::affine && w.bits == 4; }
+// The block-wise GEMVs (bf16 dot products, int8 activations) specialise groups
+// of 32, 64 or 128 codes and one group per row. Other lengths the format allows
+// (multiples of 32 dividing K, such as a Core ML block of 256) take the general
+// paths.
+static inline bool block_gemv_groups(const PackedWeights& w) {
+  return w.groups_per_row() == 1 || w.group_size == 32 || w.group_size == 64 || w.group_size == 128;
+}
+
+static inline bool bf16_gemv_handles(const PackedWeights& w) {
+  return w.kind == QuantKind::affine && w.bits == 4 && block_gemv_groups(w);
+}
 
 // The place of activation k in the bf16 GEMV's x row. Code i of a chunk sits in
 // byte i % 16, high nibble when i >= 16 (quant_format.h), so byte b of a block
@@ -82,7 +95,7 @@ static inline int64_t bf16_gemv_position(int64_t k) {
 inline constexpr int kInt8GemvBlockBytes = 64;
 
 static inline bool int8_gemv_handles(const PackedWeights& w) {
-  return w.kind == QuantKind::affine && (w.bits == 4 || w.bits == 8);
+  return w.kind == QuantKind::affine && (w.bits == 4 || w.bits == 8) && block_gemv_groups(w);
 }
 
 // Codes per block of packed bytes: 128 4-bit codes or 64 8-bit ones.

@@ -211,6 +211,16 @@ bool zero_points_fit_bf16_table(const PackedWeights& w, int64_t row) {
   return bits < 16;
 }
 
+// vdpbf16ps reads a subnormal bf16 (below 2^-126, not zero) as zero: activations
+// holding one take the fp32 GEMV, which keeps it.
+bool holds_bf16_subnormals(const TensorView& x) {
+  const uint16_t* bits = x.ptr<uint16_t>();
+  const int64_t count = x.shape[0] * x.shape[1];
+  bool found = false;
+  for (int64_t i = 0; i < count; ++i) found |= (bits[i] & 0x7F80) == 0 && (bits[i] & 0x7F) != 0;
+  return found;
+}
+
 // The bf16 GEMV for m <= kMaxBf16GemvRows bf16 activation rows, placed at
 // bf16_gemv_position; tasks as in the fp32 GEMV.
 void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, const TensorView& x, float* out32) {
@@ -261,6 +271,12 @@ void bf16_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
   });
 }
 
+// dot_int8 sums a group exactly in int32, where 2^15 products of |xq| <= 127 and
+// a code <= 255 fit with room to spare (also the NEON kernels' sign-shifted
+// form); a longer group (one group per row, K > 32768) goes span by span, each
+// span's sum times the group's scale.
+constexpr int64_t kMaxInt8Span = int64_t(1) << 15;
+
 // The int8 path for many rows. Tasks as in tiled_matmul, each with whole rows of
 // codes (K bytes each) unpacked once.
 void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m, int64_t padded_cols, float* out32) {
@@ -295,10 +311,23 @@ void int8_activation_matmul(const PackedWeights& w, const float* x32, int64_t m,
       }
       for (int64_t i = m0; i < m1; i += kInt8TileRows) {
         const int mi = static_cast<int>(std::min<int64_t>(kInt8TileRows, m1 - i));
-        for (int64_t j = n0; j < n1; j += kInt8TileCols)
-          kernels.dot_int8(x.codes.data() + i * padded_cols, padded_cols, mi, codes.data() + (j - n0) * padded_cols,
-                           padded_cols, static_cast<int>(std::min<int64_t>(kInt8TileCols, n1 - j)), padded_cols, group,
-                           scales.data() + (j - n0) * groups, groups, out32 + i * n + j, n);
+        for (int64_t j = n0; j < n1; j += kInt8TileCols) {
+          const int nj = static_cast<int>(std::min<int64_t>(kInt8TileCols, n1 - j));
+          const int8_t* xq = x.codes.data() + i * padded_cols;
+          const uint8_t* wq = codes.data() + (j - n0) * padded_cols;
+          const float* tile_scales = scales.data() + (j - n0) * groups;
+          if (group <= kMaxInt8Span) {
+            kernels.dot_int8(xq, padded_cols, mi, wq, padded_cols, nj, padded_cols, group, tile_scales, groups,
+                             out32 + i * n + j, n);
+          } else {
+            for (int64_t g = 0; g < groups; ++g)
+              for (int64_t s0 = g * group; s0 < (g + 1) * group; s0 += kMaxInt8Span) {
+                const int64_t span = std::min(kMaxInt8Span, (g + 1) * group - s0);
+                kernels.dot_int8(xq + s0, padded_cols, mi, wq + s0, padded_cols, nj, span, span, tile_scales + g, groups,
+                                 out32 + i * n + j, n);
+              }
+          }
+        }
         // The zero points' share, sum_g (-scale_g zero_g) * sum_{k in g} xq, is a small fp32 product.
         for (int64_t j = n0; j < n1; j += kDotTileRows)
           kernels.dot_tile(x.group_sums.data() + i * padded_groups, padded_groups, std::min(mi, kDotTileRows),
@@ -433,7 +462,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
       int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
     }
   } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && kernels.gemv != nullptr &&
-             bf16_gemv_handles(w)) {
+             bf16_gemv_handles(w) && !holds_bf16_subnormals(x_matrix)) {
     bf16_activation_gemv(kernels, w, x_matrix, out32);
   } else {
     const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;

@@ -73,6 +73,16 @@ def _softcap_value(softcap):
     return softcap
 
 
+def _scale_value(scale, q, arg: str) -> float:
+    """The softmax scale: 1 / sqrt(D) unless given; D = 0 is refused before that divides by it."""
+    if q.shape[-1] == 0:
+        raise ValueError(f"argument '{arg}': expected a head dimension D > 0, got shape {tuple(q.shape)}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"argument 'scale': expected a finite number, got {scale!r}")
+    return scale
+
+
 def _last_dim_contiguous(x):
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
@@ -209,12 +219,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"argument 'key': expected a number of heads dividing query's {q.shape[1]}, "
                          f"got {k.shape[1]}")
-    if q.shape[-1] == 0:
-        raise ValueError(f"argument 'query': expected a head dimension D > 0, got shape {tuple(query.shape)}")
+    scale = _scale_value(scale, query, "query")
     left, right = _window_bounds(window, is_causal)
     cap = _softcap_value(softcap)
     bottom_right = causal_alignment == "bottom_right"
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     b, hq, lq, _ = q.shape
     mask = None
     if attn_mask is not None:
@@ -285,7 +293,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                              f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
     left, right = _window_bounds(window, causal)
     cap = _softcap_value(softcap)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = _scale_value(scale, q, "q")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     return _VarlenAttention.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, left, right, cap)
 
@@ -376,7 +384,7 @@ def decode(q, cache, scale=None, window=None, softcap=None):
         raise TypeError(f"argument 'q': expected float32, float16 or bfloat16, got {q.dtype}")
     left, right = _window_bounds(window, False) if window is not None else (-1, 0)
     cap = _softcap_value(softcap)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = _scale_value(scale, q, "q")
     q = _last_dim_contiguous(q)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     core.attention_decode(q, cache._native_views(), cache.length, out, scale, left, right, cap)
