@@ -327,12 +327,14 @@ inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
   return static_cast<const typename CacheElement<kType>::type*>(base) + j * stride;
 }
 
-// The rows `ahead` rows past rows j .. j + count of a cache operand (see prefetch_decode_row).
-// Check `objdump -d | grep -c prefetcht0` on this file after changing it: GCC 12
-// -O3 dropped every prefetch of the file, silently, when this function got a
-// second (flat, contiguous-rows) path, and decode from DRAM lost half its speed.
+// The rows `ahead` rows past rows j .. j + count of a cache operand (see
+// prefetch_decode_row). Always inlined, like the prefetch helpers: GCC 12 -O3
+// takes an out-of-line function that only prefetches for pure and deletes its
+// calls. That once dropped every prefetch of this file (decode from DRAM lost
+// half its speed); `objdump -d | grep -c prefetcht0` on the object shows it.
 template <DType kType>
-inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t stride, int64_t ahead, int64_t dim) {
+[[gnu::always_inline]] inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t stride,
+                                                  int64_t ahead, int64_t dim) {
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
   for (int64_t i = 0; i < count; ++i) prefetch_decode_row(cache_row<kType>(base, j + ahead + i, stride), row_bytes);
 }
@@ -465,6 +467,7 @@ template <DType kType>
 void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q, const void* k, int64_t k_stride,
                          const float* k_scales, int64_t scale_stride, float* scores) {
   const int64_t ahead = prefetch_rows_ahead<kType>(dim);  // by the first row block only
+  if constexpr (kType == DType::i8) prefetch_next_tile_scales(k_scales, scale_stride, keys);
   int64_t r = 0;
   auto block = [&](auto run, int64_t n) {
     run(keys, dim, r == 0 ? ahead : 0, q + r * dim, k, k_stride, k_scales, scale_stride, scores + r * keys, keys);
@@ -565,6 +568,7 @@ template <DType kType>
 void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
                              int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
   const int64_t ahead = prefetch_rows_ahead<kType>(dim);
+  if constexpr (kType == DType::i8) prefetch_next_tile_scales(v_scales, scale_stride, keys);
   if constexpr (kType != DType::i8) {
     decode_accumulate_rows<kType>(rows, keys, dim, ahead, p, keys, v, v_stride, acc);
   } else {

@@ -333,6 +333,7 @@ void decode_scores_typed(int64_t rows, int64_t keys, int64_t dim, const float* q
   const int64_t vector_dim = dim / 4 * 4;
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(typename CacheElement<kType>::type));
   const int64_t ahead = decode_prefetch_distance(row_bytes);
+  if constexpr (kType == DType::i8) prefetch_next_tile_scales(k_scales, scale_stride, keys);
   for (int64_t j0 = 0; j0 < keys; j0 += 4) {
     const int nk = keys - j0 < 4 ? static_cast<int>(keys - j0) : 4;
     const typename CacheElement<kType>::type* key_rows[4];
@@ -395,6 +396,7 @@ template <DType kType>
 void decode_accumulate_typed(int64_t rows, int64_t keys, int64_t dim, const float* p, const void* v,
                              int64_t v_stride, const float* v_scales, int64_t scale_stride, float* acc) {
   const int64_t vector_dim = dim / 4 * 4;
+  if constexpr (kType == DType::i8) prefetch_next_tile_scales(v_scales, scale_stride, keys);
   for (int64_t c0 = 0; c0 < vector_dim; c0 += 16) {
     switch ((vector_dim - c0 < 16 ? vector_dim - c0 : 16) / 4) {
       case 1: decode_accumulate_block<kType, 1>(rows, keys, dim, c0, p, v, v_stride, v_scales, scale_stride, acc); break;
