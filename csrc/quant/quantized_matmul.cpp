@@ -200,7 +200,6 @@ void int8_activation_gemv(const QuantKernels& kernels, const PackedWeights& w, c
   });
 }
 
-
 // Whether every zero point of the row is below 16, so that code - zero of 4-bit
 // codes lies in the bf16 GEMV's table.
 bool zero_points_fit_bf16_table(const PackedWeights& w, int64_t row) {
