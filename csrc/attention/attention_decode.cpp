@@ -56,9 +56,10 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
   if (length < 0 || length > k.shape[2])
     fail_argument(ErrorKind::InvalidArgument, "cache.length", "0 to " + std::to_string(k.shape[2]),
                   std::to_string(length));
-  for (const TensorView* t : {&q, &k, &v, &out})
-    if (t->strides[3] != 1 && t->shape[3] != 1)
-      fail_argument(ErrorKind::InvalidArgument, "q", "contiguous last dimensions", "strides " + t->strides_string());
+  require_contiguous_last_dim(q, "q");
+  require_contiguous_last_dim(k, "cache.k");
+  require_contiguous_last_dim(v, "cache.v");
+  require_contiguous_last_dim(out, "out");
   check_options(options);
   if (q.shape[0] == 0 || q.shape[1] == 0) return;  // an empty output, as torch gives
 
@@ -159,8 +160,8 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
     fail_argument(ErrorKind::InvalidArgument, "k",
                   "at most " + std::to_string(dst.shape[2] - std::max<int64_t>(start, 0)) + " new positions",
                   std::to_string(src.shape[2]));
-  if ((src.strides[3] != 1 && src.shape[3] != 1) || (dst.strides[3] != 1 && dst.shape[3] != 1))
-    fail_argument(ErrorKind::InvalidArgument, "k", "a contiguous last dimension", "strides " + src.strides_string());
+  require_contiguous_last_dim(src, "k");
+  require_contiguous_last_dim(dst, "cache");
   const Operand in{static_cast<char*>(src.data), src.dtype, src.strides[0], src.strides[1], src.strides[2]};
   const int64_t dim = src.shape[3], tokens = src.shape[2], heads = src.shape[1];
   parallel_for(src.shape[0] * heads, 1, [&](int64_t begin, int64_t end) {

@@ -375,9 +375,7 @@ void require_float_operand(const TensorView& t, const char* arg, int ndim) {
                   std::to_string(t.ndim) + " with shape " + dims_string(t));
   if (t.shape[ndim - 1] == 0)
     fail_argument(ErrorKind::InvalidArgument, arg, "a head dimension D > 0", "shape " + dims_string(t));
-  if (t.strides[ndim - 1] != 1 && t.shape[ndim - 1] != 1)
-    fail_argument(ErrorKind::InvalidArgument, arg, "a contiguous last dimension (stride 1)",
-                  "strides " + t.strides_string());
+  require_contiguous_last_dim(t, arg);
 }
 
 void require_same_dtype(const TensorView& t, const char* arg, const TensorView& q) {
@@ -521,8 +519,7 @@ Operand bind_like(const TensorView& t, const TensorView& like, const char* arg, 
   if (t.dtype != like.dtype)
     fail_argument(ErrorKind::Type, arg, std::string("dtype ") + dtype_name(like.dtype), dtype_name(t.dtype));
   require_same_shape(t, arg, like, "its input");
-  if (t.strides[t.ndim - 1] != 1 && t.shape[t.ndim - 1] != 1)
-    fail_argument(ErrorKind::InvalidArgument, arg, "a contiguous last dimension", "strides " + t.strides_string());
+  require_contiguous_last_dim(t, arg);
   return packed ? packed_operand(t) : dense_operand(t);
 }
 

@@ -67,6 +67,12 @@ void require_contiguous(const TensorView& t, std::string_view arg) {
                   "shape " + t.shape_string() + " with element strides " + t.strides_string());
 }
 
+void require_contiguous_last_dim(const TensorView& t, std::string_view arg) {
+  if (t.ndim > 0 && t.strides[t.ndim - 1] != 1 && t.shape[t.ndim - 1] != 1)
+    fail_argument(ErrorKind::InvalidArgument, arg, "a contiguous last dimension (stride 1)",
+                  "strides " + t.strides_string());
+}
+
 void require_ndim(const TensorView& t, std::string_view arg, int min_ndim, int max_ndim) {
   if (t.ndim >= min_ndim && t.ndim <= max_ndim) return;
   std::string expected = min_ndim == max_ndim ? std::to_string(min_ndim) + " dimensions"

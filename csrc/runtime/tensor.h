@@ -37,6 +37,8 @@ TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_
 // naming the argument, what was expected and what was given.
 void require_dtype(const TensorView& t, std::string_view arg, std::initializer_list<DType> allowed);
 void require_contiguous(const TensorView& t, std::string_view arg);
+// Stride 1 along the last dimension (any stride when it has one element).
+void require_contiguous_last_dim(const TensorView& t, std::string_view arg);
 void require_ndim(const TensorView& t, std::string_view arg, int min_ndim, int max_ndim);
 void require_writable(const TensorView& t, std::string_view arg);
 void require_same_shape(const TensorView& a, std::string_view arg_a, const TensorView& b, std::string_view arg_b);

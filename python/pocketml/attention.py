@@ -77,10 +77,7 @@ def _scale_value(scale, q, arg: str) -> float:
     """The softmax scale: 1 / sqrt(D) unless given; D = 0 is refused before that divides by it."""
     if q.shape[-1] == 0:
         raise ValueError(f"argument '{arg}': expected a head dimension D > 0, got shape {tuple(q.shape)}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"argument 'scale': expected a finite number, got {scale!r}")
-    return scale
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
 
 def _last_dim_contiguous(x):
