@@ -770,6 +770,30 @@ def test_bad_input_raises_clear_errors(rng):
             torch.ones(2, 96, dtype=torch.float64))
 
 
+def test_non_finite_scales_and_tables_are_refused():
+    # K = 33 pads each row with code 0 against zero activations: an infinite value for
+    # code 0 gave NaN for every output (0 * inf) although no real column used it.
+    codes = np.full((2, 33), 1, np.uint8)
+    table = np.array([[np.inf, 1.0, 2.0, 3.0]], np.float32)
+    qt = quant.QuantizedTensor("lut", 2, (2, 33), 2, np.empty((2, 16), np.uint8), lut=table)
+    core.quant_pack(codes, 2, qt.packed)
+    with pytest.raises(ValueError, match="argument 'lut': expected finite entries, got inf in table 0 at entry 0"):
+        quant.matmul(np.ones((1, 33), np.float32), qt)
+    with pytest.raises(ValueError, match="argument 'lut': expected finite entries"):
+        qt.dequantize()
+    with pytest.raises(ValueError, match="argument 'lut_dtype': expected a dtype whose range holds the table"):
+        quant.palettize(np.full((4, 64), 1e6, np.float32), nbits=2)
+    assert np.isfinite(quant.palettize(np.full((4, 64), 1e6, np.float32), nbits=2, lut_dtype="fp32").lut).all()
+    for bad in (np.inf, np.nan):
+        scale = np.array([[bad], [1.0]], np.float16)
+        with pytest.raises(ValueError, match="argument 'scales': expected finite values"):
+            quant.QuantizedTensor.from_coreml({"data": np.full((2, 33), 9, np.uint8), "scale": scale,
+                                               "offset": np.full((2, 1), 3, np.uint8)}, bits=4)
+        with pytest.raises(ValueError, match="argument 'scales': expected finite values"):
+            quant.QuantizedTensor("affine", 4, (2, 33), 33, np.zeros((2, 32), np.uint8),
+                                  scales=torch.tensor([[bad], [1.0]], dtype=torch.bfloat16))
+
+
 # --- calibration -------------------------------------------------------------
 
 def uneven_inputs(seed, rows):

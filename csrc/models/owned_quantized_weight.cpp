@@ -28,9 +28,9 @@ void copy_array(const TensorView& source, std::vector<uint8_t>& storage, TensorV
 OwnedQuantizedWeight::OwnedQuantizedWeight(const QuantizedViews& q, const std::string& name, int64_t rows,
                                            int64_t cols) {
   try {
-    // make_packed_weights widens the LUT only after checking its shape, so numel() floats suffice.
-    std::vector<float> lut_f32(q.lut.data != nullptr ? static_cast<size_t>(q.lut.numel()) : 0);
-    make_packed_weights(q, lut_f32.data());  // every dtype, shape, bits and group-size check
+    // make_packed_weights widens the LUT only after checking its shape, so lut_entries floats suffice.
+    std::vector<float> lut_f32(static_cast<size_t>(lut_entries(q)));
+    make_packed_weights(q, lut_f32.data());  // every dtype, shape, bits and group-size check, finite LUT entries
   } catch (const Error& e) {
     throw Error(e.kind(), name + ": " + e.what());
   }

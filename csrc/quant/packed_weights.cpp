@@ -1,5 +1,6 @@
 // Validation of quantized-weight arguments and the (un)packing of plain codes.
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "quant/quant.h"
@@ -75,7 +76,15 @@ PackedWeights make_packed_weights(const QuantizedViews& q, float* lut_f32) {
     require_dtype(q.lut, "lut", {DType::f16, DType::bf16, DType::f32});
     const int64_t entries = int64_t(1) << q.bits;
     require_matrix(q.lut, "lut", w.rows / q.group_size, entries);
-    for (int64_t i = 0; i < q.lut.numel(); ++i) lut_f32[i] = load_scale(q.lut.data, q.lut.dtype, i);
+    if (lut_f32 != nullptr) {
+      for (int64_t i = 0; i < q.lut.numel(); ++i) {
+        lut_f32[i] = load_scale(q.lut.data, q.lut.dtype, i);
+        if (!std::isfinite(lut_f32[i]))
+          fail_argument(ErrorKind::InvalidArgument, "lut", "finite entries",
+                        std::to_string(lut_f32[i]) + " in table " + std::to_string(i / entries) + " at entry " +
+                            std::to_string(i % entries));
+      }
+    }
     w.lut = lut_f32;
   }
   return w;

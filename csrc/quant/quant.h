@@ -42,7 +42,9 @@ void check_affine_bits(int bits);
 void check_lut_bits(int bits);
 
 // Checks bits, group size and every array's dtype and shape; returns the views
-// the kernels read. LUT entries are widened to fp32 into `lut_f32`.
+// the kernels read. LUT entries are widened to fp32 into `lut_f32` and must be
+// finite (the kernels multiply the padding codes of a row, code 0, by zero
+// activations); a null `lut_f32` checks shapes only (a LUT still to be written).
 PackedWeights make_packed_weights(const QuantizedViews& q, float* lut_f32);
 int64_t lut_entries(const QuantizedViews& q);  // number of floats make_packed_weights writes to lut_f32
 

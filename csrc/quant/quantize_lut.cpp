@@ -231,8 +231,7 @@ void quantize_lut(const TensorView& weight, const LutOptions& options, const Ten
   out.group_size = options.group_size;
   out.packed = packed;
   out.lut = lut;
-  std::vector<float> unused(static_cast<size_t>(lut_entries(out)));
-  const PackedWeights w = make_packed_weights(out, unused.data());  // checks shapes
+  const PackedWeights w = make_packed_weights(out, nullptr);  // checks shapes
   require_writable(packed, "packed");
   require_writable(lut, "lut");
   const float* channel_weight = checked_importance(importance, cols);
@@ -275,6 +274,10 @@ void quantize_lut(const TensorView& weight, const LutOptions& options, const Ten
       for (int e = 0; e < entries; ++e) {
         const double c = centroids[std::min<size_t>(e, centroids.size() - 1)];
         table[e] = round_to_dtype(static_cast<float>(c), lut.dtype);
+        if (std::isinf(table[e]))
+          fail_argument(ErrorKind::InvalidArgument, "lut_dtype", "a dtype whose range holds the table",
+                        std::string(dtype_name(lut.dtype)) + " overflowing for the centroid " + std::to_string(c) +
+                            " (use fp32 tables)");
         store_entry(lut, t * entries + e, static_cast<float>(c));
       }
       for_rows(t, [&](int64_t r, float* values) {

@@ -92,6 +92,15 @@ class QuantizedTensor:
     zero_points: object = None  # affine asymmetric: uint8 [N, K // group_size]
     lut: object = None        # lut: [N // group_size, 2 ** bits]
 
+    def __post_init__(self):
+        # Padding codes meet zero activations: a non-finite scale would turn them into NaN.
+        # The kernels check the (small) LUT on every call; scales only here, once.
+        if self.scales is not None:
+            finite = (self.scales.isfinite().all() if is_torch_tensor(self.scales)
+                      else np.isfinite(self.scales).all())
+            if not finite:
+                raise ValueError("argument 'scales': expected finite values, got NaN or infinity")
+
     @property
     def symmetric(self) -> bool:
         return self.kind == "affine" and self.zero_points is None
