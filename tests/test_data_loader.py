@@ -4,7 +4,10 @@ across ranks and DataLoader workers, exact resume (hypothesis), clean shutdown."
 import gc
 import os
 import signal
+import subprocess
+import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -233,6 +236,10 @@ def test_explicit_rank_overrides_and_bad_arguments(dataset):
         pm.data.TokenLoader(dataset, 0, 2)
     with pytest.raises(ValueError, match=r"argument 'packing': expected 'concat' or 'best_fit'"):
         core.EpochPlan(dataset.store, "nope", 8, 0, 0, True)
+    with pytest.raises(ValueError, match=r"argument 'seed': expected an integer in \[0, 18446744073709551616\)"):
+        pm.data.TokenLoader(dataset, 8, 2, seed=2**64)
+    with pytest.raises(ValueError, match=r"argument 'batch_size': expected batch_size \* seq_len < 2\^31 .*2048 \* 1048576"):
+        iter(pm.data.TokenLoader(dataset, 1 << 20, 1 << 11))  # cu_seqlens is int32
 
 
 def test_torch_tensors_by_default(dataset):
@@ -333,6 +340,61 @@ def test_resume_is_exact_through_dataloader_workers(dataset, packing, seed, work
         next_epoch.set_epoch(1)
         expected = uninterrupted + [b["input_ids"].numpy() for b in next_epoch]
     assert_same_batches(before + dataloader_batches(resumed, resume_workers), expected)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_persistent_workers_follow_set_epoch(dataset, workers):
+    # Persistent workers keep one copy of the loader for every epoch: they must still see set_epoch.
+    loader = pm.data.TokenLoader(dataset, 40, 3, seed=4, prefetch=2, num_threads=1)
+    reference = pm.data.TokenLoader(dataset, 40, 3, seed=4, return_tensors="np")
+    dl = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=workers, persistent_workers=True)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        assert_same_batches([b["input_ids"].numpy() for b in dl], [b["input_ids"] for b in reference])
+
+
+def test_batches_consumed_counts_from_where_the_workers_began(dataset):
+    loader = pm.data.TokenLoader(dataset, 40, 3, seed=4, prefetch=2, num_threads=1)
+    uninterrupted = [b["input_ids"].numpy() for b in pm.data.TokenLoader(dataset, 40, 3, seed=4)]
+    next(iter(loader))  # a look at one batch in the main process moves the loader one batch on
+    taken = dataloader_batches(loader, 2, limit=2)
+    assert_same_batches(taken, uninterrupted[1:3])
+    state = loader.state_dict(batches_consumed=2)
+    assert (state["epoch"], state["position"]) == (0, 3 * loader.global_batch_size)
+    resumed = pm.data.TokenLoader(dataset, 40, 3, seed=4)
+    resumed.load_state_dict(state)
+    assert_same_batches([b["input_ids"].numpy() for b in resumed], uninterrupted[3:])
+
+
+def test_state_of_another_dataset_with_the_same_totals_is_refused(tmp_path):
+    # Same document and token counts, other document lengths: another sample order.
+    a = pm.data.write_tokens(tmp_path / "a", [[1] * 10] * 20, vocab_size=10, eos_id=0)
+    b = pm.data.write_tokens(tmp_path / "b", [[1], [1] * 19] * 10, vocab_size=10, eos_id=0)
+    state = pm.data.TokenLoader(a, 8, 2).state_dict()
+    with pytest.raises(ValueError, match="expected dataset='[0-9a-f]{32}'.*another sample order"):
+        pm.data.TokenLoader(b, 8, 2).load_state_dict(state)
+    pm.data.TokenLoader(pm.data.TokenDataset(tmp_path / "a"), 8, 2).load_state_dict(state)
+
+
+def test_failing_to_start_prefetch_threads_is_an_exception(dataset, tmp_path):
+    # Out of address space for thread stacks: the loader must raise, not abort the process.
+    script = textwrap.dedent(f"""
+        import resource
+        import pocketml as pm
+        loader = pm.data.TokenLoader(pm.data.TokenDataset({str(dataset.path)!r}), 8, 1, prefetch=64,
+                                     num_threads=64, return_tensors="np")
+        status = open("/proc/self/status").read()
+        size = int(status.split("VmSize:")[1].split()[0]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size + (40 << 20), resource.RLIM_INFINITY))
+        try:
+            iter(loader)
+        except RuntimeError as exc:
+            print("raised:", exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "raised: cannot start 64 prefetch threads" in result.stdout
 
 
 def native_threads():

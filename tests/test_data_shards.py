@@ -4,6 +4,7 @@ building from real text (the standard library's own .py files)."""
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -253,6 +254,68 @@ def test_verify_reports_missing_and_malformed_manifests(tmp_path, dataset_path):
     assert "not valid JSON" in pm.data.verify(dataset_path)[0]
     (dataset_path / MANIFEST_NAME).write_text(json.dumps({"format": "pocketml-token-shards", "version": 9}))
     assert "expected format version 1, got 9" in pm.data.verify(dataset_path)[0]
+
+
+def _edit_manifest(root: Path, edit) -> None:
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    edit(manifest)
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(eos_id=500), r"field 'eos_id': expected an integer in \[0, 500\), got 500"),
+    (lambda m: m.update(eos_id=-1), r"field 'eos_id'"),
+    (lambda m: m.update(vocab_size=70000), r"field 'vocab_size': expected an integer in \[1, 65536\] for uint16"),
+    (lambda m: m.update(vocab_size="500"), r"field 'vocab_size'"),
+    (lambda m: m["shards"][0].update(num_documents="3"), r"field 'shards\[0\].num_documents': expected a non-neg"),
+    (lambda m: m["shards"][1].update(tokens=None), r"field 'shards\[1\].tokens': expected a file name"),
+    (lambda m: m["shards"][0].update(index="../elsewhere.index"), r"field 'shards\[0\].index'"),
+    (lambda m: m["shards"][0].update(tokens_sha256=7), r"field 'shards\[0\].tokens_sha256'"),
+])
+def test_manifest_fields_are_checked_on_open_and_by_verify(dataset_path, edit, message):
+    _edit_manifest(dataset_path, edit)
+    with pytest.raises(ValueError, match=message):
+        pm.data.TokenDataset(dataset_path)
+    problems = pm.data.verify(dataset_path)
+    assert len(problems) == 1 and re.search(message, problems[0])
+
+
+def test_counts_no_file_can_hold_are_refused_not_read(dataset_path):
+    # 2^61 - 1 documents: the expected index size (count + 1) * 8 wrapped to 0 and matched an empty file.
+    def edit(m):
+        m["shards"][0].update(num_documents=2**61 - 1)
+        m["num_documents"] = sum(s["num_documents"] for s in m["shards"])
+    _edit_manifest(dataset_path, edit)
+    (dataset_path / "shard-00000.index").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="2305843009213693951 documents and .* tokens in the manifest, more than"):
+        pm.data.TokenDataset(dataset_path)
+    assert any("more than a file holds" in p for p in pm.data.verify(dataset_path))
+
+
+def test_overwriting_a_file_and_failing_under_new_directories_leave_nothing_behind(tmp_path):
+    (tmp_path / "ds").write_text("not a dataset")
+    pm.data.write_tokens(tmp_path / "ds", [[1, 2]], vocab_size=10, eos_id=0, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    with pytest.raises(ValueError, match="expected tokens in"):
+        pm.data.write_tokens(tmp_path / "x" / "y" / "ds", [[1, 99]], vocab_size=10, eos_id=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_a_failed_publish_puts_the_old_dataset_back(tmp_path, monkeypatch):
+    pm.data.write_tokens(tmp_path / "ds", [[1]], vocab_size=10, eos_id=0)
+    rename = os.rename
+
+    def rename_fails_for_the_new_dataset(src, dst):
+        if ".tmp-" in str(src):
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename_fails_for_the_new_dataset)
+    with pytest.raises(KeyboardInterrupt):
+        pm.data.write_tokens(tmp_path / "ds", [[2]], vocab_size=10, eos_id=0, overwrite=True)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    assert pm.data.TokenDataset(tmp_path / "ds")[0].tolist() == [1]
 
 
 def _stdlib_files(count):

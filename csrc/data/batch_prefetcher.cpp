@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
+#include <string>
+#include <system_error>
 
 #include "runtime/error.h"
 
@@ -16,6 +19,10 @@ BatchPrefetcher::BatchPrefetcher(std::shared_ptr<const TokenStore> store, std::s
       // The batches in the window, one held by the caller and one being freed: no more is reused.
       pool_(std::make_shared<BufferPool>(3 * (static_cast<size_t>(std::max(capacity, 0)) + 2))) {
   validate_schedule(schedule_);
+  // cu_seqlens is int32 (what varlen attention kernels take): it ends at batch_size * seq_len.
+  if (schedule_.batch_size > std::numeric_limits<int32_t>::max() / plan_->seq_len())
+    fail_argument(ErrorKind::InvalidArgument, "batch_size", "batch_size * seq_len < 2^31 tokens (int32 cu_seqlens)",
+                  std::to_string(schedule_.batch_size) + " * " + std::to_string(plan_->seq_len()));
   if (capacity < 0)
     fail_argument(ErrorKind::InvalidArgument, "prefetch", "a non-negative batch count", std::to_string(capacity));
   if (capacity > 0 && num_threads < 1)
@@ -26,7 +33,14 @@ BatchPrefetcher::BatchPrefetcher(std::shared_ptr<const TokenStore> store, std::s
   // More producers than window slots would only wait for room.
   const int producers = std::min(num_threads, capacity);
   threads_.reserve(static_cast<size_t>(producers));
-  for (int t = 0; t < producers; ++t) threads_.emplace_back([this] { produce(); });
+  try {
+    for (int t = 0; t < producers; ++t) threads_.emplace_back([this] { produce(); });
+  } catch (const std::system_error& e) {  // out of threads or memory: stop the ones started, then report
+    close();
+    fail(ErrorKind::Runtime, "cannot start " + std::to_string(producers) + " prefetch threads (" +
+                                 std::to_string(threads_.size()) + " started): " + e.what() +
+                                 "; lower num_threads or prefetch");
+  }
 }
 
 BatchPrefetcher::~BatchPrefetcher() { close(); }

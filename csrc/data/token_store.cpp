@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 #include "runtime/error.h"
 
@@ -29,7 +30,11 @@ MappedFile::MappedFile(const std::string& path) {
       const int err = errno;
       data_ = nullptr;
       ::close(fd);
-      fail(ErrorKind::Runtime, "cannot map '" + path + "': " + std::strerror(err));
+      fail(ErrorKind::Runtime, "cannot map '" + path + "': " + std::strerror(err) +
+                                   (err == ENOMEM ? " (a dataset maps two files per shard: past ~32k shards the "
+                                                    "process runs out of mappings, vm.max_map_count; write fewer, "
+                                                    "larger shards)"
+                                                  : ""));
     }
   }
   ::close(fd);  // the mapping keeps the file alive
@@ -60,6 +65,11 @@ TokenStore::TokenStore(const std::vector<ShardFiles>& shards, int token_bytes, i
   for (const ShardFiles& s : shards) {
     if (s.num_documents < 0 || s.num_tokens < 0)
       fail(ErrorKind::Runtime, shard_name(s) + ": negative document or token count in the manifest");
+    // Counts no file could hold would wrap the expected sizes below (to 0 for an empty file).
+    constexpr int64_t kMaxBytes = std::numeric_limits<int64_t>::max() / 8;
+    if (s.num_documents >= kMaxBytes / 8 || s.num_tokens >= kMaxBytes / token_bytes)
+      fail(ErrorKind::Runtime, shard_name(s) + ": " + std::to_string(s.num_documents) + " documents and " +
+                                   std::to_string(s.num_tokens) + " tokens in the manifest, more than a file holds");
     auto tokens = std::make_unique<MappedFile>(s.tokens_path);
     auto index = std::make_unique<MappedFile>(s.index_path);
     require_size(s.tokens_path, tokens->size(), static_cast<size_t>(s.num_tokens) * token_bytes);

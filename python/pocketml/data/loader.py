@@ -25,7 +25,20 @@ except ImportError:  # pragma: no cover - torch is optional
     _IterableBase = object
 
 PACKINGS = ("concat", "best_fit")
-STATE_VERSION = 1
+STATE_VERSION = 2
+_NO_ITERATION = -1
+
+
+def _shared_counters(count: int):
+    """int64 counters in memory that torch DataLoader workers share with this
+    process, forked or spawned (a shared torch tensor), as (tensor, NumPy view);
+    plain NumPy memory without torch, where there are no workers."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional
+        return None, np.zeros(count, np.int64)
+    tensor = torch.zeros(count, dtype=torch.int64).share_memory_()
+    return tensor, tensor.numpy()
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
@@ -38,9 +51,11 @@ def _distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"argument '{name}': expected an integer >= {low}, got {value!r}")
+def _check_int(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or \
+            (high is not None and value >= high):
+        expected = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ValueError(f"argument '{name}': expected an integer {expected}, got {value!r}")
     return int(value)
 
 
@@ -62,7 +77,9 @@ class TokenLoader(_IterableBase):
     round-robin returns them in the same order as iterating the loader itself.
     The workers iterate copies, so this object does not see the batches go by:
     call `set_epoch(e)` before each epoch, and take a resumable state with
-    `state_dict(batches_consumed=n)`.
+    `state_dict(batches_consumed=n)`. The epoch, the position and where the
+    latest iteration began live in memory shared with the workers, so this
+    holds for `persistent_workers=True` too.
     """
 
     def __init__(self, dataset, seq_len: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
@@ -72,7 +89,7 @@ class TokenLoader(_IterableBase):
         self.dataset = dataset if isinstance(dataset, TokenDataset) else TokenDataset(dataset)
         self.seq_len = _check_int("seq_len", seq_len, 1)
         self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = _check_int("seed", seed, 0, 2**64)
         self.window = _check_int("window", window, 0)
         self.prefetch = _check_int("prefetch", prefetch, 0)
         if packing not in PACKINGS:
@@ -96,10 +113,36 @@ class TokenLoader(_IterableBase):
         if num_threads is None:
             num_threads = max(1, min(self.prefetch, get_num_threads()))
         self.num_threads = _check_int("num_threads", num_threads, 1)
-        self.epoch = 0
-        self.position = 0  # samples of this epoch's order consumed by all ranks together
-        self._iteration_start = None  # (epoch, position) where the latest iteration began
+        # epoch, position (samples of the epoch's order consumed by all ranks together),
+        # and the (epoch, position) where the latest iteration began
+        self._shared, self._cursor = _shared_counters(4)
+        self._iteration_start = None
         self._plan = None
+
+    @property
+    def epoch(self) -> int:
+        return int(self._cursor[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._cursor[0] = value
+
+    @property
+    def position(self) -> int:
+        return int(self._cursor[1])
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self._cursor[1] = value
+
+    @property
+    def _iteration_start(self) -> tuple[int, int] | None:
+        epoch, position = int(self._cursor[2]), int(self._cursor[3])
+        return None if epoch == _NO_ITERATION else (epoch, position)
+
+    @_iteration_start.setter
+    def _iteration_start(self, value: tuple[int, int] | None) -> None:
+        self._cursor[2:4] = (_NO_ITERATION, 0) if value is None else value
 
     @property
     def global_batch_size(self) -> int:
@@ -148,7 +191,8 @@ class TokenLoader(_IterableBase):
                 position += consumed * self.global_batch_size
         return {"version": STATE_VERSION, "epoch": epoch, "position": position, "seed": self.seed,
                 "seq_len": self.seq_len, "packing": self.packing, "shuffle": self.shuffle, "window": self.window,
-                "num_documents": len(self.dataset), "num_tokens": self.dataset.num_tokens}
+                "num_documents": len(self.dataset), "num_tokens": self.dataset.num_tokens,
+                "dataset": self.dataset.manifest.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         """Continues where `state` was taken, with any world size or batch size:
@@ -156,7 +200,7 @@ class TokenLoader(_IterableBase):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"argument 'state': expected version {STATE_VERSION}, got {state.get('version')!r}")
         mine = self.state_dict()
-        for key in ("seed", "seq_len", "packing", "shuffle", "window", "num_documents", "num_tokens"):
+        for key in ("seed", "seq_len", "packing", "shuffle", "window", "num_documents", "num_tokens", "dataset"):
             if state.get(key) != mine[key]:
                 raise ValueError(f"argument 'state': expected {key}={mine[key]!r} (this loader and dataset), "
                                  f"got {state.get(key)!r}: the saved position belongs to another sample order")
@@ -173,11 +217,10 @@ class TokenLoader(_IterableBase):
             info = get_worker_info()
         except ImportError:  # pragma: no cover - torch is optional
             info = None
-        if info is not None and info.num_workers > 1:
+        if info is not None:
             first_step, stride, worker = info.id, info.num_workers, True
         num_batches = max(0, math.ceil((steps - first_step) / stride))
-        if not worker:
-            self._iteration_start = (self.epoch, self.position)
+        self._iteration_start = (self.epoch, self.position)  # every worker writes the same
         prefetcher = core.BatchPrefetcher(
             self.dataset.store, plan, first_step=first_step, step_stride=stride, num_batches=num_batches,
             global_batch=self.global_batch_size, row_offset=self.rank * self.batch_size, batch_size=self.batch_size,
@@ -197,7 +240,14 @@ class TokenLoader(_IterableBase):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_plan"] = None  # native; rebuilt on demand in the other process
+        if self._shared is not None:  # rebuilt from _shared, whose pickling keeps (workers) or ends the sharing
+            del state["_cursor"]
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._shared is not None:
+            self._cursor = self._shared.numpy()
 
 
 class _BatchIterator:

@@ -60,6 +60,14 @@ class Manifest:
         }
         return json.dumps(body, indent=2, sort_keys=True) + "\n"
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the dataset's content (dtype, vocabulary, EOS and every shard's
+        checksums): two datasets with equal totals but other documents differ."""
+        identity = [self.token_dtype, self.vocab_size, self.eos_id,
+                    [[s.num_documents, s.num_tokens, s.tokens_sha256, s.index_sha256] for s in self.shards]]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Manifest":
         file = Path(path) / MANIFEST_NAME
@@ -81,23 +89,49 @@ class Manifest:
                            body["num_tokens"], shards)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"'{file}': missing or unexpected field ({exc})") from None
-        if manifest.token_dtype not in TOKEN_DTYPES:
-            raise ValueError(f"'{file}': expected token_dtype 'uint16' or 'uint32', got {manifest.token_dtype!r}")
+        try:
+            _check_vocabulary(manifest.token_dtype, manifest.vocab_size, manifest.eos_id, "field")
+            for i, shard in enumerate(shards):
+                _check_shard_entry(shard, i)
+            _check_count("num_documents", manifest.num_documents)
+            _check_count("num_tokens", manifest.num_tokens)
+        except ValueError as exc:
+            raise ValueError(f"'{file}': {exc}") from None
         if (sum(s.num_documents for s in shards) != manifest.num_documents
                 or sum(s.num_tokens for s in shards) != manifest.num_tokens):
             raise ValueError(f"'{file}': the shards' document and token counts do not add up to the totals")
         return manifest
 
 
-def _check_vocabulary(dtype: str, vocab_size: int, eos_id: int) -> np.dtype:
+def _check_vocabulary(dtype: str, vocab_size: int, eos_id: int, source: str = "argument") -> np.dtype:
+    """source: 'argument' (write_tokens) or 'field' (a manifest), for the messages."""
     if dtype not in TOKEN_DTYPES:
-        raise ValueError(f"argument 'dtype': expected 'uint16' or 'uint32', got {dtype!r}")
+        name = "dtype" if source == "argument" else "token_dtype"
+        raise ValueError(f"{source} '{name}': expected 'uint16' or 'uint32', got {dtype!r}")
     limit = np.iinfo(TOKEN_DTYPES[dtype]).max + 1
-    if not isinstance(vocab_size, (int, np.integer)) or not 0 < vocab_size <= limit:
-        raise ValueError(f"argument 'vocab_size': expected an integer in [1, {limit}] for {dtype}, got {vocab_size!r}")
-    if not isinstance(eos_id, (int, np.integer)) or not 0 <= eos_id < vocab_size:
-        raise ValueError(f"argument 'eos_id': expected an integer in [0, {vocab_size}), got {eos_id!r}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or not 0 < vocab_size <= limit:
+        raise ValueError(f"{source} 'vocab_size': expected an integer in [1, {limit}] for {dtype}, got {vocab_size!r}")
+    if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)) or not 0 <= eos_id < vocab_size:
+        raise ValueError(f"{source} 'eos_id': expected an integer in [0, {vocab_size}), got {eos_id!r}")
     return TOKEN_DTYPES[dtype]
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"field '{name}': expected a non-negative integer, got {value!r}")
+
+
+def _check_shard_entry(shard: ShardEntry, i: int) -> None:
+    for name in ("tokens", "index"):  # plain names: a manifest never points outside its directory
+        value = getattr(shard, name)
+        if not isinstance(value, str) or not value or value != os.path.basename(value) or value in (".", ".."):
+            raise ValueError(f"field 'shards[{i}].{name}': expected a file name in the dataset's directory, "
+                             f"got {value!r}")
+    for name in ("num_documents", "num_tokens", "tokens_bytes", "index_bytes"):
+        _check_count(f"shards[{i}].{name}", getattr(shard, name))
+    for name in ("tokens_sha256", "index_sha256"):
+        if not isinstance(getattr(shard, name), str):
+            raise ValueError(f"field 'shards[{i}].{name}': expected a hex string, got {getattr(shard, name)!r}")
 
 
 def _as_document(doc, i: int, dtype: np.dtype, vocab_size: int) -> np.ndarray:
@@ -173,12 +207,12 @@ def write_tokens(path: str | os.PathLike, documents: Iterable, *, dtype: str = "
     if target.exists() and not overwrite:
         raise FileExistsError(f"argument 'path': expected a path that does not exist yet, got existing '{target}' "
                               "(pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(target.parent)
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     shards: list[ShardEntry] = []
     current: _ShardWriter | None = None
     try:
+        staging.mkdir()
         for i, doc in enumerate(documents):
             tokens = _as_document(doc, i, token_dtype, vocab_size)
             if current is not None and current.num_tokens > 0 and \
@@ -201,25 +235,51 @@ def write_tokens(path: str | os.PathLike, documents: Iterable, *, dtype: str = "
         if current is not None:
             current.file.close()
         shutil.rmtree(staging, ignore_errors=True)
+        for directory in reversed(created):  # deepest first; rmdir leaves any a concurrent writer filled
+            try:
+                directory.rmdir()
+            except OSError:
+                break
         raise
     return TokenDataset(target)
 
 
+def _make_parents(directory: Path) -> list[Path]:
+    """mkdir -p; returns the directories it created, outermost first."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+    return missing[::-1]
+
+
 def _publish(staging: Path, target: Path) -> None:
     """Renames the finished dataset into place (one atomic rename when `target`
-    is new; an existing one is first moved aside, then removed)."""
+    is new; an existing one, directory or file, is first moved aside, then removed,
+    and moved back if the second rename does not happen)."""
     retired = None
     if target.exists():
         retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(target, retired)
-    os.rename(staging, target)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        if retired is not None:
+            os.rename(retired, target)
+        raise
     fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(fd)  # the rename itself survives a crash
     finally:
         os.close(fd)
-    if retired is not None:
+    if retired is None:
+        return
+    if retired.is_dir() and not retired.is_symlink():
         shutil.rmtree(retired, ignore_errors=True)
+    else:
+        retired.unlink()
 
 
 def _sha256_file(path: Path) -> str:
