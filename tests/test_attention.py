@@ -435,7 +435,7 @@ def test_sdpa_override_routes_and_restores():
     original = F.scaled_dot_product_attention
     q, k, v = make_qkv(1, 2, 2, 8, 8, 16)
     mask = torch.ones(8, 8, dtype=torch.bool)
-    mask[2] = False  # torch's math kernel gives NaN here, pocketml zeros
+    mask[2] = False  # a fully masked row: pocketml gives zeros
     with A.sdpa_override():
         assert torch.nn.functional.scaled_dot_product_attention is not original
         routed = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -495,7 +495,7 @@ def test_bad_input_is_rejected_clearly():
     with pytest.raises(TypeError, match="argument 'query'"):
         sdpa(q.numpy(), k, v)
     # The native entry points check too, naming the argument.
-    out, lse = torch.empty(1, 4, 8, 16), torch.empty(1, 4, 8)
+    out, lse = torch.empty(1, 4, 8, 16), torch.empty(1, 4, 8, 2)
     with pytest.raises(ValueError, match="argument 'q'.*4 dimensions"):
         pocketml._native.core.attention_forward(q[0], k, v, None, None, out, lse, 1.0, -1, -1, False, 0.0)
     with pytest.raises(ValueError, match="argument 'lse'"):
@@ -531,6 +531,102 @@ def test_bad_varlen_and_cache_input():
     with pytest.raises(ValueError, match="argument 'q'.*D > 0"):
         A.varlen_attention(empty[0].transpose(0, 1), empty[0].transpose(0, 1), empty[0].transpose(0, 1),
                            torch.tensor([0, 1]), torch.tensor([0, 1]), 1, 1)
+
+
+def test_sdpa_override_leaves_calls_the_fused_kernels_do_not_take_to_torch():
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 3, 5, 8, generator=g), torch.randn(2, 3, 7, 8, generator=g)
+    v_narrow = torch.randn(2, 3, 7, 4, generator=g)
+    calls = {
+        "value head dim != query's (MLA)": (q, k, v_narrow),
+        "5-D": (q[None], k[None], k[None]),
+        "key and value broadcast over the batch": (q, k[:1], k[:1]),
+        "2-D": (q[0, 0], k[0, 0], k[0, 0]),
+    }
+    for name, args in calls.items():
+        expected = F.scaled_dot_product_attention(*args)
+        with A.sdpa_override():
+            got = F.scaled_dot_product_attention(*args)
+        torch.testing.assert_close(got, expected, msg=name)
+
+
+@pytest.mark.parametrize("fill", [torch.finfo(torch.float32).min, -1e9])
+def test_gradients_of_rows_masked_by_a_huge_finite_value(isa, fill):
+    # Hugging Face masks with finfo.min: every score of such a row is ~fill, softmax is
+    # uniform, and max + log(sum) used to round to max (gradients Lk times too large).
+    q, k, v = make_qkv(1, 2, 2, 4, 16, 8, seed=5)
+    mask = torch.zeros(1, 1, 4, 16)
+    mask[..., 2:, :] = fill
+    grads = {}
+    for name in ("pocketml", "naive"):
+        qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+        out = (A.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask) if name == "pocketml"
+               else torch.softmax(qq @ kk.mT / math.sqrt(8) + mask, -1) @ vv)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(6)))
+        grads[name] = (qq.grad, kk.grad, vv.grad)
+    for ours, naive in zip(grads["pocketml"], grads["naive"]):
+        torch.testing.assert_close(ours, naive, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_an_fp32_mask_keeps_its_values_with_half_precision_queries(dtype):
+    q, k, v = make_qkv(1, 2, 2, 6, 9, 16, dtype=dtype, seed=7)
+    mask = torch.randn(6, 9, generator=torch.Generator().manual_seed(8)) * 3
+    mask[2] = torch.finfo(torch.float32).min  # -inf once rounded to fp16 / bf16: that row would read zeros
+    out = A.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    ref64 = A.reference_attention(q.double(), k.double(), v.double(), mask.double())
+    assert (out.double() - ref64).abs().max() <= 2 * (ref64.to(dtype).double() - ref64).abs().max() + 1e-3
+    assert out[:, :, 2].abs().sum() > 0
+
+
+def test_empty_queries_or_keys_have_zero_gradients():
+    for lq, lk in ((0, 3), (3, 0)):
+        q, k, v = (x.requires_grad_() for x in make_qkv(1, 2, 2, lq, lk, 8))
+        mask = torch.zeros(lq, lk, requires_grad=True)
+        A.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+        for x in (q, k, v, mask):
+            assert x.grad is not None and x.grad.shape == x.shape and not x.grad.any()
+        assert not A.scaled_dot_product_attention(q.double(), k.double(), v.double()).any()
+    q = torch.randn(0, 2, 8, requires_grad=True)
+    kv = torch.randn(5, 2, 8, requires_grad=True)
+    A.varlen_attention(q, kv, kv, torch.tensor([0, 0]), torch.tensor([0, 5]), 0, 5).sum().backward()
+    assert not q.grad.any() and not kv.grad.any()
+
+
+def test_cache_append_takes_values_not_the_graph():
+    cache = A.KVCache(1, 2, 4, 8, dtype="fp16")
+    projection = torch.nn.Linear(8, 8)
+    k = projection(torch.randn(1, 2, 1, 8))  # requires grad, as outside no_grad in a generation loop
+    cache.append(k, k)
+    assert not cache.k.requires_grad and cache.k.grad_fn is None
+    copy.deepcopy(cache)
+
+
+def test_decode_needs_its_queries_in_the_cache():
+    cache = A.KVCache(1, 1, 16, 8, dtype="fp32")
+    cache.append(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8))
+    with pytest.raises(ValueError, match=r"argument 'cache.length': expected 4 \(the queries, already appended\)"):
+        A.decode(torch.randn(1, 1, 4, 8), cache)
+
+
+def test_int8_cache_rounding_bound_holds_for_subnormal_rows():
+    cache = A.KVCache(1, 1, 1, 4, dtype="int8")
+    row = torch.tensor([[[[1e-38, 0.0, -5e-39, 2e-40]]]])
+    cache.append(row, row)
+    dequantized = cache.k.double() * cache.k_scale.double()[..., None]
+    assert cache.k[0, 0, 0, 1] == 0  # 127 / amax overflowed fp32: 0 * inf read back as +127
+    assert torch.all((dequantized - row.double()).abs() <= 1e-38 / 254 * (1 + 1e-3))
+
+
+def test_window_and_varlen_arguments_are_checked():
+    q, k, v = make_qkv(1, 1, 1, 4, 4, 8)
+    with pytest.raises(TypeError, match="argument 'window'"):
+        A.scaled_dot_product_attention(q, k, v, window=(1.7, 0))
+    t = torch.randn(6, 1, 8)
+    with pytest.raises(ValueError, match=r"argument 'cu_seqlens_q': expected a 1-D tensor, got shape \(1, 2\)"):
+        A.varlen_attention(t, t, t, torch.tensor([[0, 6]]), torch.tensor([0, 6]), 6, 6)
+    with pytest.raises(TypeError, match="argument 'max_seqlen_k': expected an int, got NoneType"):
+        A.varlen_attention(t, t, t, torch.tensor([0, 6]), torch.tensor([0, 6]), 6, None)
 
 
 def test_backward_split_over_keys_matches_single_range(isa):

@@ -64,7 +64,7 @@ def test_corrupt_bundles_fail_with_clear_messages(bundles, tmp_path):
     past_cache = _copy(bundles["attention"], tmp_path, "past_cache")
     _edit_manifest(past_cache, lambda m: m["checks"][3]["attrs"].update({"length": 49}))
     result = swift_validate(past_cache)
-    assert result.returncode == 2 and "argument 'cache.length': expected 0 to 48, got 49" in result.stderr, result
+    assert result.returncode == 2 and "argument 'cache.length': expected 1 (the queries, already appended) to 48, got 49" in result.stderr, result
 
     missing_attr = _copy(bundles["quant_matmul"], tmp_path, "missing_attr")
     _edit_manifest(missing_attr, lambda m: m["checks"][0]["attrs"].pop("bits"))

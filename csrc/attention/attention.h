@@ -16,7 +16,7 @@
 // where diagonal = 0 (top-left alignment, torch's is_causal) or Lk - Lq
 // (bottom-right: queries at the end of the keys, as in a KV cache), and a
 // negative window bound is unbounded (causal = window_right 0).
-// A row whose scores are all -inf gets a zero output and lse = +inf.
+// A row whose scores are all -inf gets a zero output and lse = (0, +inf).
 #include <cstdint>
 
 #include "runtime/tensor.h"
@@ -37,7 +37,8 @@ struct AttentionBias {
   const TensorView* alibi_slopes = nullptr;  // fp32 [Hq]
 };
 
-// out [B, Hq, Lq, D] (q's dtype, last dim contiguous), lse fp32 [B, Hq, Lq] contiguous.
+// out [B, Hq, Lq, D] (q's dtype, last dim contiguous), lse fp32 [B, Hq, Lq, 2] contiguous:
+// per row its score max m and log(sum exp(s - m)), kept apart (see exp_minus_lse).
 void attention_forward(const TensorView& q, const TensorView& k, const TensorView& v, const AttentionBias& bias,
                        const AttentionOptions& options, const TensorView& out, const TensorView& lse);
 
@@ -49,7 +50,7 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
 
 // Packed sequences: q [Tq, Hq, D], k and v [Tk, Hkv, D]; sequence s holds rows
 // cu_seqlens_q[s] .. cu_seqlens_q[s + 1] (int32 or int64, non-decreasing,
-// starting at 0). Sequences never attend to each other. lse is fp32 [Hq, Tq].
+// starting at 0). Sequences never attend to each other. lse is fp32 [Hq, Tq, 2].
 void varlen_attention_forward(const TensorView& q, const TensorView& k, const TensorView& v,
                               const TensorView& cu_seqlens_q, const TensorView& cu_seqlens_k,
                               const AttentionOptions& options, const TensorView& out, const TensorView& lse);

@@ -218,13 +218,13 @@ void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
   }
 }
 
-void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
+void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* row_max, const float* log_sum) {
   for (int64_t r = 0; r < n_rows; r += 8) {
     const __m256i m = tail_mask(n_rows - r);
-    const __m256 l = _mm256_maskload_ps(lse + r, m);
+    const __m256 top = _mm256_maskload_ps(row_max + r, m), l = _mm256_maskload_ps(log_sum + r, m);
     for (int64_t j = 0; j < n_keys; ++j) {
       float* s = st + j * n_rows + r;
-      _mm256_maskstore_ps(s, m, exp256(_mm256_sub_ps(_mm256_maskload_ps(s, m), l)));
+      _mm256_maskstore_ps(s, m, exp256(_mm256_sub_ps(_mm256_sub_ps(_mm256_maskload_ps(s, m), top), l)));
     }
   }
 }

@@ -215,13 +215,13 @@ void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
   }
 }
 
-void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
+void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* row_max, const float* log_sum) {
   for (int64_t r = 0; r < n_rows; r += 16) {
     const __mmask16 m = tail_mask(n_rows - r);
-    const __m512 l = _mm512_maskz_loadu_ps(m, lse + r);
+    const __m512 top = _mm512_maskz_loadu_ps(m, row_max + r), l = _mm512_maskz_loadu_ps(m, log_sum + r);
     for (int64_t j = 0; j < n_keys; ++j) {
       float* s = st + j * n_rows + r;
-      _mm512_mask_storeu_ps(s, m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s), l)));
+      _mm512_mask_storeu_ps(s, m, exp512(_mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s), top), l)));
     }
   }
 }

@@ -38,7 +38,8 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
 
   float* q_rows = s.q_rows.data();  // scale * Q, for dK
   float* d_out = s.d_out.data();
-  float* lse = s.row_max.data();
+  float* row_max = s.row_max.data();
+  float* log_sum = s.row_sum.data();
   float* delta = s.delta.data();
   load_rows(p.q, nullptr, b, head, q0 + rows.pos[0], n, dim, q_rows, dim);
   load_rows(g.dout, nullptr, b, head, q0 + rows.pos[0], n, dim, d_out, dim);
@@ -53,7 +54,9 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     float dot = 0.0f;
     for (int64_t d = 0; d < dim; ++d) dot += d_out[r * dim + d] * out_rows[r * dim + d];
     delta[r] = dot;
-    lse[r] = *reinterpret_cast<const float*>(p.lse.row(b, head, q0 + rows.pos[r]));
+    const float* lse = reinterpret_cast<const float*>(p.lse.row(b, head, q0 + rows.pos[r]));
+    row_max[r] = lse[0];
+    log_sum[r] = lse[1];
     for (int64_t d = 0; d < dim; ++d) q_rows[r * dim + d] *= scale;
     if (bf16_pairs) {
       // q_pairs[d / 2][r] = (q[r][d], q[r][d + 1]), unscaled, and the same of dO: 32-bit transposes (exact).
@@ -108,7 +111,7 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
       kernels.gemm_accumulate(n_keys, n, dim, k_tile, ldk, 1, s.q_t.data(), n, st, n);
     }
     if (tile_needs_modifiers(p, rows, j0, n_keys)) apply_score_modifiers(p, rows, j0, n_keys, st, 1, n, tanh_scores);
-    kernels.exp_minus_lse(st, n_keys, n, lse);  // st = P^T
+    kernels.exp_minus_lse(st, n_keys, n, row_max, log_sum);  // st = P^T
     // dV += P^T dO;  dP^T = V dO^T
     std::fill(dst, dst + n_keys * n, 0.0f);
     if (f16_products) {

@@ -53,8 +53,9 @@ void attention_decode(const TensorView& q, const TensorView& k, const TensorView
   if (k.shape[1] == 0 || q.shape[1] % k.shape[1] != 0)
     fail_argument(ErrorKind::InvalidArgument, "cache", "KV heads dividing q's " + std::to_string(q.shape[1]),
                   std::to_string(k.shape[1]));
-  if (length < 0 || length > k.shape[2])
-    fail_argument(ErrorKind::InvalidArgument, "cache.length", "0 to " + std::to_string(k.shape[2]),
+  if (length < q.shape[2] || length > k.shape[2])  // the queries' own positions are already in the cache
+    fail_argument(ErrorKind::InvalidArgument, "cache.length",
+                  std::to_string(q.shape[2]) + " (the queries, already appended) to " + std::to_string(k.shape[2]),
                   std::to_string(length));
   require_contiguous_last_dim(q, "q");
   require_contiguous_last_dim(k, "cache.k");
@@ -179,11 +180,11 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
           nan = nan || std::isnan(x);
         }
         const float s = nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.0f;
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const double inv = amax > 0.0f ? 127.0 / amax : 0.0;  // double: 127 / a subnormal amax overflows float
         const int64_t pos = start + t;
         int8_t* out = static_cast<int8_t*>(dst.data) + b * dst.strides[0] + h * dst.strides[1] + pos * dst.strides[2];
         for (int64_t d = 0; d < dim; ++d)
-          out[d] = static_cast<int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(row[d] * inv))));
+          out[d] = static_cast<int8_t>(std::max(-127.0, std::min(127.0, std::nearbyint(row[d] * inv))));
         static_cast<float*>(scale.data)[b * scale.strides[0] + h * scale.strides[1] + pos * scale.strides[2]] = s;
       }
     }

@@ -50,8 +50,10 @@ void run_forward(const Problem& p) {
         float* a = s.acc.data() + r * dim;
         for (int64_t d = 0; d < dim; ++d) a[d] *= inv;
         store_row(a, dim, p.out, p.out.row(blk.batch, blk.head, q0 + positions[r]));
-        *reinterpret_cast<float*>(p.lse.row(blk.batch, blk.head, q0 + positions[r])) =
-            sum > 0.0f ? s.row_max[r] + std::log(sum) : kInfinity;
+        // (max, log sum) apart: their sum rounds to max when max is ~-3e38 (a finfo.min mask).
+        float* lse = reinterpret_cast<float*>(p.lse.row(blk.batch, blk.head, q0 + positions[r]));
+        lse[0] = sum > 0.0f ? s.row_max[r] : 0.0f;
+        lse[1] = sum > 0.0f ? std::log(sum) : kInfinity;
       }
     }
   });

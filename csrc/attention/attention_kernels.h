@@ -37,8 +37,10 @@ struct AttentionKernels {
   // acc[r][:] *= rescale[r] for `rows` rows of `dim` (`dim` apart); rows whose
   // factor is 1 are left alone. The output rescale of the online softmax.
   void (*scale_rows)(float* acc, int64_t rows, int64_t dim, const float* rescale);
-  // st[key][row] <- exp(st[key][row] - lse[row]) (backward's recomputed probabilities).
-  void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* lse);
+  // st[key][row] <- exp((st[key][row] - row_max[row]) - log_sum[row]) (backward's
+  // recomputed probabilities; subtracting the max first keeps rows whose scores are
+  // all about -3e38, such as finfo.min masks, from losing log_sum to rounding).
+  void (*exp_minus_lse)(float* st, int64_t n_keys, int64_t n_rows, const float* row_max, const float* log_sum);
   // Widens `rows` rows of `dim` elements, src rows `src_stride` elements apart,
   // into fp32 rows `ld` apart: the K / V tiles of fp16, bf16 and int8 inputs.
   // int8 rows are multiplied by their scale, scales[r * scale_stride].

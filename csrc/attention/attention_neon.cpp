@@ -222,13 +222,13 @@ void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
   }
 }
 
-void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
+void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* row_max, const float* log_sum) {
   for (int64_t r = 0; r < n_rows; r += 4) {
     const int64_t lanes = n_rows - r;
-    const float32x4_t l = load_partial(lse + r, lanes, 0.0f);
+    const float32x4_t top = load_partial(row_max + r, lanes, 0.0f), l = load_partial(log_sum + r, lanes, 0.0f);
     for (int64_t j = 0; j < n_keys; ++j) {
       float* s = st + j * n_rows + r;
-      store_partial(s, exp_f32(vsubq_f32(load_partial(s, lanes, 0.0f), l)), lanes);
+      store_partial(s, exp_f32(vsubq_f32(vsubq_f32(load_partial(s, lanes, 0.0f), top), l)), lanes);
     }
   }
 }

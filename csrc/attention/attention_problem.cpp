@@ -526,14 +526,16 @@ Operand bind_like(const TensorView& t, const TensorView& like, const char* arg, 
 Operand bind_lse(const Problem& p, const TensorView& lse, bool packed) {
   require_dtype(lse, "lse", {DType::f32});
   require_contiguous(lse, "lse");
-  const int64_t total_q = packed ? lse.shape[lse.ndim - 1] : p.len_q;
-  const bool ok = packed ? (lse.ndim == 2 && lse.shape[0] == p.q_heads && lse.shape[1] >= p.cu_q.back())
-                         : (lse.ndim == 3 && lse.shape[0] == p.batch && lse.shape[1] == p.q_heads &&
-                            lse.shape[2] == p.len_q);
+  const int64_t total_q = packed && lse.ndim >= 2 ? lse.shape[1] : p.len_q;
+  const bool ok = packed ? (lse.ndim == 3 && lse.shape[0] == p.q_heads && lse.shape[1] >= p.cu_q.back() &&
+                            lse.shape[2] == 2)
+                         : (lse.ndim == 4 && lse.shape[0] == p.batch && lse.shape[1] == p.q_heads &&
+                            lse.shape[2] == p.len_q && lse.shape[3] == 2);
   if (!ok)
     fail_argument(ErrorKind::InvalidArgument, "lse",
-                  packed ? "shape (q_heads, total_q)" : "shape (batch, q_heads, len_q)", "shape " + dims_string(lse));
-  Operand o{static_cast<char*>(lse.data), DType::f32, packed ? 0 : p.q_heads * p.len_q, total_q, 1};
+                  packed ? "shape (q_heads, total_q, 2)" : "shape (batch, q_heads, len_q, 2)",
+                  "shape " + dims_string(lse));
+  Operand o{static_cast<char*>(lse.data), DType::f32, packed ? 0 : 2 * p.q_heads * p.len_q, 2 * total_q, 2};
   return o;
 }
 

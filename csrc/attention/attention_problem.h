@@ -39,7 +39,7 @@ Operand dense_operand(const TensorView& t);
 
 struct Problem {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0;
-  Operand q, k, v, out, lse;  // lse: fp32, seq_stride 1
+  Operand q, k, v, out, lse;  // lse: fp32 pairs (row max, log of the row's sum), seq_stride 2
   Operand k_scale, v_scale;   // int8 caches only: fp32 per (batch, head, position)
   // Packed sequences: sequence b covers [cu_q[b], cu_q[b+1]); empty: every
   // sequence starts at 0 with lengths len_q, len_k.

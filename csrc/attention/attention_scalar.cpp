@@ -63,9 +63,9 @@ void scale_rows(float* acc, int64_t rows, int64_t dim, const float* rescale) {
   }
 }
 
-void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* lse) {
+void exp_minus_lse(float* st, int64_t n_keys, int64_t n_rows, const float* row_max, const float* log_sum) {
   for (int64_t j = 0; j < n_keys; ++j)
-    for (int64_t r = 0; r < n_rows; ++r) st[j * n_rows + r] = std::exp(st[j * n_rows + r] - lse[r]);
+    for (int64_t r = 0; r < n_rows; ++r) st[j * n_rows + r] = std::exp((st[j * n_rows + r] - row_max[r]) - log_sum[r]);
 }
 
 void widen_f16_rows(const uint16_t* src, int64_t src_stride, int64_t rows, int64_t dim, float* dst, int64_t ld) {

@@ -56,7 +56,7 @@ void register_attention(py::module_& m) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("alibi_slopes"), py::arg("out"),
         py::arg("lse"), py::arg("scale"), py::arg("window_left"), py::arg("window_right"), py::arg("bottom_right"),
-        py::arg("softcap"), "Fused attention forward into out [B, Hq, Lq, D] and lse [B, Hq, Lq].");
+        py::arg("softcap"), "Fused attention forward into out [B, Hq, Lq, D] and lse [B, Hq, Lq, 2] (row max, log sum).");
   m.def("attention_backward",
         [](py::handle q, py::handle k, py::handle v, py::handle mask, py::handle alibi, py::handle out, py::handle lse,
            py::handle dout, py::handle dq, py::handle dk, py::handle dv, float scale, int64_t window_left,
@@ -85,7 +85,7 @@ void register_attention(py::module_& m) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens_q"), py::arg("cu_seqlens_k"), py::arg("out"),
         py::arg("lse"), py::arg("scale"), py::arg("window_left"), py::arg("window_right"), py::arg("bottom_right"),
-        py::arg("softcap"), "Attention over packed sequences [T, H, D] into out and lse [Hq, Tq].");
+        py::arg("softcap"), "Attention over packed sequences [T, H, D] into out and lse [Hq, Tq, 2].");
   m.def("varlen_attention_backward",
         [](py::handle q, py::handle k, py::handle v, py::handle cu_q, py::handle cu_k, py::handle out, py::handle lse,
            py::handle dout, py::handle dq, py::handle dk, py::handle dv, float scale, int64_t window_left,

@@ -53,9 +53,9 @@ extern "C" pocketml_status pocketml_attention_forward(const void* q, const void*
     const TensorView kv = view(k, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "k");
     const TensorView vv = view(v, t, s.batch, s.kv_heads, s.kv_len, s.head_dim, false, "v");
     const TensorView out_view = view(out, t, s.batch, s.query_heads, s.query_len, s.head_dim, true, "out");
-    std::vector<float> lse(static_cast<size_t>(s.batch * s.query_heads * s.query_len));
+    std::vector<float> lse(static_cast<size_t>(2 * s.batch * s.query_heads * s.query_len));
     attention_forward(qv, kv, vv, AttentionBias{}, options, out_view,
-                      contiguous_view(lse.data(), DType::f32, {s.batch, s.query_heads, s.query_len}));
+                      contiguous_view(lse.data(), DType::f32, {s.batch, s.query_heads, s.query_len, 2}));
   });
 }
 

@@ -199,9 +199,9 @@ void TransformerDecoder::attention(Layer& layer, int64_t count) {
   } else {
     options.window_right = 0;  // causal, aligned to the end of the cache
     options.bottom_right = true;
-    std::vector<float> lse(static_cast<size_t>(hq * count));
+    std::vector<float> lse(static_cast<size_t>(2 * hq * count));
     attention_forward(q, k, v, AttentionBias{}, options, out,
-                      contiguous_view(lse.data(), DType::f32, {1, hq, count}));
+                      contiguous_view(lse.data(), DType::f32, {1, hq, count, 2}));
   }
   project(attn_out_.data(), count, layer.o_proj, proj_.data());
   for (size_t i = 0; i < proj_.size(); ++i) hidden_[i] += proj_[i];

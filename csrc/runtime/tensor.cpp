@@ -68,7 +68,8 @@ void require_contiguous(const TensorView& t, std::string_view arg) {
 }
 
 void require_contiguous_last_dim(const TensorView& t, std::string_view arg) {
-  if (t.ndim > 0 && t.strides[t.ndim - 1] != 1 && t.shape[t.ndim - 1] != 1)
+  // An empty tensor has nothing to read (torch gives expanded empty gradients all-zero strides).
+  if (t.ndim > 0 && t.strides[t.ndim - 1] != 1 && t.shape[t.ndim - 1] != 1 && t.numel() != 0)
     fail_argument(ErrorKind::InvalidArgument, arg, "a contiguous last dimension (stride 1)",
                   "strides " + t.strides_string());
 }

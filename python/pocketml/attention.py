@@ -14,8 +14,7 @@ Scores follow FlashAttention's conventions (see csrc/attention/attention.h)::
 ``window=(left, right)`` is FlashAttention's ``window_size``; -1 is unbounded,
 and ``is_causal`` means ``right = 0``.
 
-A query row whose keys are all masked gets a zero output (torch's math SDPA
-gives NaN there) and a zero gradient.
+A query row whose keys are all masked gets a zero output and a zero gradient.
 
 Inputs are fp32, fp16 or bf16 (accumulated in fp32); any strides work, a
 last dimension that is not contiguous is copied. float64 inputs (used by
@@ -28,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 
 import torch
 
@@ -54,7 +54,7 @@ def _window_bounds(window, is_causal):
         left, right = -1, -1
     else:
         try:
-            left, right = (int(w) for w in window)
+            left, right = (operator.index(w) for w in window)  # 1.7 is refused, not truncated
         except (TypeError, ValueError):
             raise TypeError(f"argument 'window': expected a pair (left, right) of ints, got {window!r}") from None
         if left < -1 or right < -1:
@@ -95,7 +95,8 @@ def _prepare_mask(attn_mask, q, target_shape):
         return mask.view(torch.uint8)
     if not mask.is_floating_point():
         raise TypeError(f"argument 'attn_mask': expected a bool or floating-point mask, got {mask.dtype}")
-    return mask if mask.dtype == q.dtype else mask.to(q.dtype)
+    # The kernels add masks in fp32 whatever their dtype: an fp32 mask keeps its values with bf16 q.
+    return mask if mask.dtype in _NATIVE_DTYPES or q.dtype == torch.float64 else mask.to(torch.float32)
 
 
 def _check_dtypes(q, k, v):
@@ -112,6 +113,8 @@ def reference_attention(q, k, v, attn_mask=None, scale=None, *, window=(-1, -1),
     """Naive attention with pocketml's semantics in q's dtype: [B, Hq, Lq, D] -> [B, Hq, Lq, D].
 
     ``attn_mask`` must already broadcast to [B, Hq, Lq, Lk]; fully masked rows give zeros."""
+    if k.shape[-2] == 0:  # no keys: every row is fully masked
+        return q.new_zeros(q.shape[:-1] + (v.shape[-1],))
     group = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
@@ -148,7 +151,7 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, alibi, scale, left, right, bottom_right, softcap):
         out = torch.empty(q.shape, dtype=q.dtype)
-        lse = torch.empty(q.shape[:-1], dtype=torch.float32)
+        lse = torch.empty(q.shape[:-1] + (2,), dtype=torch.float32)  # per row: score max, log of the sum
         core.attention_forward(q, k, v, mask, alibi, out, lse, scale, left, right, bottom_right, softcap)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.extras = (mask, alibi, scale, left, right, bottom_right, softcap)
@@ -175,6 +178,8 @@ def _additive_mask_grad(q, k, v, mask, alibi, scale, window, bottom_right, softc
     """d out / d mask for a float mask that requires grad (learned position biases):
     the gradient of the scores, which the fused backward never materialises, from
     the naive reference in fp32 (O(B * H * Lq * Lk) memory, as torch's math path)."""
+    if mask.numel() == 0:
+        return torch.zeros_like(mask)
     with torch.enable_grad():
         m = mask.detach().float().requires_grad_()
         out = reference_attention(q.detach().float(), k.detach().float(), v.detach().float(), m, scale,
@@ -245,7 +250,7 @@ class _VarlenAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_q, cu_k, scale, left, right, softcap):
         out = torch.zeros(q.shape, dtype=q.dtype)
-        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32)
+        lse = torch.empty(q.shape[1], q.shape[0], 2, dtype=torch.float32)
         core.varlen_attention_forward(q, k, v, cu_q, cu_k, out, lse, scale, left, right, True, softcap)
         ctx.save_for_backward(q, k, v, cu_q, cu_k, out, lse)
         ctx.extras = (scale, left, right, softcap)
@@ -285,6 +290,10 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     for cu, longest, arg in ((cu_seqlens_q, max_seqlen_q, "max_seqlen_q"),
                              (cu_seqlens_k, max_seqlen_k, "max_seqlen_k")):
+        if cu.dim() != 1:
+            raise ValueError(f"argument 'cu_seqlens_{arg[-1]}': expected a 1-D tensor, got shape {tuple(cu.shape)}")
+        if isinstance(longest, bool) or not isinstance(longest, int):
+            raise TypeError(f"argument '{arg}': expected an int, got {type(longest).__name__}")
         if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
             raise ValueError(f"argument '{arg}': expected at least the longest sequence "
                              f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
@@ -347,8 +356,9 @@ class KVCache:
             core.kv_quantize_int8(_last_dim_contiguous(k), self.k, self.k_scale, self.length)
             core.kv_quantize_int8(_last_dim_contiguous(v), self.v, self.v_scale, self.length)
         else:
-            self.k[:, :, self.length:self.length + t].copy_(k)
-            self.v[:, :, self.length:self.length + t].copy_(v)
+            # detached: a cache holds values, it does not join the graph of what produced them
+            self.k[:, :, self.length:self.length + t].copy_(k.detach())
+            self.v[:, :, self.length:self.length + t].copy_(v.detach())
         self.length += t
 
     def reset(self):
@@ -390,17 +400,36 @@ def decode(q, cache, scale=None, window=None, softcap=None):
 
 # --- routing torch's SDPA ------------------------------------------------------
 
+def _fused_kernels_take(query, key, value, attn_mask, dropout_p, enable_gqa) -> bool:
+    """Whether a torch SDPA call is one the fused kernels compute as torch does: CPU,
+    one native dtype, no dropout, 3-D or 4-D with equal batch, key and value of one
+    shape and q's head dimension, heads equal or (enable_gqa) dividing q's."""
+    tensors = (query, key, value) + ((attn_mask,) if attn_mask is not None else ())
+    if dropout_p != 0.0 or any(t.device.type != "cpu" for t in tensors):
+        return False
+    if not query.dtype == key.dtype == value.dtype or query.dtype not in _NATIVE_DTYPES:
+        return False
+    if query.dim() not in (3, 4) or key.dim() != query.dim() or key.shape != value.shape:
+        return False
+    if query.shape[0] != key.shape[0] or query.shape[-1] != key.shape[-1]:
+        return False
+    if query.dim() == 4 and query.shape[1] != key.shape[1]:
+        return enable_gqa and key.shape[1] > 0 and query.shape[1] % key.shape[1] == 0
+    return True
+
+
 @contextlib.contextmanager
 def sdpa_override():
     """Routes torch.nn.functional.scaled_dot_product_attention to pocketml for
-    CPU tensors in fp32/fp16/bf16 without dropout; anything else (CUDA, float64,
-    dropout) keeps torch's own. The original function is restored on exit."""
+    the calls its fused kernels take (CPU, fp32/fp16/bf16, no dropout, 3-D or
+    4-D [B, H, L, D] without batch broadcasting, value's head dimension equal to
+    query's); anything else (CUDA, float64, dropout, 5-D, an MLA-style value)
+    keeps torch's own. The original function is restored on exit."""
     functional = torch.nn.functional
     original = functional.scaled_dot_product_attention
 
     def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        tensors = (query, key, value) + ((attn_mask,) if attn_mask is not None else ())
-        if dropout_p == 0.0 and all(t.device.type == "cpu" for t in tensors) and query.dtype in _NATIVE_DTYPES:
+        if _fused_kernels_take(query, key, value, attn_mask, dropout_p, enable_gqa):
             return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                         scale=scale, enable_gqa=enable_gqa)

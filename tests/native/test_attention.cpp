@@ -166,10 +166,13 @@ TEST(every_rescale_exp_and_widening_variant_equals_the_reference) {
       auto st = normal_values(rows * dim, 6, 3.0f);
       st[0] = -kInf;
       st[1] = -200.0f;  // underflows to 0
-      const auto lse = normal_values(rows, 7);
+      auto row_max = normal_values(rows, 7), log_sum = normal_values(rows, 9);
+      row_max[4] = -3.0e38f;  // a finfo.min-masked row: its scores equal its max
+      st[4] = st[4 + rows] = -3.0e38f;
       std::vector<float> st_e(st), st_g(st);
-      reference().exp_minus_lse(st_e.data(), dim, rows, lse.data());
-      v.kernels->exp_minus_lse(st_g.data(), dim, rows, lse.data());
+      reference().exp_minus_lse(st_e.data(), dim, rows, row_max.data(), log_sum.data());
+      v.kernels->exp_minus_lse(st_g.data(), dim, rows, row_max.data(), log_sum.data());
+      CHECK(st_e[4] == std::exp(-log_sum[4]), "reference exp_minus_lse subtracts the max first");
       for (size_t i = 0; i < st.size(); ++i) CHECK(close(st_g[i], st_e[i], 1e-6f), v.name << " exp_minus_lse at " << i);
 
       // Widening is exact: every variant gives the reference's bits.
@@ -371,20 +374,20 @@ TEST(forward_and_backward_agree_across_isas_with_gqa_odd_dims_and_a_masked_row) 
     options.window_right = 0;  // causal as well
     std::vector<float> out_ref, lse_ref, dq_ref, dk_ref, dv_ref;
     for_every_isa([&](Isa isa) {
-      std::vector<float> out(nq), lse(p.batch * p.q_heads * p.len_q), dq(nq), dk(nk), dv(nk);
+      std::vector<float> out(nq), lse(2 * p.batch * p.q_heads * p.len_q), dq(nq), dk(nk), dv(nk);
       auto view = [&](const std::vector<float>& x, int64_t heads, int64_t len) {
         return contiguous_view(const_cast<float*>(x.data()), DType::f32, {p.batch, heads, len, p.dim});
       };
       attention_forward(view(q, p.q_heads, p.len_q), view(k, p.kv_heads, p.len_k), view(v, p.kv_heads, p.len_k), bias,
                         options, view(out, p.q_heads, p.len_q),
-                        contiguous_view(lse.data(), DType::f32, {p.batch, p.q_heads, p.len_q}));
+                        contiguous_view(lse.data(), DType::f32, {p.batch, p.q_heads, p.len_q, 2}));
       attention_backward(view(q, p.q_heads, p.len_q), view(k, p.kv_heads, p.len_k), view(v, p.kv_heads, p.len_k), bias,
                          options, view(out, p.q_heads, p.len_q),
-                         contiguous_view(lse.data(), DType::f32, {p.batch, p.q_heads, p.len_q}),
+                         contiguous_view(lse.data(), DType::f32, {p.batch, p.q_heads, p.len_q, 2}),
                          view(dout, p.q_heads, p.len_q), view(dq, p.q_heads, p.len_q), view(dk, p.kv_heads, p.len_k),
                          view(dv, p.kv_heads, p.len_k));
       for (int64_t h = 0; h < p.q_heads; ++h) {
-        CHECK(lse[h * p.len_q + 2] == kInf, isa_name(isa) << " lse of the masked row, head " << h);
+        CHECK(lse[2 * (h * p.len_q + 2) + 1] == kInf, isa_name(isa) << " lse of the masked row, head " << h);
         for (int64_t d = 0; d < p.dim; ++d)
           CHECK(out[(h * p.len_q + 2) * p.dim + d] == 0.0f && dq[(h * p.len_q + 2) * p.dim + d] == 0.0f,
                 isa_name(isa) << " masked row output and gradient are zero");
@@ -398,7 +401,8 @@ TEST(forward_and_backward_agree_across_isas_with_gqa_odd_dims_and_a_masked_row) 
         CHECK(std::fabs(out[i] - out_ref[i]) <= 1e-5f * (1.0f + std::fabs(out_ref[i])), what << " out at " << i);
         CHECK(std::fabs(dq[i] - dq_ref[i]) <= 1e-4f * (1.0f + std::fabs(dq_ref[i])), what << " dq at " << i);
       }
-      for (size_t i = 0; i < lse.size(); ++i) CHECK(close(lse[i], lse_ref[i], 1e-5f), what << " lse at " << i);
+      for (size_t i = 0; i < lse.size(); i += 2)  // the max alone may sit near 0, where relative error means little
+        CHECK(close(lse[i] + lse[i + 1], lse_ref[i] + lse_ref[i + 1], 1e-5f), what << " lse of row " << i / 2);
       for (int64_t i = 0; i < nk; ++i) {
         CHECK(std::fabs(dk[i] - dk_ref[i]) <= 1e-4f * (1.0f + std::fabs(dk_ref[i])), what << " dk at " << i);
         CHECK(std::fabs(dv[i] - dv_ref[i]) <= 1e-4f * (1.0f + std::fabs(dv_ref[i])), what << " dv at " << i);
@@ -476,12 +480,12 @@ TEST(bf16_forward_agrees_across_isas) {
   std::vector<uint16_t> reference;
   for_every_isa([&](Isa isa) {
     std::vector<uint16_t> out(q.size());
-    std::vector<float> lse(q_heads * len_q);
+    std::vector<float> lse(2 * q_heads * len_q);
     auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
       return contiguous_view(const_cast<uint16_t*>(x.data()), DType::bf16, {1, heads, len, dim});
     };
     attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
-                      options, view(out, q_heads, len_q), contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q}));
+                      options, view(out, q_heads, len_q), contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q, 2}));
     if (isa == Isa::scalar) {
       reference = out;
       return;
@@ -699,11 +703,11 @@ TEST(fp16_forward_and_backward_are_as_close_to_float64_as_the_scalar_isa) {
     double scalar_error[4] = {};
     for_every_isa([&](Isa isa) {
       std::vector<uint16_t> out(nq), dq(nq), dk(nk), dv(nk);
-      std::vector<float> lse(q_heads * len_q);
+      std::vector<float> lse(2 * q_heads * len_q);
       auto view = [&](const std::vector<uint16_t>& x, int64_t heads, int64_t len) {
         return contiguous_view(const_cast<uint16_t*>(x.data()), DType::f16, {1, heads, len, dim});
       };
-      const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q});
+      const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q, 2});
       attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
                         options, view(out, q_heads, len_q), lse_view);
       attention_backward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
@@ -789,8 +793,8 @@ TEST(bf16_backward_agrees_across_isas) {
   std::vector<uint16_t> reference[3];
   for_every_isa([&](Isa isa) {
     std::vector<uint16_t> out(q.size()), dq(q.size()), dk(k.size()), dv(v.size());
-    std::vector<float> lse(q_heads * len_q);
-    const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q});
+    std::vector<float> lse(2 * q_heads * len_q);
+    const TensorView lse_view = contiguous_view(lse.data(), DType::f32, {1, q_heads, len_q, 2});
     attention_forward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},
                       options, view(out, q_heads, len_q), lse_view);
     attention_backward(view(q, q_heads, len_q), view(k, kv_heads, len_k), view(v, kv_heads, len_k), AttentionBias{},

@@ -133,7 +133,7 @@ final class HarnessTests: XCTestCase {
     func testCorruptAttentionBundles() throws {
         let pastCache = try copyOfBundle("attention")
         try editManifest(pastCache, "\"length\": 33", "\"length\": 49")
-        assertFails(pastCache, mentioning: "argument 'cache.length': expected 0 to 48, got 49")
+        assertFails(pastCache, mentioning: "argument 'cache.length': expected 1 (the queries, already appended) to 48, got 49")
         let badMode = try copyOfBundle("attention")
         try editManifest(badMode, "\"mode\": \"decode\"", "\"mode\": \"prefill\"")
         assertFails(badMode, mentioning: "attrs.mode must be forward or decode, got prefill")
