@@ -56,6 +56,9 @@ def test_null_pointer_returns_status_instead_of_crashing(lib):
     y = np.zeros(4, np.float16)
     assert lib.pocketml_convert(None, FP32, y.ctypes.data, FP16, 4) == INVALID_ARGUMENT
     assert lib.pocketml_last_error() == b"argument 'src': expected a non-NULL pointer, got NULL"
+    x = np.zeros(4, np.float32)
+    assert lib.pocketml_convert(x.ctypes.data, FP32, y.ctypes.data, FP16, 2**64 - 1) == INVALID_ARGUMENT  # a -1 length
+    assert b"argument 'count': expected at most 2^63 - 1 elements" in lib.pocketml_last_error()
     assert lib.pocketml_info_json(None) == INVALID_ARGUMENT
 
 

@@ -100,6 +100,18 @@ def test_bad_arguments(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.mlpackage"]  # nothing half-written
 
 
+def test_equal_weights_in_different_compressed_forms_are_refused(tmp_path):
+    # coremltools keeps one constant for equal weights, so one layer would lose its compressed form.
+    layers = [torch.nn.Linear(64, 64) for _ in range(2)]
+    for layer in layers:
+        torch.nn.init.zeros_(layer.weight)
+    model = torch.nn.Sequential(QuantizedLinear.from_linear(layers[0], QuantConfig(bits=4, group_size=32)),
+                                QuantizedLinear.from_linear(layers[1], QuantConfig(bits=2, method="kmeans"))).eval()
+    with pytest.raises(ValueError, match="layers '0' and '1' hold equal weights in different compressed forms"):
+        to_coreml(model, torch.randn(2, 64), tmp_path / "m.mlpackage")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fp16_refuses_scales_it_would_round(tmp_path):
     model = mlp(["int4-g32"])
     model[0] = QuantizedLinear.from_linear(torch.nn.Linear(64, 96), QuantConfig(bits=4, group_size=32,

@@ -66,6 +66,11 @@ def test_bad_inputs_raise_clear_errors(smollm2):
         decoder.TransformerDecoder(config, swapped)
     with pytest.raises(TypeError, match="argument 'tokens'"):
         model._native.forward(np.zeros(1, np.int64), np.zeros((1, config.vocab_size), np.float32))
+    model.reset()
+    with pytest.raises(ValueError, match=r"argument 'tokens': expected ids in \[0, 4096\), got 4294967301"):
+        model(np.array([2**32 + 5]))  # int32 would read token 5
+    with pytest.raises(TypeError, match="argument 'tokens': expected integer token ids, got dtype float64"):
+        model([5.9])
 
 
 def test_full_smollm2_predicts_the_obvious_next_word():

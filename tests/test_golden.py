@@ -27,7 +27,8 @@ def small_bundle(path, **kwargs):
 
 def test_fixed_byte_vector(tmp_path):
     path = golden(tmp_path / "b", "vector", {"v": np.array([1.0, -2.0], np.float32),
-                                             "h": torch.tensor([1.0, 0.5], dtype=torch.bfloat16)}, [])
+                                             "h": torch.tensor([1.0, 0.5], dtype=torch.bfloat16)},
+                  [{"name": "identity", "op": "convert", "inputs": ["v"], "attrs": {"dtype": "fp32"}, "expected": "v"}])
     assert (path / "v.bin").read_bytes() == bytes.fromhex("0000803f000000c0")  # little-endian fp32
     assert (path / "h.bin").read_bytes() == bytes.fromhex("803f003f")  # bf16 bit patterns
     manifest = json.loads((path / "manifest.json").read_text())
@@ -61,6 +62,43 @@ def test_failed_write_leaves_nothing(tmp_path):
         golden(tmp_path / "b", "bad", {"x": np.zeros(2, np.float32)},
                [{"name": "c", "op": "convert", "inputs": ["missing"], "expected": "x"}])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bundles_that_could_not_fail_or_be_read_are_refused(tmp_path):
+    x = np.ones((2, 3), np.float32)
+
+    def write(check, tensors=None):
+        golden(tmp_path / "b", "bad", tensors or {"x": x}, [] if check is None else [
+            {"name": "c", "op": "convert", "inputs": ["x"], "expected": "x", **check}])
+
+    cases = [
+        (None, "checks: expected at least one check"),
+        ({"tolerance": {"max_abs": float("nan")}}, "tolerance max_abs must be finite and >= 0, got nan"),
+        ({"tolerance": {"max_rel": -1}}, "tolerance max_rel must be finite and >= 0, got -1.0"),
+        ({"attrs": {"note": None}}, r"attrs\['note'\] must be a string, a finite number, a bool or a list"),
+        ({"attrs": {"nested": {"a": 1}}}, r"attrs\['nested'\]"),
+    ]
+    for check, message in cases:
+        with pytest.raises(ValueError, match=message):
+            write(check)
+    with pytest.raises(ValueError, match="expected tensor 'e' is empty"):
+        golden(tmp_path / "b", "bad", {"x": x, "e": np.ones((0, 3), np.float32)},
+               [{"name": "c", "op": "convert", "inputs": ["x"], "expected": "e"}])
+    assert list(tmp_path.iterdir()) == []
+
+    path = small_bundle(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    for edit, message in [
+        (lambda m: m["tensors"]["x"].update(shape=[2**32, 2**32]), "needs 73786976294838206464 bytes"),
+        (lambda m: m["tensors"]["x"].update(file="../x.bin"), "file '../x.bin' is not a file of the bundle"),
+        (lambda m: m.pop("checks"), r"missing or malformed field \(KeyError\('checks'\)\)"),
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": -1}), "tolerance max_abs must be finite"),
+    ]:
+        edited = json.loads(json.dumps(manifest))
+        edit(edited)
+        (path / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(BundleError, match=message):
+            load_golden(path)
 
 
 def test_corruption_is_detected(tmp_path):

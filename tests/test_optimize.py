@@ -37,5 +37,12 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "argument 'model': expected a Hugging Face model directory" in capsys.readouterr().err
     assert main(["optimize", "--configs", "int8,int7", "--out", str(tmp_path)]) == 2
     assert "argument '--configs': expected names from" in capsys.readouterr().err
+    assert main(["optimize", "--configs", ",", "--out", str(tmp_path / "out")]) == 2
+    assert "argument 'configs': expected at least one preset name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    for command in (["optimize", "--repeats", "0"], ["selftest", "--repeats", "0"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert "expected an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="argument 'configs'"):
         preset_configs("fp8")

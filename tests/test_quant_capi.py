@@ -57,6 +57,8 @@ def test_matmul_and_dequantize_equal_python(qlib, rng, make):
     row_bytes = ctypes.c_int64()
     assert qlib.pocketml_quant_packed_row_bytes(96, qt.bits, ctypes.byref(row_bytes)) == OK
     assert row_bytes.value == qt.packed.shape[1]
+    assert qlib.pocketml_quant_packed_row_bytes(2**63 - 1, 8, ctypes.byref(row_bytes)) == INVALID_ARGUMENT  # wrapped
+    assert b"argument 'cols': expected a column count whose packed row fits" in qlib.pocketml_last_error()
 
 
 def test_bad_arguments_return_status_and_message(qlib, rng):

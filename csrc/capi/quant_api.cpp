@@ -1,4 +1,5 @@
 // C ABI: quantized matmul and dequantize over caller-owned packed buffers.
+#include <limits>
 #include <string>
 
 #include "capi/guard.h"
@@ -66,6 +67,9 @@ extern "C" pocketml_status pocketml_quant_packed_row_bytes(int64_t cols, int32_t
     if (plane_layout(bits).count == 0)
       fail_argument(ErrorKind::InvalidArgument, "bits", "one of 1, 2, 3, 4, 5, 6, 8", std::to_string(bits));
     require_range(cols, "cols", "a non-negative column count");
+    if (cols > std::numeric_limits<int64_t>::max() / (4 * bits))  // the byte count would wrap
+      fail_argument(ErrorKind::InvalidArgument, "cols", "a column count whose packed row fits in int64",
+                    std::to_string(cols));
     *out_bytes = packed_row_bytes(cols, bits);
   });
 }

@@ -110,6 +110,13 @@ def cmd_data_build(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _add_data_commands(sub) -> None:
     from pocketml.data.shards import DEFAULT_SHARD_BYTES
 
@@ -138,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("selftest", help="run the conversion kernel on every ISA variant and check it")
-    p.add_argument("--elements", type=int, default=1 << 22, help="tensor size (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=10, help="timed repetitions (default: %(default)s)")
+    p.add_argument("--elements", type=_positive_int, default=1 << 22, help="tensor size (default: %(default)s)")
+    p.add_argument("--repeats", type=_positive_int, default=10, help="timed repetitions (default: %(default)s)")
     p.set_defaults(func=cmd_selftest)
 
     from pocketml.optimize import PRESETS
@@ -159,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="pocketml-optimize", help="output directory (default: %(default)s)")
     p.add_argument("--min-cosine", type=float, default=0.99,
                    help="accuracy a config needs to be chosen: minimum embedding cosine (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (default: %(default)s)")
+    p.add_argument("--repeats", type=_positive_int, default=5,
+                   help="timed repetitions per measurement (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_optimize)
 

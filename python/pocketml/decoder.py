@@ -214,7 +214,14 @@ class TransformerDecoder:
                                                qweights["final_norm"])
 
     def __call__(self, tokens) -> np.ndarray:
-        tokens = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+        ids = np.asarray(tokens).reshape(-1)
+        if ids.size and ids.dtype.kind not in "iu":  # a cast would truncate 5.9 to 5
+            raise TypeError(f"argument 'tokens': expected integer token ids, got dtype {ids.dtype}")
+        limits = np.iinfo(np.int32)  # the core checks the vocabulary; values int32 would wrap (2^32 + 5 to 5) first
+        if ids.size and (ids.min() < limits.min or ids.max() > limits.max):
+            bad = ids.min() if ids.min() < limits.min else ids.max()
+            raise ValueError(f"argument 'tokens': expected ids in [0, {self.config.vocab_size}), got {bad}")
+        tokens = np.ascontiguousarray(ids, dtype=np.int32)
         logits = np.empty((tokens.shape[0], self.config.vocab_size), dtype=np.float32)
         self._native.forward(tokens, logits)
         return logits

@@ -253,10 +253,13 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
     from pocketml import get_num_threads, models
     from pocketml.export import inspect_coreml, to_coreml
 
+    if not configs:
+        raise ValueError("argument 'configs': expected at least one preset name, got none")
     for name in configs:
         preset_configs(name)  # validates the names before any slow work
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"argument 'repeats': expected an int >= 1, got {repeats!r}")
+    out_dir = Path(out_dir)  # created by the first thing written into it (the Core ML package)
     steps = tqdm(total=len(configs) + 4, desc="optimize", disable=not progress, unit="step")
 
     steps.set_postfix_str("loading model")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from pocketml._publish import publish, staged_directory
 
 FORMAT_NAME = "pocketml-token-shards"
 FORMAT_VERSION = 1
@@ -207,79 +207,32 @@ def write_tokens(path: str | os.PathLike, documents: Iterable, *, dtype: str = "
     if target.exists() and not overwrite:
         raise FileExistsError(f"argument 'path': expected a path that does not exist yet, got existing '{target}' "
                               "(pass overwrite=True to replace it)")
-    created = _make_parents(target.parent)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shards: list[ShardEntry] = []
     current: _ShardWriter | None = None
-    try:
-        staging.mkdir()
-        for i, doc in enumerate(documents):
-            tokens = _as_document(doc, i, token_dtype, vocab_size)
-            if current is not None and current.num_tokens > 0 and \
-                    (current.num_tokens + tokens.size) * token_dtype.itemsize > shard_bytes:
+    with staged_directory(target, target.name) as staging:
+        try:
+            for i, doc in enumerate(documents):
+                tokens = _as_document(doc, i, token_dtype, vocab_size)
+                if current is not None and current.num_tokens > 0 and \
+                        (current.num_tokens + tokens.size) * token_dtype.itemsize > shard_bytes:
+                    shards.append(current.finish(token_dtype.itemsize))
+                    current = None
+                if current is None:
+                    current = _ShardWriter(staging, len(shards))
+                current.add(tokens)
+            if current is not None:
                 shards.append(current.finish(token_dtype.itemsize))
                 current = None
-            if current is None:
-                current = _ShardWriter(staging, len(shards))
-            current.add(tokens)
-        if current is not None:
-            shards.append(current.finish(token_dtype.itemsize))
-            current = None
+        finally:
+            if current is not None:
+                current.file.close()
         manifest = Manifest(dtype, int(vocab_size), int(eos_id), sum(s.num_documents for s in shards),
                             sum(s.num_tokens for s in shards), tuple(shards))
         with open(staging / MANIFEST_NAME, "w", encoding="utf-8") as f:
             f.write(manifest.to_json())
             _close_durably(f)
-        _publish(staging, target)
-    except BaseException:
-        if current is not None:
-            current.file.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        for directory in reversed(created):  # deepest first; rmdir leaves any a concurrent writer filled
-            try:
-                directory.rmdir()
-            except OSError:
-                break
-        raise
+        publish(staging, target)
     return TokenDataset(target)
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """mkdir -p; returns the directories it created, outermost first."""
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-    return missing[::-1]
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Renames the finished dataset into place (one atomic rename when `target`
-    is new; an existing one, directory or file, is first moved aside, then removed,
-    and moved back if the second rename does not happen)."""
-    retired = None
-    if target.exists():
-        retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, retired)
-    try:
-        os.rename(staging, target)
-    except BaseException:
-        if retired is not None:
-            os.rename(retired, target)
-        raise
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
-    if retired is None:
-        return
-    if retired.is_dir() and not retired.is_symlink():
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        retired.unlink()
 
 
 def _sha256_file(path: Path) -> str:

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pocketml._publish import publish, staged_directory
 from pocketml.quant.linear import QuantizedLinear
 
 _PRECISIONS = ("fp32", "fp16")
@@ -80,8 +78,20 @@ def _dequantized_copy(model: nn.Module, precision: str):
         parent_name, _, child = name.rpartition(".")
         setattr(export.get_submodule(parent_name) if parent_name else export, child, linear)
         held = weight if precision == "fp32" else np.asarray(qweight.dequantize("fp16"))
-        by_key.setdefault(_weight_key(held), []).append((name, qweight))
+        sharing = by_key.setdefault(_weight_key(held), [])
+        if sharing and not _same_compressed_form(sharing[0][1], qweight):
+            # coremltools keeps one constant for equal weights: only one compressed form could survive.
+            raise ValueError(f"argument 'model': layers {sharing[0][0]!r} and {name!r} hold equal weights in "
+                             "different compressed forms, which one Core ML constant cannot carry both of")
+        sharing.append((name, qweight))
     return export, by_key
+
+
+def _same_compressed_form(a, b) -> bool:
+    arrays_a, arrays_b = a.to_coreml(), b.to_coreml()
+    return arrays_a.keys() == arrays_b.keys() and all(
+        np.asarray(arrays_a[key]).dtype == np.asarray(arrays_b[key]).dtype
+        and np.array_equal(np.asarray(arrays_a[key]), np.asarray(arrays_b[key])) for key in arrays_a)
 
 
 def _float_values(array, dst_dtype, what: str):
@@ -202,15 +212,9 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
     _refuse_uncompressed_copies(prog, by_key)
     mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
-    try:
+    with staged_directory(path, path.stem) as staging:
         mlmodel.save(str(staging / path.name))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging / path.name, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging / path.name, path)
     description = mlmodel.get_spec().description
     return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), minimum_deployment_target,
                         compute_precision, [f.name for f in description.input], [f.name for f in description.output])

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pocketml._arrays import ALL_DTYPES, canonical_dtype, is_torch_tensor
+from pocketml._publish import publish, staged_directory
 
 FORMAT = "pocketml-golden-bundle"
 VERSION = 1
@@ -55,20 +55,43 @@ def _tensor_bytes(value) -> tuple[str, tuple[int, ...], bytes]:
     return dtype, tuple(int(d) for d in array.shape), np.ascontiguousarray(array).astype(_STORAGE[dtype]).tobytes()
 
 
-def _validate_checks(checks, names) -> list:
+def _is_attribute_value(value) -> bool:
+    """What both readers parse: strings, finite numbers, bools and lists of them."""
+    if isinstance(value, (str, bool)):
+        return True
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    return isinstance(value, (list, tuple)) and all(_is_attribute_value(v) for v in value)
+
+
+def _validate_checks(checks, sizes: dict) -> list:
+    """sizes: tensor name -> element count. A bundle must ask something, and each
+    check must compare at least one element: nothing compared would read as passed."""
+    if not checks:
+        raise ValueError("checks: expected at least one check, got none")
     validated = []
     for i, check in enumerate(checks):
         missing = {"name", "op", "inputs", "expected"} - set(check)
         if missing:
             raise ValueError(f"checks[{i}]: expected keys name, op, inputs, expected, got no {sorted(missing)}")
         for ref in list(check["inputs"]) + [check["expected"]]:
-            if ref not in names:
+            if ref not in sizes:
                 raise ValueError(f"checks[{i}] ({check['name']}): tensor {ref!r} is not in the bundle")
+        if sizes[check["expected"]] == 0:
+            raise ValueError(f"checks[{i}] ({check['name']}): expected tensor {check['expected']!r} is empty")
+        attrs = dict(check.get("attrs", {}))
+        for key, value in attrs.items():
+            if not _is_attribute_value(value):
+                raise ValueError(f"checks[{i}] ({check['name']}): attrs[{key!r}] must be a string, a finite "
+                                 f"number, a bool or a list of them, got {value!r}")
         tolerance = check.get("tolerance", {"max_abs": 0.0, "max_rel": 0.0})
+        bounds = {key: float(tolerance.get(key, 0.0)) for key in ("max_abs", "max_rel")}
+        for key, bound in bounds.items():
+            if not (math.isfinite(bound) and bound >= 0):
+                raise ValueError(f"checks[{i}] ({check['name']}): tolerance {key} must be finite and >= 0, "
+                                 f"got {bound}")
         validated.append({"name": check["name"], "op": check["op"], "inputs": list(check["inputs"]),
-                          "attrs": dict(check.get("attrs", {})), "expected": check["expected"],
-                          "tolerance": {"max_abs": float(tolerance.get("max_abs", 0.0)),
-                                        "max_rel": float(tolerance.get("max_rel", 0.0))}})
+                          "attrs": attrs, "expected": check["expected"], "tolerance": bounds})
     return validated
 
 
@@ -95,22 +118,15 @@ def golden(path, name: str, tensors: dict, checks: list, *, overwrite: bool = Fa
         blobs[file] = data
     from pocketml import __version__
 
+    sizes = {tensor_name: math.prod(entry["shape"]) for tensor_name, entry in entries.items()}
     manifest = {"format": FORMAT, "version": VERSION, "name": name, "producer": f"pocketml {__version__}",
-                "tensors": entries, "checks": _validate_checks(checks, entries)}
+                "tensors": entries, "checks": _validate_checks(checks, sizes)}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the bundle from other users
+    with staged_directory(path, path.name) as staging:
         for file, data in blobs.items():
             (staging / file).write_bytes(data)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
+        publish(staging, path)
     return path
 
 
@@ -127,16 +143,31 @@ def load_golden(path) -> GoldenBundle:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise BundleError(f"{manifest_path}: expected format {FORMAT!r} version {VERSION}, "
                           f"got {manifest.get('format')!r} version {manifest.get('version')!r}")
+    try:
+        return _read_bundle(path, manifest)
+    except BundleError:
+        raise
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path}: missing or malformed field ({exc!r})") from None
+    except ValueError as exc:  # a check that _validate_checks refuses
+        raise BundleError(f"{manifest_path}: {exc}") from None
+
+
+def _read_bundle(path: Path, manifest: dict) -> GoldenBundle:
     tensors, dtypes = {}, {}
     for tensor_name, entry in manifest["tensors"].items():
         dtype = entry["dtype"]
         if dtype not in ALL_DTYPES:
             raise BundleError(f"{path}: tensor {tensor_name!r} has unknown dtype {dtype!r}")
+        if entry["file"] != os.path.basename(entry["file"]) or entry["file"] in ("", ".", ".."):
+            raise BundleError(f"{path}: tensor {tensor_name!r}: file {entry['file']!r} is not a file of the bundle")
         file = path / entry["file"]
         if not file.is_file():
             raise BundleError(f"{path}: tensor {tensor_name!r}: missing file {entry['file']}")
+        if not all(isinstance(d, int) and d >= 0 for d in entry["shape"]):
+            raise BundleError(f"{path}: tensor {tensor_name!r}: shape {entry['shape']} is not a list of sizes")
         data = file.read_bytes()
-        expected_size = int(np.prod(entry["shape"], dtype=np.int64)) * _ITEM_SIZE[dtype]
+        expected_size = math.prod(entry["shape"]) * _ITEM_SIZE[dtype]  # Python ints: no wrap-around
         if len(data) != expected_size:
             raise BundleError(f"{path}: tensor {tensor_name!r}: shape {entry['shape']} {dtype} needs "
                               f"{expected_size} bytes, {entry['file']} has {len(data)}")
@@ -144,5 +175,5 @@ def load_golden(path) -> GoldenBundle:
             raise BundleError(f"{path}: tensor {tensor_name!r}: sha256 mismatch for {entry['file']} (corrupt file)")
         tensors[tensor_name] = np.frombuffer(data, dtype=_STORAGE[dtype]).reshape(entry["shape"])
         dtypes[tensor_name] = dtype
-    checks = _validate_checks(manifest["checks"], tensors)
+    checks = _validate_checks(manifest["checks"], {name: array.size for name, array in tensors.items()})
     return GoldenBundle(manifest["name"], tensors, dtypes, checks, manifest.get("producer", ""), path)

@@ -53,7 +53,11 @@ public struct QuantizedWeight {
         }
         var rowBytes: Int64 = 0
         try check(pocketml_quant_packed_row_bytes(Int64(cols), Int32(bits), &rowBytes))
-        func require(_ array: [UInt8]?, _ name: String, _ count: Int) throws {
+        func require(_ array: [UInt8]?, _ name: String, _ factors: [Int]) throws {
+            guard let count = checkedProduct(factors) else {
+                throw PocketMLError(kind: .invalidArgument,
+                                    message: "weight.\(name): a size of \(factors.map(String.init).joined(separator: " x ")) bytes overflows")
+            }
             guard let array else {
                 throw PocketMLError(kind: .invalidArgument, message: "weight.\(name): expected \(count) bytes, got none")
             }
@@ -62,22 +66,22 @@ public struct QuantizedWeight {
                                     message: "weight.\(name): expected \(count) bytes, got \(array.count)")
             }
         }
-        try require(packed, "packed", rows * Int(rowBytes))
+        try require(packed, "packed", [rows, Int(rowBytes)])
         switch kind {
         case .affine:
             guard cols % groupSize == 0 else {
                 throw PocketMLError(kind: .invalidArgument,
                                     message: "weight.group_size: expected a divisor of cols = \(cols), got \(groupSize)")
             }
-            try require(scales, "scales", rows * (cols / groupSize) * scaleType.size)
-            if zeroPoints != nil { try require(zeroPoints, "zero_points", rows * (cols / groupSize)) }
+            try require(scales, "scales", [rows, cols / groupSize, scaleType.size])
+            if zeroPoints != nil { try require(zeroPoints, "zero_points", [rows, cols / groupSize]) }
         case .lut:
             guard rows % groupSize == 0, (1...8).contains(bits) else {
                 throw PocketMLError(kind: .invalidArgument,
                                     message: "weight: expected group_size dividing rows = \(rows) and bits 1...8, "
                                         + "got \(groupSize), \(bits)")
             }
-            try require(lut, "lut", (rows / groupSize) * (1 << bits) * lutType.size)
+            try require(lut, "lut", [rows / groupSize, 1 << bits, lutType.size])
         }
     }
 

@@ -129,12 +129,19 @@ public struct GoldenBundle {
             guard let dtype = DType(rawValue: entry.dtype) else {
                 throw GoldenBundleError(message: "\(url.path): tensor '\(tensorName)' has unknown dtype \(entry.dtype)")
             }
+            guard !entry.file.isEmpty, !entry.file.contains("/"), entry.file != ".", entry.file != ".." else {
+                throw GoldenBundleError(
+                    message: "\(url.path): tensor '\(tensorName)': file '\(entry.file)' is not a file of the bundle")
+            }
             let fileURL = url.appendingPathComponent(entry.file)
             guard let contents = FileManager.default.contents(atPath: fileURL.path) else {
                 throw GoldenBundleError(message: "\(url.path): tensor '\(tensorName)': missing file \(entry.file)")
             }
+            guard let needed = checkedProduct(entry.shape + [dtype.size]) else {
+                throw GoldenBundleError(
+                    message: "\(url.path): tensor '\(tensorName)': shape \(entry.shape) is negative or too large")
+            }
             let bytes = [UInt8](contents)
-            let needed = entry.shape.reduce(1, *) * dtype.size
             guard bytes.count == needed else {
                 throw GoldenBundleError(
                     message: "\(url.path): tensor '\(tensorName)': shape \(entry.shape) \(entry.dtype) needs "
@@ -149,6 +156,10 @@ public struct GoldenBundle {
         for check in manifest.checks {
             for ref in check.inputs + [check.expected] where tensors[ref] == nil {
                 throw GoldenBundleError(message: "\(url.path): check '\(check.name)' names missing tensor '\(ref)'")
+            }
+            for bound in [check.tolerance.maxAbs, check.tolerance.maxRel] where !(bound.isFinite && bound >= 0) {
+                throw GoldenBundleError(
+                    message: "\(url.path): check '\(check.name)': tolerances must be finite and >= 0, got \(bound)")
             }
         }
         self.name = manifest.name

@@ -46,7 +46,7 @@ extension Validator {
         let tokensTensor = try check.named("tokens", in: bundle, dtypes: [.int32])
         let tokens = tokensTensor.bytes.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
         let promptLength = try check.int("prompt_length")
-        guard tokensTensor.shape.count == 1, (1...max(1, tokens.count)).contains(promptLength) else {
+        guard tokensTensor.shape.count == 1, !tokens.isEmpty, (1...tokens.count).contains(promptLength) else {
             throw check.fail("tokens must be [T] with 1 <= prompt_length <= T, got \(tokensTensor.shape) "
                 + "and prompt_length \(promptLength)")
         }

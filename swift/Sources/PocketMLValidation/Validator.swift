@@ -28,7 +28,10 @@ public enum Validator {
 
     /// One result per check; a transformer_decode check gives one per step.
     public static func run(_ bundle: GoldenBundle) throws -> [CheckResult] {
-        try bundle.checks.flatMap { check -> [CheckResult] in
+        guard !bundle.checks.isEmpty else {  // a bundle that asks nothing must not read as validated
+            throw GoldenBundleError(message: "\(bundle.url.path): the bundle has no checks")
+        }
+        return try bundle.checks.flatMap { check -> [CheckResult] in
             check.op == "transformer_decode" ? try transformerDecode(check, bundle) : [try run(check, in: bundle)]
         }
     }
@@ -36,6 +39,9 @@ public enum Validator {
     static func run(_ check: GoldenCheck, in bundle: GoldenBundle) throws -> CheckResult {
         if check.op == "coreml_predict" { return try coreMLPredict(check, bundle) }
         let expected = bundle.tensors[check.expected]!
+        guard expected.count > 0 else {
+            throw GoldenBundleError(message: "check '\(check.name)': expected '\(check.expected)' is empty: nothing to compare")
+        }
         let start = DispatchTime.now().uptimeNanoseconds
         let got: GoldenTensor
         switch check.op {

@@ -77,6 +77,42 @@ final class GoldenBundleTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(result.maxAbsError, 1 - 1e-3)
     }
 
+    /// Manifests whose files check out but that would crash the validator or pass it
+    /// without comparing anything.
+    func testManifestsThatCannotBeValidatedAreRefused() throws {
+        func edited(_ edit: (inout [String: Any]) -> Void) throws -> URL {
+            let bundle = try copyOfConvertBundle()
+            let url = bundle.appendingPathComponent("manifest.json")
+            var manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+            edit(&manifest)
+            try JSONSerialization.data(withJSONObject: manifest).write(to: url)
+            return bundle
+        }
+        func tensor(_ manifest: inout [String: Any], _ key: String, _ value: Any) {
+            var tensors = manifest["tensors"] as! [String: [String: Any]]
+            tensors["x"]![key] = value
+            manifest["tensors"] = tensors
+        }
+        let cases: [(String, (inout [String: Any]) -> Void)] = [
+            ("shape [4294967296, 4294967296] is negative or too large", { tensor(&$0, "shape", [1 << 32, 1 << 32]) }),
+            ("file '../x.bin' is not a file of the bundle", { tensor(&$0, "file", "../x.bin") }),
+            ("tolerances must be finite and >= 0, got -1.0", {
+                var checks = $0["checks"] as! [[String: Any]]
+                checks[0]["tolerance"] = ["max_abs": -1.0, "max_rel": 0.0]
+                $0["checks"] = checks
+            }),
+        ]
+        for (message, edit) in cases {
+            XCTAssertThrowsError(try GoldenBundle(url: try edited(edit))) { error in
+                XCTAssertTrue("\(error)".contains(message), "\(error)")
+            }
+        }
+        let empty = try GoldenBundle(url: try edited { $0["checks"] = [] })
+        XCTAssertThrowsError(try Validator.run(empty)) { error in
+            XCTAssertTrue("\(error)".contains("the bundle has no checks"), "\(error)")
+        }
+    }
+
     func testNotABundle() {
         XCTAssertThrowsError(try GoldenBundle(url: URL(fileURLWithPath: "/nonexistent/bundle"))) { error in
             XCTAssertTrue("\(error)".contains("not a golden bundle"), "\(error)")

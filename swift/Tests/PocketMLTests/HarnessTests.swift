@@ -69,6 +69,12 @@ final class HarnessTests: XCTestCase {
         XCTAssertThrowsError(try weight.matmul([1, 2, 3], rows: 1)) { error in
             XCTAssertTrue("\(error)".contains("argument 'x'"), "\(error)")
         }
+        let huge = QuantizedWeight(
+            kind: weight.kind, bits: weight.bits, rows: Int.max / 2, cols: weight.cols, groupSize: weight.groupSize,
+            packed: weight.packed, scales: weight.scales, scaleType: weight.scaleType, zeroPoints: weight.zeroPoints)
+        XCTAssertThrowsError(try huge.checkSizes()) { error in  // rows * row bytes overflowed Int: a crash
+            XCTAssertTrue("\(error)".contains("weight.packed: a size of"), "\(error)")
+        }
     }
 
     // MARK: attention
