@@ -1,6 +1,8 @@
 """The C++ transformer decoder (csrc/models) on real SmolLM2-135M-Instruct weights
 against the float64 torch reference, on every ISA variant, plus its bad-input errors."""
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,47 @@ def test_bad_inputs_raise_clear_errors(smollm2):
         model(np.array([2**32 + 5]))  # int32 would read token 5
     with pytest.raises(TypeError, match="argument 'tokens': expected integer token ids, got dtype float64"):
         model([5.9])
+
+
+def test_configs_and_inputs_that_would_overflow_or_mislead_are_refused(smollm2):
+    config, _, qweights, tokens, _ = smollm2
+    for change, message in [({"max_seq_len": 2**58}, "max_seq_len \\* .* that fits in 64 bits"),
+                            ({"num_heads": 2**62 + 32, "num_kv_heads": 2**62 + 32}, "num_heads \\* head_dim"),
+                            ({"rms_norm_eps": float("inf")}, "a finite rms_norm_eps > 0")]:
+        with pytest.raises(ValueError, match=message):  # wrapped sizes passed the shape checks and crashed
+            decoder.TransformerDecoder(decoder.DecoderConfig(**{**config.to_dict(), **change}), qweights)
+    with pytest.raises(TypeError, match="argument 'config.num_heads': expected an int, got 4.5"):
+        decoder.DecoderConfig(**{**config.to_dict(), "num_heads": 4.5})
+    with pytest.raises(ValueError, match="expected the weights of config.num_layers = 3 layers, got no layers.2"):
+        decoder.TransformerDecoder(decoder.DecoderConfig(**{**config.to_dict(), "num_layers": 3}), qweights)
+    model = decoder.TransformerDecoder(config, qweights)
+    with pytest.raises(ValueError, match=r"argument 'tokens': expected one sequence \[T\] \(or \[1, T\]\), got shape \(2, 2\)"):
+        model(tokens[:4].reshape(2, 2))
+    np.testing.assert_array_equal(model(tokens[None, :3]), decoder.TransformerDecoder(config, qweights)(tokens[:3]))
+
+
+def test_one_decoder_shared_by_threads_runs_one_call_at_a_time(smollm2):
+    # forward releases the GIL; two threads in one decoder used to corrupt the heap.
+    config, _, qweights, tokens, _ = smollm2
+    model = decoder.TransformerDecoder(config, qweights)
+    errors = []
+
+    def work(count):
+        try:
+            for _ in range(30):
+                if model.length + count > config.max_seq_len:
+                    model.reset()
+                model(tokens[:count])
+        except ValueError as exc:  # the other thread filled the cache between the check and the call
+            if "at most" not in str(exc):
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and 0 < model.length <= config.max_seq_len
 
 
 def test_full_smollm2_predicts_the_obvious_next_word():

@@ -22,6 +22,20 @@ def test_default_model_loads_offline_and_embeds(encoder):
     assert similarity[7, 8] > similarity[7, 14] + 0.3
 
 
+def test_sentence_embeddings_follow_sentence_transformers_and_refuse_a_bare_string(encoder):
+    model, tokenizer = encoder
+    assert tokenizer.model_max_length == 256  # sentence_bert_config.json's max_seq_length, not the tokenizer's 512
+    long = " ".join(f"word{i % 50}" for i in range(300))
+    batch = tokenizer([long], truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model(**batch).last_hidden_state.mean(1), dim=-1)
+    assert models.embedding_cosine(models.sentence_embeddings(model, tokenizer, [long]), expected).min() > 0.9999
+    with pytest.raises(TypeError, match="one string"):
+        models.sentence_embeddings(model, tokenizer, "A man is eating food.")  # was embedded per character
+    with pytest.raises(ValueError, match="at least one sentence"):
+        models.sentence_embeddings(model, tokenizer, [])
+
+
 def test_embedding_cosine_of_identical_is_one(encoder):
     emb = models.sentence_embeddings(*encoder, sentences=models.SAMPLE_SENTENCES[:3])
     torch.testing.assert_close(models.embedding_cosine(emb, emb), torch.ones(3))

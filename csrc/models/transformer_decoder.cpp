@@ -1,7 +1,10 @@
 #include "models/transformer_decoder.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <initializer_list>
+#include <mutex>
 #include <string>
 
 #include "attention/attention.h"
@@ -14,6 +17,23 @@ namespace {
 
 void require_positive(int64_t value, const char* arg) {
   if (value <= 0) fail_argument(ErrorKind::InvalidArgument, arg, "a positive value", std::to_string(value));
+}
+
+// 1e-50 as 1e-50 (std::to_string would print 0.000000).
+std::string shortest_text(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", value);
+  return text;
+}
+
+// The product of config sizes, refused when it overflows int64 (a wrapped size
+// would let small weights pass the shape checks and buffers be too short).
+int64_t checked_product(std::initializer_list<int64_t> factors, const char* what) {
+  int64_t product = 1;
+  for (int64_t f : factors)
+    if (__builtin_mul_overflow(product, f, &product))
+      fail_argument(ErrorKind::InvalidArgument, "config", std::string(what) + " that fits in 64 bits", "an overflow");
+  return product;
 }
 
 std::vector<float> copy_norm(const TensorView& weight, const std::string& arg, int64_t size) {
@@ -96,14 +116,22 @@ TransformerDecoder::TransformerDecoder(const DecoderConfig& config, const Quanti
   if (c.num_heads % c.num_kv_heads)
     fail_argument(ErrorKind::InvalidArgument, "config.num_kv_heads", "a divisor of num_heads = " +
                   std::to_string(c.num_heads), std::to_string(c.num_kv_heads));
-  if (!(c.rms_norm_eps > 0.0f) || !(c.rope_theta > 0.0f) || !std::isfinite(c.rope_theta))
-    fail_argument(ErrorKind::InvalidArgument, "config", "rms_norm_eps > 0 and a finite rope_theta > 0",
-                  std::to_string(c.rms_norm_eps) + ", " + std::to_string(c.rope_theta));
+  if (!(c.rms_norm_eps > 0.0f) || !std::isfinite(c.rms_norm_eps) || !(c.rope_theta > 0.0f) ||
+      !std::isfinite(c.rope_theta))
+    fail_argument(ErrorKind::InvalidArgument, "config", "a finite rms_norm_eps > 0 and a finite rope_theta > 0",
+                  shortest_text(c.rms_norm_eps) + ", " + shortest_text(c.rope_theta));
   if (static_cast<int64_t>(layers.size()) != c.num_layers)
     fail_argument(ErrorKind::InvalidArgument, "layers", std::to_string(c.num_layers) + " layers (config.num_layers)",
                   std::to_string(layers.size()));
 
-  const int64_t hidden = c.hidden_size, q_size = c.num_heads * c.head_dim, kv_size = c.num_kv_heads * c.head_dim;
+  const int64_t hidden = c.hidden_size;
+  const int64_t q_size = checked_product({c.num_heads, c.head_dim}, "num_heads * head_dim");
+  const int64_t kv_size = checked_product({c.num_kv_heads, c.head_dim}, "num_kv_heads * head_dim");
+  checked_product({c.vocab_size, hidden}, "vocab_size * hidden_size");
+  // Every per-call buffer holds at most max_seq_len rows of one of these widths.
+  for (int64_t width : {hidden, q_size, c.intermediate_size})
+    checked_product({c.max_seq_len, width}, "max_seq_len * (hidden_size, num_heads * head_dim, intermediate_size)");
+  checked_product({c.num_layers, kv_size, c.max_seq_len, 2}, "the KV cache size");
   embedding_ = OwnedQuantizedWeight(embedding, "embedding", c.vocab_size, hidden);
   embedding_table_.resize(static_cast<size_t>(c.vocab_size * hidden));
   dequantize(embedding_.views(), contiguous_view(embedding_table_.data(), DType::f32, {c.vocab_size, hidden}));
@@ -132,6 +160,7 @@ TransformerDecoder::TransformerDecoder(const DecoderConfig& config, const Quanti
 }
 
 void TransformerDecoder::forward(const int32_t* tokens, int64_t count, float* logits) {
+  std::lock_guard<std::mutex> lock(mutex_);  // the cache and the activation buffers are the object's
   ThreadPool::KeepWarm warm;  // dozens of kernels per token, back to back
   const DecoderConfig& c = config_;
   if (count <= 0) fail_argument(ErrorKind::InvalidArgument, "count", "at least one token", std::to_string(count));
@@ -166,6 +195,16 @@ void TransformerDecoder::forward(const int32_t* tokens, int64_t count, float* lo
   length_ += count;
   rms_norm(hidden_.data(), final_norm_.data(), count, hidden, c.rms_norm_eps, normed_.data());
   project(normed_.data(), count, embedding_, logits);
+}
+
+void TransformerDecoder::reset() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  length_ = 0;
+}
+
+int64_t TransformerDecoder::length() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return length_;
 }
 
 void TransformerDecoder::attention(Layer& layer, int64_t count) {

@@ -11,6 +11,7 @@
 // theta^(-2i / head_dim) for i < head_dim / 2; RMSNorm is
 // x / sqrt(mean(x^2) + eps) * weight; the MLP is down(silu(gate(x)) * up(x)).
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "models/owned_quantized_weight.h"
@@ -49,8 +50,9 @@ class TransformerDecoder {
   // decode step is a call with count 1.
   void forward(const int32_t* tokens, int64_t count, float* logits);
 
-  void reset() { length_ = 0; }  // forget the cached tokens
-  int64_t length() const { return length_; }
+  // forward and reset may be called from several threads: calls run one at a time.
+  void reset();  // forget the cached tokens
+  int64_t length() const;
   const DecoderConfig& config() const { return config_; }
 
  private:
@@ -69,6 +71,7 @@ class TransformerDecoder {
   std::vector<Layer> layers_;
   std::vector<float> final_norm_;
   std::vector<float> rope_inv_freq_;  // [head_dim / 2]
+  mutable std::mutex mutex_;
   int64_t length_ = 0;
   // Activations of the current call, sized for `count` rows.
   std::vector<float> hidden_, normed_, q_, k_, v_, attn_out_, proj_, gate_, up_;

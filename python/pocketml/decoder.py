@@ -36,6 +36,13 @@ class DecoderConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
 
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            wanted = int if name not in ("rms_norm_eps", "rope_theta") else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                raise TypeError(f"argument 'config.{name}': expected {'an int' if wanted is int else 'a number'}, "
+                                f"got {value!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -203,6 +210,12 @@ class TransformerDecoder:
     config.max_seq_len tokens. Call with the prompt, then one token per step."""
 
     def __init__(self, config: DecoderConfig, qweights: dict):
+        missing = [name for name in ("embedding", "final_norm") + tuple(
+            f"layers.{i}.{p}" for i in range(config.num_layers) for p in PROJECTIONS + ("attn_norm", "mlp_norm"))
+            if name not in qweights]
+        if missing:
+            raise ValueError(f"argument 'qweights': expected the weights of config.num_layers = {config.num_layers} "
+                             f"layers, got no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         layers = []
         for i in range(config.num_layers):
             layer = {name: qweights[f"layers.{i}.{name}"]._native_args() for name in PROJECTIONS}
@@ -214,7 +227,10 @@ class TransformerDecoder:
                                                qweights["final_norm"])
 
     def __call__(self, tokens) -> np.ndarray:
-        ids = np.asarray(tokens).reshape(-1)
+        ids = np.asarray(tokens)
+        if ids.ndim > 1 and ids.shape[:-1] != (1,) * (ids.ndim - 1):  # one sequence: a batch would be run as one
+            raise ValueError(f"argument 'tokens': expected one sequence [T] (or [1, T]), got shape {ids.shape}")
+        ids = ids.reshape(-1)
         if ids.size and ids.dtype.kind not in "iu":  # a cast would truncate 5.9 to 5
             raise TypeError(f"argument 'tokens': expected integer token ids, got dtype {ids.dtype}")
         limits = np.iinfo(np.int32)  # the core checks the vocabulary; values int32 would wrap (2^32 + 5 to 5) first

@@ -7,6 +7,7 @@ directory with safetensors can be given by path instead. Nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -98,6 +99,9 @@ def load_encoder(path: str | os.PathLike | None = None):
     if getattr(model.config, "is_decoder", False) or getattr(model.config, "is_encoder_decoder", False):
         raise ValueError(f"argument 'path': expected an encoder (BERT-style) model, got a "
                          f"{model.config.model_type!r} decoder in {str(path)!r}")
+    sentence_config = path / "sentence_bert_config.json"
+    if sentence_config.exists():  # sentence-transformers truncates there (256 for MiniLM), not at the tokenizer's 512
+        tokenizer.model_max_length = int(json.loads(sentence_config.read_text())["max_seq_length"])
     return model, tokenizer
 
 
@@ -126,7 +130,12 @@ def sentence_embeddings(model, tokenizer, sentences=SAMPLE_SENTENCES):
     """Mean-pooled, L2-normalised embeddings [len(sentences), hidden] (sentence-transformers' recipe)."""
     import torch
 
-    batch = tokenizer(list(sentences), padding=True, truncation=True, return_tensors="pt")
+    if isinstance(sentences, (str, bytes)):  # list() would embed each character
+        raise TypeError("argument 'sentences': expected a sequence of strings, got one string (wrap it in a list)")
+    sentences = list(sentences)
+    if not sentences:
+        raise ValueError("argument 'sentences': expected at least one sentence, got none")
+    batch = tokenizer(sentences, padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
