@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pocketml
@@ -61,6 +62,37 @@ def test_use_isa_switches_and_restores():
     assert pocketml.active_isa() == before
 
 
+def test_overlapping_use_isa_blocks_of_two_threads_restore_the_original():
+    import threading
+
+    before = pocketml.active_isa()
+    entered, leave_first = threading.Event(), threading.Event()
+
+    def first():
+        with pocketml.use_isa("scalar"):
+            entered.set()
+            leave_first.wait()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait()
+    with pocketml.use_isa("avx2" if "avx2" in pocketml.supported_isas() else "scalar"):
+        leave_first.set()
+        thread.join()  # the first block ends inside the second
+    assert pocketml.active_isa() == before  # was left on scalar
+
+
+def test_outputs_are_cpu_tensors_whatever_torch_s_default_device():
+    import torch
+
+    torch.set_default_device("meta")
+    try:
+        out = pocketml.convert(torch.ones(4, device="cpu"), "fp16")
+    finally:
+        torch.set_default_device(None)
+    assert out.device.type == "cpu" and out.tolist() == [1.0] * 4
+
+
 def test_set_isa_rejects_unknown_and_unsupported():
     with pytest.raises(ValueError, match="argument 'isa'"):
         pocketml.set_isa("mmx")
@@ -73,7 +105,7 @@ def test_set_isa_rejects_unknown_and_unsupported():
 def test_thread_count_round_trips():
     original = pocketml.get_num_threads()
     try:
-        pocketml.set_num_threads(3)
+        pocketml.set_num_threads(np.int64(3))
         assert pocketml.get_num_threads() == 3
         assert pocketml.info()["num_threads"] == 3
         pocketml.set_num_threads(1)
@@ -115,6 +147,9 @@ def test_keep_warm_scopes_nest_and_end_on_error():
 def test_default_threads_follow_the_environment():
     out = run_python("import pocketml; print(pocketml.get_num_threads())", POCKETML_NUM_THREADS="3")
     assert out.stdout.strip() == "3"
+    out = run_python("import pocketml; n = pocketml.get_num_threads(); pocketml.set_num_threads(n); print(n)",
+                     POCKETML_NUM_THREADS="5000")
+    assert out.stdout.strip() == "4096"  # what set_num_threads accepts
 
 
 def test_cli_info_table_and_json():

@@ -92,6 +92,14 @@ def test_numpy_subclasses_and_torch_parameters_are_viewed_without_copy(tmp_path)
     assert d["data_ptr"] == p.data_ptr() and d["shape"] == (2, 3)
 
 
+def test_tensors_without_memory_or_export_are_refused_with_the_reason():
+    zeros = torch._efficientzerotensor(70000)  # elements but no storage: a kernel read address 0
+    with pytest.raises(ValueError, match="argument 'x': expected a tensor with memory"):
+        core.describe_tensor(zeros, "x")
+    with pytest.raises(BufferError, match="QUInt/QInt types are not supported"):  # was SystemError
+        core.describe_tensor(torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8), "x")
+
+
 def test_negated_torch_view_is_refused_not_read_without_its_sign():
     with pytest.raises(ValueError, match="argument 'x': expected a tensor without torch's negative bit"):
         core.describe_tensor(torch._neg_view(torch.ones(3)), "x")

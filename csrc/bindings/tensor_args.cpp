@@ -143,7 +143,9 @@ py::object torch_capsule(py::handle obj) {
   if (!py::bool_(obj.attr("is_cpu")) || obj.attr("layout").ptr() != torch->strided ||
       py::bool_(obj.attr("is_neg")()))
     return py::object();
-  return py::reinterpret_steal<py::object>(PyObject_CallOneArg(torch->to_dlpack, obj.ptr()));
+  PyObject* capsule = PyObject_CallOneArg(torch->to_dlpack, obj.ptr());
+  if (capsule == nullptr) throw py::error_already_set();  // torch's own reason (vmap, quantized dtypes, ...)
+  return py::reinterpret_steal<py::object>(capsule);
 }
 
 }  // namespace
@@ -221,6 +223,9 @@ TensorArg::TensorArg(py::handle obj, const char* arg) {
     view_.strides[i] = t->strides ? t->strides[i] : compact_stride;
     compact_stride *= t->shape[i];
   }
+  // torch's zero tensors have elements but no memory: a kernel would read address 0.
+  if (t->data == nullptr && view_.numel() > 0)
+    fail_argument(ErrorKind::InvalidArgument, arg, "a tensor with memory", "one without (a torch zero tensor? .clone() it)");
 }
 
 // The capsule is never renamed to "used_dltensor": its own destructor, run when

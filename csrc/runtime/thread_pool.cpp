@@ -47,10 +47,13 @@ bool spin_until(bool spin, Done done) {
 
 }  // namespace
 
+// More would not help any kernel, and a job's ticket holds the count in 16 bits.
+constexpr int kMaxThreads = 4096;
+
 int default_num_threads() {
   if (const char* env = std::getenv("POCKETML_NUM_THREADS")) {
-    int n = std::atoi(env);
-    if (n >= 1) return n;
+    const int n = std::atoi(env);
+    if (n >= 1) return std::min(n, kMaxThreads);  // what set_num_threads accepts
   }
 #if defined(__linux__)
   cpu_set_t set;
@@ -111,8 +114,9 @@ void ThreadPool::stop_workers() {
 }
 
 void ThreadPool::set_num_threads(int n) {
-  if (n < 1 || n > 4096)
-    fail_argument(ErrorKind::InvalidArgument, "num_threads", "an integer from 1 to 4096", std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    fail_argument(ErrorKind::InvalidArgument, "num_threads", "an integer from 1 to " + std::to_string(kMaxThreads),
+                  std::to_string(n));
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   if (n == num_threads_) return;
   stop_workers();

@@ -80,7 +80,7 @@ def torch_dtype(name: str):
 def empty_like(x, shape, dtype: str, arg: str = "x"):
     """An uninitialised array of the same kind as `x` (NumPy or torch, on the CPU)."""
     if is_torch_tensor(x):
-        return _torch().empty(tuple(shape), dtype=torch_dtype(dtype))
+        return _torch().empty(tuple(shape), dtype=torch_dtype(dtype), device="cpu")  # not torch's default device
     if isinstance(x, np.ndarray):
         if dtype == "bf16":
             raise TypeError(f"argument '{arg}': NumPy has no bfloat16 dtype; pass a torch tensor to get bf16 results")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
+import threading
 from pathlib import Path
 
 from pocketml._native import core
@@ -20,9 +22,9 @@ def info() -> dict:
 
 def set_num_threads(num_threads: int) -> None:
     """Set the size of the native thread pool shared by every kernel (default: usable cores)."""
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int):
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
         raise TypeError(f"argument 'num_threads': expected an int, got {type(num_threads).__name__}")
-    core.set_num_threads(num_threads)
+    core.set_num_threads(int(num_threads))
 
 
 def get_num_threads() -> int:
@@ -127,12 +129,29 @@ def set_isa(name: str) -> None:
     core.set_active_isa(name)
 
 
+_isa_lock = threading.Lock()
+_isa_scopes = []  # open use_isa blocks, oldest first: [token, the variant it replaced]
+
+
 @contextlib.contextmanager
 def use_isa(name: str):
-    """Run a block with a given kernel variant, restoring the previous one after."""
-    previous = active_isa()
-    set_isa(name)
+    """Run a block with a given kernel variant, restoring the previous one after.
+    The variant is process-wide. Blocks of several threads may overlap: while they
+    do, the latest one's variant runs, and when the last ends the one from before
+    the first is back (restoring each block's own predecessor, out of order, used
+    to leave the process on a variant nobody asked for)."""
+    token = object()
+    with _isa_lock:
+        previous = active_isa()
+        set_isa(name)
+        _isa_scopes.append([token, previous])
     try:
         yield
     finally:
-        set_isa(previous)
+        with _isa_lock:
+            index = next(i for i, scope in enumerate(_isa_scopes) if scope[0] is token)
+            _, replaced = _isa_scopes.pop(index)
+            if index == len(_isa_scopes):
+                set_isa(replaced)
+            else:  # a later block is still open: it now hands back what this one replaced
+                _isa_scopes[index][1] = replaced
