@@ -794,6 +794,107 @@ def test_non_finite_scales_and_tables_are_refused():
                                   scales=torch.tensor([[bad], [1.0]], dtype=torch.bfloat16))
 
 
+# --- quantize_model on real model structures -----------------------------------
+
+class _TiedLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 64)
+        self.mlp = torch.nn.Linear(64, 64)
+        self.lm_head = torch.nn.Linear(64, 100, bias=False)
+        self.lm_head.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.lm_head(self.mlp(self.emb(tokens)))
+
+
+def test_quantize_model_handles_shared_tied_and_attention_layers(tmp_path):
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(64, 64)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared)  # one layer under two names
+    report = quant.quantize_model(model, quant.QuantConfig(group_size=32))
+    assert report.layers == ["0", "2"] and model[0] is model[2] and isinstance(model[0], quant.QuantizedLinear)
+    # MultiheadAttention reads out_proj.weight instead of calling it: out_proj stays a Linear.
+    encoder = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    x = torch.randn(2, 5, 64)
+    quant.quantize_model(encoder, quant.QuantConfig(group_size=32))
+    assert type(encoder.self_attn.out_proj) is torch.nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert encoder(x).shape == x.shape
+    # A tied embedding and LM head, the head skipped: saved once, loaded tied.
+    lm = _TiedLM()
+    quant.quantize_model(lm, quant.QuantConfig(group_size=32), skip=lambda name, _: name == "lm_head")
+    quant.save(lm, tmp_path / "lm.safetensors")
+    fresh = _TiedLM()
+    quant.load(fresh, tmp_path / "lm.safetensors")
+    tokens = torch.tensor([[1, 5, 7]])
+    assert fresh.lm_head.weight is fresh.emb.weight and torch.equal(fresh(tokens), lm(tokens))
+    with pytest.raises(ValueError, match="got a Linear itself"):
+        quant.quantize_model(torch.nn.Linear(64, 64), quant.QuantConfig(group_size=32))
+
+
+def test_quantize_model_and_load_leave_the_model_untouched_on_error(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer '2': argument 'weight': expected finite values"):
+        quant.quantize_model(model, quant.QuantConfig(group_size=32))
+    assert [type(m) for m in model] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    saved = torch.nn.Sequential(torch.nn.Linear(96, 64))
+    quant.quantize_model(saved, quant.QuantConfig(group_size=32))
+    quant.save(saved, tmp_path / "m.safetensors")
+    other = torch.nn.Sequential(torch.nn.Linear(128, 64))
+    with pytest.raises(ValueError, match="expected layer '0' to be a Linear with in_features=96.*got in_features=128"):
+        quant.load(other, tmp_path / "m.safetensors")
+    assert type(other[0]) is torch.nn.Linear and other[0].in_features == 128
+    with pytest.raises(ValueError, match="expected layer '0' to be a Linear.*got nothing"):
+        quant.load(torch.nn.Sequential(), tmp_path / "m.safetensors")
+
+
+def test_layer_checks_its_quantized_weight_and_reloaded_scales():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    config = quant.QuantConfig(bits=4, group_size=32)
+    with pytest.raises(ValueError, match=r"argument 'qweight'.*bits 8 \(expected 4\)"):
+        quant.QuantizedLinear.from_quantized(linear, config, quant.quantize(linear.weight.detach(), 8, 32))
+    with pytest.raises(ValueError, match=r"shape \(16, 128\) \(expected \(32, 64\)\)"):
+        quant.QuantizedLinear.from_quantized(linear, config, quant.quantize(torch.randn(16, 128), 4, 32))
+    layer = quant.QuantizedLinear.from_linear(linear, config)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        layer(x)  # the cached QuantizedTensor views the buffers' memory
+        state = {k: v.clone() for k, v in layer.state_dict().items()}
+        state["scales"][0, 0] = float("inf")
+        layer.load_state_dict(state)  # copies into the same memory
+        with pytest.raises(ValueError, match="argument 'scales': expected finite values"):
+            layer(x)
+
+
+def test_config_integers_and_calibration_sources():
+    assert quant.QuantConfig(bits=np.int64(4), group_size=np.int64(32)).to_json() == \
+        quant.QuantConfig(bits=4, group_size=32).to_json()
+    for field in ("bits", "group_size", "act_bits"):
+        with pytest.raises(TypeError, match=f"argument '{field}': expected an int, got float"):
+            quant.QuantConfig(**{field: 8.0 if field != "group_size" else 32.0})
+
+    class KeywordCall(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 32)
+
+        def forward(self, x):
+            return self.fc(input=x)
+
+    quant.quantize_model(KeywordCall(), quant.QuantConfig(group_size=32, method="mse"),
+                         calibration=[torch.randn(4, 64)])  # the hook read args[0]: IndexError
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    report = quant.quantize_model(model, quant.QuantConfig(group_size=32, method="gptq"),
+                                  calibration=(torch.randn(8, 64) for _ in range(2)))  # a generator, run per layer
+    assert report.layers == ["0", "2"]
+    half = torch.nn.Sequential(torch.nn.Linear(64, 64)).half()
+    assert quant.quantize_model(half, quant.QuantConfig(group_size=32)).weight_bytes_before == 64 * 64 * 2
+
+
 # --- calibration -------------------------------------------------------------
 
 def uneven_inputs(seed, rows):

@@ -70,6 +70,12 @@ def _run(model: nn.Module, calibration) -> None:
         raise ValueError("argument 'calibration': expected at least one example, got an empty iterable")
 
 
+def _linear_input(args, kwargs) -> torch.Tensor:
+    """A Linear's input as float64 rows [-, in_features], called as fc(x) or fc(input=x)."""
+    x = (args[0] if args else kwargs["input"]).detach()
+    return x.reshape(-1, x.shape[-1]).to(torch.float64)
+
+
 class _SquaredActivations:
     """Forward pre-hook accumulating sum(x^2) per input channel (float64) and the row count."""
 
@@ -78,9 +84,8 @@ class _SquaredActivations:
         self.sum = torch.zeros(in_features, dtype=torch.float64)
         self.rows = 0
 
-    def __call__(self, module: nn.Module, inputs) -> None:
-        x = inputs[0].detach()
-        rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
+    def __call__(self, module: nn.Module, args, kwargs) -> None:
+        rows = _linear_input(args, kwargs)
         squares = rows.square().sum(0)
         if not torch.isfinite(squares).all():
             raise _NonFiniteActivations(f"argument 'calibration': expected inputs giving finite activations, "
@@ -106,9 +111,8 @@ class _SecondMoment:
         self.sum = torch.zeros(in_features, in_features, dtype=torch.float64)
         self.rows = 0
 
-    def __call__(self, module: nn.Module, inputs) -> None:
-        x = inputs[0].detach()
-        rows = x.reshape(-1, x.shape[-1]).to(torch.float64)
+    def __call__(self, module: nn.Module, args, kwargs) -> None:
+        rows = _linear_input(args, kwargs)
         if not torch.isfinite(rows).all():
             raise _NonFiniteActivations(f"argument 'calibration': expected inputs giving finite activations, "
                                         f"got non-finite input to layer {self.name!r}")
@@ -125,7 +129,7 @@ class _SecondMoment:
 def _observe(model: nn.Module, calibration, hooks: Mapping[nn.Module, object]) -> None:
     """Runs `model` on `calibration` in eval mode under torch.no_grad() with forward
     pre-hooks on the given modules; hooks removed and modes restored, whatever happens."""
-    handles = [module.register_forward_pre_hook(hook) for module, hook in hooks.items()]
+    handles = [module.register_forward_pre_hook(hook, with_kwargs=True) for module, hook in hooks.items()]
     modes = [(module, module.training) for module in model.modules()]
     try:
         model.eval()

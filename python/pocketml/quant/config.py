@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from pocketml.quant.tensor import AFFINE_BITS, GROUP_SIZES, LUT_BITS
@@ -35,6 +36,12 @@ class QuantConfig:
     act_bits: int | None = None
 
     def __post_init__(self):
+        for name in ("bits", "group_size", "lut_group_size", "seed", "act_bits"):  # 4.0 or np.int64(4) as 4
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, int(value))
+            elif value is not None and not isinstance(value, bool):
+                raise TypeError(f"argument '{name}': expected an int, got {type(value).__name__} {value!r}")
         if self.method not in METHODS:
             raise ValueError(f"argument 'method': expected one of {', '.join(METHODS)}, got {self.method!r}")
         allowed = LUT_BITS if self.method == "kmeans" else AFFINE_BITS

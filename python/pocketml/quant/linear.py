@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from pocketml._arrays import canonical_dtype
 from pocketml.quant.config import QuantConfig
 from pocketml.quant.tensor import QuantizedTensor, matmul, palettize, quantize
 
@@ -32,10 +33,29 @@ class _QuantizedMatmul(torch.autograd.Function):
         return (grad_out.float() @ weight).to(grad_out.dtype), None
 
 
+def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTensor) -> None:
+    """qweight must be `linear`'s shape in `config`'s format: save() records the config and
+    load() rebuilds the arrays' shapes from it."""
+    kmeans = config.method == "kmeans"
+    table = qweight.lut if kmeans else qweight.scales
+    expected = {"shape": (linear.out_features, linear.in_features), "kind": "lut" if kmeans else "affine",
+                "bits": config.bits,
+                "group_size": (config.lut_group_size or linear.out_features) if kmeans
+                else (config.group_size or linear.in_features),
+                "symmetric": False if kmeans else config.symmetric, "scale_dtype": config.scale_dtype}
+    got = {"shape": tuple(qweight.shape), "kind": qweight.kind, "bits": qweight.bits, "group_size": qweight.group_size,
+           "symmetric": qweight.symmetric, "scale_dtype": None if table is None else canonical_dtype(table.dtype)}
+    wrong = [f"{key} {got[key]!r} (expected {value!r})" for key, value in expected.items() if got[key] != value]
+    if wrong:
+        raise ValueError(f"argument 'qweight': expected the layer's shape in the config's format, got {', '.join(wrong)}")
+
+
 class QuantizedLinear(nn.Module):
     """Behaves like the nn.Linear it replaces: y = x @ W^T + b for x [..., in_features]
     in fp32, fp16 or bf16 (the result keeps x's dtype); gradients flow to x and to the
-    bias, the quantized weight is frozen. Its arrays are buffers (state_dict, save/load)."""
+    bias, the quantized weight is frozen. Its arrays are buffers (state_dict, save/load).
+    `weight` is a dequantized copy for code that reads Linear.weight (torch's
+    TransformerEncoderLayer checks it in eval mode); the forward never uses it."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantConfig, qweight: QuantizedTensor):
         super().__init__()
@@ -67,6 +87,7 @@ class QuantizedLinear(nn.Module):
     @classmethod
     def from_quantized(cls, linear: nn.Linear, config: QuantConfig, qweight: QuantizedTensor) -> "QuantizedLinear":
         """The layer replacing `linear` with the weight `qweight`, quantized as `config` says."""
+        _check_matches(linear, config, qweight)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, config, qweight)
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
@@ -83,6 +104,10 @@ class QuantizedLinear(nn.Module):
         layer = cls.from_linear(linear, shapes)
         layer.config = config
         return layer
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._qweight_key = None  # same memory, new values: rebuild, and check the new scales, on the next call
 
     def qweight(self) -> QuantizedTensor:
         """The weight as a QuantizedTensor viewing the buffers' memory. Built once and
@@ -111,6 +136,11 @@ class QuantizedLinear(nn.Module):
             return y
         # .to() costs a microsecond even when the dtype already matches.
         return y + (self.bias if self.bias.dtype == y.dtype else self.bias.to(y.dtype))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        dtype = self.bias.dtype if self.bias is not None else torch.float32
+        return _to_torch(self.qweight().dequantize("fp32")).to(dtype)
 
     @property
     def nbytes(self) -> int:

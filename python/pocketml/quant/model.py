@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from pocketml.quant.calibration import collect_importance
 from pocketml.quant.config import QuantConfig
@@ -26,7 +27,7 @@ class QuantizationReport:
 
     layers: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    weight_bytes_before: int = 0   # fp32 bytes of the replaced Linear weights
+    weight_bytes_before: int = 0   # bytes of the replaced Linear weights (a weight tied elsewhere stays there)
     weight_bytes_after: int = 0    # packed codes + scales/zero points/LUTs of their replacements
     model_bytes_before: int = 0    # every parameter and buffer of the model
     model_bytes_after: int = 0
@@ -51,6 +52,20 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def _quantizable_linears(model: nn.Module) -> dict:
+    """{Linear module: [its names]} of the Linear layers a QuantizedLinear can stand in for,
+    every name of a layer reachable under several. nn.MultiheadAttention's out_proj is
+    not one: its parent reads out_proj.weight instead of calling it (torchao skips it too)."""
+    if isinstance(model, nn.Linear):
+        raise ValueError("argument 'model': expected a model containing Linear layers, got a Linear itself "
+                         "(use QuantizedLinear.from_linear)")
+    layers = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, nn.Linear) and not isinstance(module, NonDynamicallyQuantizableLinear):
+            layers.setdefault(module, []).append(name)
+    return layers
 
 
 def _check_fits(name: str, module: nn.Linear, config: QuantConfig) -> None:
@@ -91,16 +106,17 @@ def quantize_model(model: nn.Module, config: QuantConfig,
         raise ValueError("argument 'calibration': expected example inputs with method 'gptq' (it minimises each "
                          "layer's output error on them), got None")
     report = QuantizationReport(model_bytes_before=_model_bytes(model))
-    targets = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        if skip is not None and skip(name, module):
-            report.skipped.append(name)
+    targets, names = [], {}
+    for module, module_names in _quantizable_linears(model).items():
+        if skip is not None and any(skip(name, module) for name in module_names):
+            report.skipped.extend(module_names)
         else:
-            _check_fits(name, module, config)
-            targets.append((name, module))
+            _check_fits(module_names[0], module, config)
+            targets.append((module_names[0], module))
+            names[module_names[0]] = module_names
     if config.method == "gptq":
+        if not callable(calibration) and iter(calibration) is calibration:
+            calibration = list(calibration)  # GPTQ runs the model once per layer: a generator would run dry
         quantized = gptq_quantize_layers(model, targets, calibration, config)
 
         def replacement(name, module):
@@ -110,32 +126,39 @@ def quantize_model(model: nn.Module, config: QuantConfig,
 
         def replacement(name, module):
             return QuantizedLinear.from_linear(module, config, importance=importance.get(name))
-    # Every layer was checked and calibrated above, so an error leaves the model untouched.
+    # Every replacement is built before the first is swapped in: an error leaves the model untouched.
+    replacements = []
     for name, module in targets:
-        layer = replacement(name, module)
-        report.weight_bytes_before += module.weight.numel() * 4
+        try:
+            replacements.append((name, module, replacement(name, module)))
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"layer {name!r}: {exc}") from exc
+    for name, module, layer in replacements:
+        report.weight_bytes_before += module.weight.numel() * module.weight.element_size()
         report.weight_bytes_after += layer.nbytes
-        _replace(model, name, layer)
-        report.layers.append(name)
+        for alias in names[name]:  # a layer reachable under several names is one QuantizedLinear
+            _replace(model, alias, layer)
+            report.layers.append(alias)
     report.model_bytes_after = _model_bytes(model)
     return report
 
 
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write the model's state (quantized layers included) to a safetensors file; the
-    layers' configs go in its metadata. The file appears complete or not at all."""
-    from safetensors.torch import save_file
+    layers' configs go in its metadata. Tensors shared by several names (a tied
+    embedding and LM head) are stored once, as safetensors' save_model does. The file
+    appears complete or not at all."""
+    from safetensors.torch import save_model
 
     layers = {name: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
                      "config": m.config.to_json()}
-              for name, m in model.named_modules() if isinstance(m, QuantizedLinear)}
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if v is not None}
+              for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, QuantizedLinear)}
     metadata = {_METADATA_KEY: json.dumps({"version": _FORMAT_VERSION, "layers": layers})}
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_model(model, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -146,7 +169,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a file written by save() into `model` (the same architecture, quantized or
     not): its Linear layers named in the file become QuantizedLinear; exact round trip."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
@@ -156,8 +179,31 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     info = json.loads(metadata[_METADATA_KEY])
     if info.get("version") != _FORMAT_VERSION:
         raise ValueError(f"argument 'path': expected format version {_FORMAT_VERSION}, got {info.get('version')!r}")
+    originals, replacements, built = {}, {}, {}
     for name, spec in info["layers"].items():
-        config = QuantConfig.from_json(spec["config"])
-        _replace(model, name, QuantizedLinear.empty(spec["in_features"], spec["out_features"], spec["bias"], config))
-    model.load_state_dict(load_file(str(path)), strict=True)
+        try:
+            current = model.get_submodule(name) if name else None
+        except AttributeError:
+            current = None
+        shape = (spec["in_features"], spec["out_features"], spec["bias"])
+        if not isinstance(current, (nn.Linear, QuantizedLinear)) or \
+                (current.in_features, current.out_features, current.bias is not None) != shape:
+            got = "nothing" if current is None else (
+                type(current).__name__ if not isinstance(current, (nn.Linear, QuantizedLinear)) else
+                f"in_features={current.in_features}, out_features={current.out_features}, "
+                f"bias={current.bias is not None}")
+            raise ValueError(f"argument 'model': expected layer {name!r} to be a Linear with in_features={shape[0]}, "
+                             f"out_features={shape[1]}, bias={shape[2]} as in {str(path)!r}, got {got}")
+        originals[name] = current
+        if current not in built:  # one layer under several names stays one layer
+            built[current] = QuantizedLinear.empty(*shape, QuantConfig.from_json(spec["config"]))
+        replacements[name] = built[current]
+    for name, layer in replacements.items():
+        _replace(model, name, layer)
+    try:
+        load_model(model, str(path), strict=True)
+    except BaseException:
+        for name, layer in originals.items():  # a file that does not fit leaves the model as it was
+            _replace(model, name, layer)
+        raise
     return model
