@@ -1,7 +1,9 @@
-"""pytest-benchmark view of the quantized matmul and quantizers (`make bench`); compare.py holds the peer table."""
+"""pytest-benchmark view of the quantized matmul and quantizers (`make bench`); compare.py holds the peer table.
+Weights cycle through copies beyond the last-level cache, for pocketml and torch alike, as in compare.py."""
 
 import pytest
 import torch
+from suites.quant import cycled, cycled_quantized
 
 from pocketml import quant
 
@@ -21,13 +23,15 @@ def test_pocketml_quantized_matmul(benchmark, weight, fmt, m):
           "int8 per-row": lambda: quant.quantize(weight, bits=8, group_size=None, symmetric=True),
           "lut4": lambda: quant.palettize(weight, nbits=4, group_size=256)}[fmt]()
     x = torch.randn(m, K)
-    benchmark(quant.matmul, x, qt)
+    weights = cycled_quantized(qt)
+    benchmark(lambda: quant.matmul(x, next(weights)))
 
 
 @pytest.mark.parametrize("m", [1, 8, 128])
 def test_torch_fp32_matmul(benchmark, weight, m):
     x = torch.randn(m, K)
-    benchmark(lambda: x @ weight.T)
+    weights = cycled(lambda: weight.clone(), weight.numel() * 4)
+    benchmark(lambda: x @ next(weights).T)
 
 
 def test_pocketml_quantize_rtn(benchmark, weight):
