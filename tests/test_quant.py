@@ -4,6 +4,7 @@ PyTorch modules, save/load, bad input, and a real model's embeddings."""
 
 import contextlib
 import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -740,7 +741,7 @@ def test_bad_input_raises_clear_errors(rng):
         quant.quantize(w.astype(np.float64), group_size=32)
     with pytest.raises(ValueError, match="argument 'w': expected a CPU tensor"):
         quant.quantize(torch.empty(8, 96, device="meta"), group_size=32)
-    with pytest.raises(ValueError, match="argument 'w': expected a 2-D"):
+    with pytest.raises(ValueError, match="argument 'w': expected a non-empty 2-D"):
         quant.quantize(w[0], group_size=32)
     with pytest.raises(ValueError, match="argument 'importance'"):
         quant.quantize(w, group_size=32, importance=np.ones(95, np.float32))
@@ -893,6 +894,30 @@ def test_config_integers_and_calibration_sources():
     assert report.layers == ["0", "2"]
     half = torch.nn.Sequential(torch.nn.Linear(64, 64)).half()
     assert quant.quantize_model(half, quant.QuantConfig(group_size=32)).weight_bytes_before == 64 * 64 * 2
+
+
+def test_layer_under_module_casts_autocast_tracing_and_pickle():
+    torch.manual_seed(0)
+    layer = quant.QuantizedLinear.from_linear(torch.nn.Linear(64, 32), quant.QuantConfig(group_size=32))
+    x = torch.randn(2, 64)
+    scales = layer.scales.clone()
+    layer.to(torch.bfloat16)  # casts the bias; fp16 scales re-rounded to bf16 changed the weight
+    assert layer.bias.dtype == torch.bfloat16 and torch.equal(layer.scales, scales)
+    layer.double()
+    assert layer.scales.dtype == torch.float16 and layer(x).dtype == torch.float32
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.nn.Linear(64, 32)(x).dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="cannot be traced by torch.jit.trace"):
+        torch.jit.trace(layer, x)  # the trace held torch.empty's uninitialised output
+    with torch.no_grad():
+        expected = layer(x)  # builds the cached view of the buffers
+    restored = pickle.loads(pickle.dumps(layer))
+    assert restored._qweight is None and torch.equal(restored(x), expected)
+    with pytest.raises(ValueError, match=r"argument 'w': expected a non-empty 2-D weight .* got shape \(4, 0\)"):
+        quant.quantize(np.zeros((4, 0), np.float32), group_size=None)
+    importance = torch.ones(64, dtype=torch.bfloat16)
+    quant.quantize(torch.randn(8, 64), group_size=32, method="mse", importance=importance)
 
 
 # --- calibration -------------------------------------------------------------

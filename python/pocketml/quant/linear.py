@@ -105,6 +105,22 @@ class QuantizedLinear(nn.Module):
         layer.config = config
         return layer
 
+    def _apply(self, fn, recurse=True):
+        # module.half() / .to(dtype) cast the bias; the stored format keeps its dtypes (re-rounding
+        # fp16 scales to bf16 would change the weight, and fp64 scales no kernel reads).
+        kept = {name: self._buffers[name] for name in _ARRAYS if self._buffers[name] is not None}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers[name]
+            if after.dtype != before.dtype:
+                self._buffers[name] = before.to(after.device)
+        return self
+
+    def __getstate__(self):  # pickles carry the buffers, not the cached view of them
+        state = self.__dict__.copy()
+        state["_qweight"], state["_qweight_key"] = None, None
+        return state
+
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._qweight_key = None  # same memory, new values: rebuild, and check the new scales, on the next call
@@ -128,6 +144,11 @@ class QuantizedLinear(nn.Module):
             raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in _DTYPES:
             raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
+        if torch.jit.is_tracing():  # the trace would record an uninitialised output, not the native kernel
+            raise RuntimeError("QuantizedLinear cannot be traced by torch.jit.trace (its kernel runs outside torch); "
+                               "pocketml.export.to_coreml traces a dequantized copy of the model instead")
+        if torch.is_autocast_enabled("cpu"):  # as nn.Linear: the matmul runs in (and returns) autocast's dtype
+            x = x.to(torch.get_autocast_dtype("cpu"))
         if torch.is_grad_enabled() and x.requires_grad:
             y = _QuantizedMatmul.apply(x, self)
         else:  # nothing to differentiate: skip the autograd function's bookkeeping

@@ -61,8 +61,9 @@ def _as_weight(w, arg="w"):
     else:
         raise TypeError(f"argument '{arg}': expected a NumPy array or torch tensor, got {describe_type(w)}")
     _float_dtype(w, arg)
-    if w.ndim != 2:
-        raise ValueError(f"argument '{arg}': expected a 2-D weight [out_features, in_features], got shape {tuple(w.shape)}")
+    if w.ndim != 2 or 0 in w.shape:
+        raise ValueError(f"argument '{arg}': expected a non-empty 2-D weight [out_features, in_features], "
+                         f"got shape {tuple(w.shape)}")
     return w
 
 
@@ -75,7 +76,7 @@ def _importance(importance):
     if importance is None:
         return None
     if is_torch_tensor(importance):
-        importance = importance.detach().cpu().numpy()
+        importance = importance.detach().cpu().float().numpy()  # NumPy has no bf16
     return np.ascontiguousarray(importance, dtype=np.float32)
 
 
