@@ -354,6 +354,24 @@ def test_persistent_workers_follow_set_epoch(dataset, workers):
         assert_same_batches([b["input_ids"].numpy() for b in dl], [b["input_ids"] for b in reference])
 
 
+def test_copies_of_a_loader_have_their_own_shared_cursor(dataset):
+    import copy
+    import pickle
+
+    loader = pm.data.TokenLoader(dataset, 40, 3, seed=4, prefetch=2, num_threads=1)
+    shallow = copy.copy(loader)
+    shallow.set_epoch(5)
+    assert loader.epoch == 0  # the copy shared the original's counters
+    reference = pm.data.TokenLoader(dataset, 40, 3, seed=4, return_tensors="np")
+    reference.set_epoch(1)
+    epoch_1 = [b["input_ids"] for b in reference]
+    for clone in (copy.deepcopy(loader), pickle.loads(pickle.dumps(loader))):
+        dl = torch.utils.data.DataLoader(clone, batch_size=None, num_workers=2, persistent_workers=True)
+        [b for b in dl]
+        clone.set_epoch(1)  # reaches the persistent workers only through shared memory
+        assert_same_batches([b["input_ids"].numpy() for b in dl], epoch_1)
+
+
 def test_batches_consumed_counts_from_where_the_workers_began(dataset):
     loader = pm.data.TokenLoader(dataset, 40, 3, seed=4, prefetch=2, num_threads=1)
     uninterrupted = [b["input_ids"].numpy() for b in pm.data.TokenLoader(dataset, 40, 3, seed=4)]

@@ -820,7 +820,11 @@ def test_quantize_model_handles_shared_tied_and_attention_layers(tmp_path):
     x = torch.randn(2, 5, 64)
     quant.quantize_model(encoder, quant.QuantConfig(group_size=32))
     assert type(encoder.self_attn.out_proj) is torch.nn.modules.linear.NonDynamicallyQuantizableLinear
-    assert encoder(x).shape == x.shape
+    calls = []
+    encoder.linear1.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():  # torch's fused eval path would read linear1.weight and skip the quantized kernel
+        assert encoder(x).shape == x.shape and calls == [1]
+    assert encoder.linear1.weight.shape == (128, 64) and encoder.linear1.weight.device.type == "meta"
     # A tied embedding and LM head, the head skipped: saved once, loaded tied.
     lm = _TiedLM()
     quant.quantize_model(lm, quant.QuantConfig(group_size=32), skip=lambda name, _: name == "lm_head")
@@ -850,6 +854,34 @@ def test_quantize_model_and_load_leave_the_model_untouched_on_error(tmp_path):
     assert type(other[0]) is torch.nn.Linear and other[0].in_features == 128
     with pytest.raises(ValueError, match="expected layer '0' to be a Linear.*got nothing"):
         quant.load(torch.nn.Sequential(), tmp_path / "m.safetensors")
+    longer = torch.nn.Sequential(torch.nn.Linear(96, 64), torch.nn.Linear(64, 8))
+    before = {k: v.clone() for k, v in longer.state_dict().items()}
+    with pytest.raises(ValueError, match=r"missing \['1.bias', '1.weight'\]"):
+        quant.load(longer, tmp_path / "m.safetensors")  # load_state_dict copied '0.bias' before raising
+    assert type(longer[0]) is torch.nn.Linear
+    assert all(torch.equal(v, before[k]) for k, v in longer.state_dict().items())
+
+
+class _SlicedBuffers(torch.nn.Module):
+    """Buffers that are slices of one tensor, as a rotary cos/sin cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 64)
+        table = torch.arange(256.0)
+        self.register_buffer("cos", table[:128])
+        self.register_buffer("sin", table[128:])
+
+
+def test_save_and_load_models_with_buffers_sliced_from_one_tensor(tmp_path):
+    model = _SlicedBuffers()
+    quant.quantize_model(model, quant.QuantConfig(group_size=32))
+    quant.save(model, tmp_path / "m.safetensors")  # safetensors' save_model refused partial views
+    fresh = _SlicedBuffers()
+    with torch.no_grad():
+        fresh.cos.zero_()
+    quant.load(fresh, tmp_path / "m.safetensors")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
 
 
 def test_layer_checks_its_quantized_weight_and_reloaded_scales():

@@ -89,8 +89,12 @@ void register_models(py::module_& m) {
              self.forward(tv.ptr<const int32_t>(), tv.shape[0], lv.ptr<float>());
            },
            py::arg("tokens"), py::arg("logits"), "Appends tokens int32 [T]; writes logits fp32 [T, vocab].")
-      .def("reset", &TransformerDecoder::reset)
-      .def_property_readonly("length", &TransformerDecoder::length);
+      // Both wait for a forward running on another thread: without the GIL, so Python keeps running.
+      .def("reset", &TransformerDecoder::reset, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("length", [](const TransformerDecoder& self) {
+        py::gil_scoped_release release;
+        return self.length();
+      });
 }
 
 }  // namespace pocketml::bindings

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import operator
 
 import torch
@@ -292,7 +293,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                              (cu_seqlens_k, max_seqlen_k, "max_seqlen_k")):
         if cu.dim() != 1:
             raise ValueError(f"argument 'cu_seqlens_{arg[-1]}': expected a 1-D tensor, got shape {tuple(cu.shape)}")
-        if isinstance(longest, bool) or not isinstance(longest, int):
+        if isinstance(longest, bool) or not isinstance(longest, numbers.Integral):
             raise TypeError(f"argument '{arg}': expected an int, got {type(longest).__name__}")
         if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
             raise ValueError(f"argument '{arg}': expected at least the longest sequence "

@@ -247,7 +247,19 @@ class TokenLoader(_IterableBase):
     def __setstate__(self, state):
         self.__dict__.update(state)
         if self._shared is not None:
+            if not self._shared.is_shared():  # a copy or an unpickled loader: its own counters, shared with its workers
+                self._shared.share_memory_()
             self._cursor = self._shared.numpy()
+
+    def __copy__(self):
+        clone = type(self).__new__(type(self))
+        state = self.__getstate__()
+        if self._shared is not None:
+            state["_shared"] = self._shared.clone()
+        else:
+            state["_cursor"] = self._cursor.copy()
+        clone.__setstate__(state)
+        return clone
 
 
 class _BatchIterator:

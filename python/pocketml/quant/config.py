@@ -36,7 +36,7 @@ class QuantConfig:
     act_bits: int | None = None
 
     def __post_init__(self):
-        for name in ("bits", "group_size", "lut_group_size", "seed", "act_bits"):  # 4.0 or np.int64(4) as 4
+        for name in ("bits", "group_size", "lut_group_size", "seed", "act_bits"):  # np.int64(4) as 4; 4.0 refused
             value = getattr(self, name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 object.__setattr__(self, name, int(value))

@@ -54,8 +54,10 @@ class QuantizedLinear(nn.Module):
     """Behaves like the nn.Linear it replaces: y = x @ W^T + b for x [..., in_features]
     in fp32, fp16 or bf16 (the result keeps x's dtype); gradients flow to x and to the
     bias, the quantized weight is frozen. Its arrays are buffers (state_dict, save/load).
-    `weight` is a dequantized copy for code that reads Linear.weight (torch's
-    TransformerEncoderLayer checks it in eval mode); the forward never uses it."""
+    `weight` is a tensor on the meta device with the weight's shape and dtype, for
+    code that reads Linear.weight's metadata (torch's TransformerEncoderLayer does in
+    eval mode, and then keeps to its plain path, which calls this forward); the values
+    are `qweight().dequantize()`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, config: QuantConfig, qweight: QuantizedTensor):
         super().__init__()
@@ -161,7 +163,7 @@ class QuantizedLinear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         dtype = self.bias.dtype if self.bias is not None else torch.float32
-        return _to_torch(self.qweight().dequantize("fp32")).to(dtype)
+        return torch.empty((self.out_features, self.in_features), dtype=dtype, device="meta")
 
     @property
     def nbytes(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -115,7 +116,7 @@ def quantize_model(model: nn.Module, config: QuantConfig,
             targets.append((module_names[0], module))
             names[module_names[0]] = module_names
     if config.method == "gptq":
-        if not callable(calibration) and iter(calibration) is calibration:
+        if isinstance(calibration, Iterator):
             calibration = list(calibration)  # GPTQ runs the model once per layer: a generator would run dry
         quantized = gptq_quantize_layers(model, targets, calibration, config)
 
@@ -146,33 +147,70 @@ def quantize_model(model: nn.Module, config: QuantConfig,
 def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write the model's state (quantized layers included) to a safetensors file; the
     layers' configs go in its metadata. Tensors shared by several names (a tied
-    embedding and LM head) are stored once, as safetensors' save_model does. The file
-    appears complete or not at all."""
-    from safetensors.torch import save_model
+    embedding and LM head) are stored once, the other names listed as its aliases.
+    The file appears complete or not at all."""
+    from safetensors.torch import save_file
 
     layers = {name: {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None,
                      "config": m.config.to_json()}
               for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, QuantizedLinear)}
-    metadata = {_METADATA_KEY: json.dumps({"version": _FORMAT_VERSION, "layers": layers})}
+    tensors, aliases = _deduplicated_state(model)
+    metadata = {_METADATA_KEY: json.dumps({"version": _FORMAT_VERSION, "layers": layers, "aliases": aliases})}
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        save_model(model, tmp, metadata=metadata)
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
+def _deduplicated_state(model: nn.Module) -> tuple[dict, dict]:
+    """(tensors to write, {alias: name written}): a tensor reachable under several names
+    (tied weights) is written once; distinct tensors that share a storage (slices of one
+    buffer), which safetensors refuses, are written as copies."""
+    tensors, aliases, first = {}, {}, {}
+    for name, t in model.state_dict().items():
+        if t is None:
+            continue
+        identity = (t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
+        if t.numel() and identity in first:
+            aliases[name] = first[identity]
+        else:
+            first[identity] = name
+            tensors[name] = t.detach()
+    storages = {}
+    for name, t in tensors.items():
+        if t.numel():
+            storages.setdefault(t.untyped_storage().data_ptr(), []).append(name)
+    for names in storages.values():
+        for name in names if len(names) > 1 else ():
+            tensors[name] = tensors[name].clone()
+    return {name: t.contiguous() for name, t in tensors.items()}, aliases
+
+
+def _check_keys_and_shapes(model: nn.Module, stored: dict, path) -> None:
+    """Before any tensor is copied: load_state_dict copies the keys that fit, then raises."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if t is not None}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(stored) if expected[name] != stored[name])
+    if missing or unexpected or wrong:
+        parts = [f"{what} {names[:5]}" for what, names in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if names]
+        raise ValueError(f"argument 'path': expected the tensors of this model in {str(path)!r}, got "
+                         f"{'; '.join(parts)}")
+
+
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a file written by save() into `model` (the same architecture, quantized or
     not): its Linear layers named in the file become QuantizedLinear; exact round trip."""
     from safetensors import safe_open
-    from safetensors.torch import load_model
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
+        stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     if _METADATA_KEY not in metadata:
         raise ValueError(f"argument 'path': expected a file written by pocketml.quant.save, got {str(path)!r} "
                          f"without '{_METADATA_KEY}' metadata")
@@ -198,10 +236,17 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if current not in built:  # one layer under several names stays one layer
             built[current] = QuantizedLinear.empty(*shape, QuantConfig.from_json(spec["config"]))
         replacements[name] = built[current]
+    aliases = info.get("aliases", {})
+    stored.update({alias: stored[name] for alias, name in aliases.items() if name in stored})
     for name, layer in replacements.items():
         _replace(model, name, layer)
     try:
-        load_model(model, str(path), strict=True)
+        _check_keys_and_shapes(model, stored, path)
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        state.update({alias: state[name] for alias, name in aliases.items()})
+        model.load_state_dict(state, strict=True)
     except BaseException:
         for name, layer in originals.items():  # a file that does not fit leaves the model as it was
             _replace(model, name, layer)
