@@ -186,8 +186,9 @@ def _deduplicated_state(model: nn.Module) -> tuple[dict, dict]:
         if t.numel():
             storages.setdefault(t.untyped_storage().data_ptr(), []).append(name)
     for names in storages.values():
-        for name in names if len(names) > 1 else ():
-            tensors[name] = tensors[name].clone()
+        if len(names) > 1:
+            for name in names:
+                tensors[name] = tensors[name].clone()
     return {name: t.contiguous() for name, t in tensors.items()}, aliases
 
 
@@ -207,6 +208,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a file written by save() into `model` (the same architecture, quantized or
     not): its Linear layers named in the file become QuantizedLinear; exact round trip."""
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
@@ -242,8 +244,6 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         _replace(model, name, layer)
     try:
         _check_keys_and_shapes(model, stored, path)
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
         state.update({alias: state[name] for alias, name in aliases.items()})
         model.load_state_dict(state, strict=True)
