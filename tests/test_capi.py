@@ -94,3 +94,14 @@ def test_error_handler_is_called(lib):
     finally:
         lib.pocketml_set_error_handler(None, None)
     assert seen and seen[0][0] == TYPE and b"pocketml_dtype" in seen[0][1]
+
+
+def test_a_handler_calling_pocketml_keeps_the_failing_call_s_message(lib):
+    handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+    handler = handler_type(lambda status, message, user: lib.pocketml_dtype_size(0, ctypes.byref(ctypes.c_size_t())))
+    lib.pocketml_set_error_handler(handler, None)
+    try:
+        assert lib.pocketml_dtype_size(42, ctypes.byref(ctypes.c_size_t())) == TYPE
+        assert b"pocketml_dtype value (0..6), got 42" in lib.pocketml_last_error()  # the handler's success cleared it
+    finally:
+        lib.pocketml_set_error_handler(None, None)

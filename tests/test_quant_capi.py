@@ -59,6 +59,14 @@ def test_matmul_and_dequantize_equal_python(qlib, rng, make):
     assert row_bytes.value == qt.packed.shape[1]
     assert qlib.pocketml_quant_packed_row_bytes(2**63 - 1, 8, ctypes.byref(row_bytes)) == INVALID_ARGUMENT  # wrapped
     assert b"argument 'cols': expected a column count whose packed row fits" in qlib.pocketml_last_error()
+    # Sizes whose products wrap: m * cols read one row and returned OK; cols near 2^63 segfaulted.
+    assert qlib.pocketml_quant_matmul(x.ctypes.data, FP32, 2**58 + 1, ctypes.byref(weight), out.ctypes.data,
+                                      FP32) == INVALID_ARGUMENT
+    assert b"too large" in qlib.pocketml_last_error()
+    huge = describe(qt)
+    huge.cols = 2**63 - 1
+    assert qlib.pocketml_quant_dequantize(ctypes.byref(huge), dense.ctypes.data, FP16) == INVALID_ARGUMENT
+    assert b"argument 'weight.cols': expected a column count whose packed row fits" in qlib.pocketml_last_error()
 
 
 def test_bad_arguments_return_status_and_message(qlib, rng):

@@ -1,13 +1,25 @@
 #include "capi/guard.h"
 
-#include <atomic>
+#include <mutex>
 
 namespace pocketml::capi {
 namespace {
 
 thread_local std::string t_last_error;
-std::atomic<pocketml_error_handler> g_handler{nullptr};
-std::atomic<void*> g_handler_user_data{nullptr};
+
+// The handler and its user data change together: a failing call on another
+// thread must never see one without the other.
+struct Handler {
+  pocketml_error_handler function = nullptr;
+  void* user_data = nullptr;
+};
+std::mutex g_handler_mutex;
+Handler g_handler;
+
+Handler current_handler() {
+  std::lock_guard<std::mutex> lock(g_handler_mutex);
+  return g_handler;
+}
 
 }  // namespace
 
@@ -15,7 +27,10 @@ void clear_error() { t_last_error.clear(); }
 
 pocketml_status fail(pocketml_status status, const std::string& message) {
   t_last_error = message;
-  if (pocketml_error_handler handler = g_handler.load()) handler(status, t_last_error.c_str(), g_handler_user_data.load());
+  if (const Handler handler = current_handler(); handler.function != nullptr) {
+    handler.function(status, message.c_str(), handler.user_data);
+    t_last_error = message;  // a pocketml call made by the handler cleared or replaced it
+  }
   return status;
 }
 
@@ -26,8 +41,8 @@ extern "C" {
 const char* pocketml_last_error(void) { return pocketml::capi::t_last_error.c_str(); }
 
 void pocketml_set_error_handler(pocketml_error_handler handler, void* user_data) {
-  pocketml::capi::g_handler_user_data.store(user_data);
-  pocketml::capi::g_handler.store(handler);
+  std::lock_guard<std::mutex> lock(pocketml::capi::g_handler_mutex);
+  pocketml::capi::g_handler = {handler, user_data};
 }
 
 }

@@ -14,6 +14,15 @@ void require_range(int64_t value, const std::string& arg, const char* expected) 
   if (value < 0) fail_argument(ErrorKind::InvalidArgument, arg, expected, std::to_string(value));
 }
 
+// packed_row_bytes for any cols a caller can pass: rounding cols up to a chunk,
+// and the byte count, would wrap past ~2^62.
+int64_t checked_packed_row_bytes(int64_t cols, int bits, const std::string& arg) {
+  if (cols > std::numeric_limits<int64_t>::max() / (4 * bits) - kCodesPerChunk)
+    fail_argument(ErrorKind::InvalidArgument, arg, "a column count whose packed row fits in int64",
+                  std::to_string(cols));
+  return packed_row_bytes(cols, bits);
+}
+
 }  // namespace
 
 namespace pocketml::capi {
@@ -37,7 +46,8 @@ QuantizedViews quantized_views(const pocketml_quantized_weight* weight, const st
   q.group_size = w.group_size;
   if (q.kind == QuantKind::affine) check_affine_bits(w.bits); else check_lut_bits(w.bits);
   require_pointer(w.packed, (arg + ".packed").c_str());
-  q.packed = contiguous_view(const_cast<uint8_t*>(w.packed), DType::u8, {w.rows, packed_row_bytes(w.cols, w.bits)}, false);
+  q.packed = contiguous_view(const_cast<uint8_t*>(w.packed), DType::u8,
+                             {w.rows, checked_packed_row_bytes(w.cols, w.bits, arg + ".cols")}, false);
   if (q.kind == QuantKind::affine) {
     require_pointer(w.scales, (arg + ".scales").c_str());
     if (w.cols % w.group_size != 0)
@@ -67,10 +77,7 @@ extern "C" pocketml_status pocketml_quant_packed_row_bytes(int64_t cols, int32_t
     if (plane_layout(bits).count == 0)
       fail_argument(ErrorKind::InvalidArgument, "bits", "one of 1, 2, 3, 4, 5, 6, 8", std::to_string(bits));
     require_range(cols, "cols", "a non-negative column count");
-    if (cols > std::numeric_limits<int64_t>::max() / (4 * bits))  // the byte count would wrap
-      fail_argument(ErrorKind::InvalidArgument, "cols", "a column count whose packed row fits in int64",
-                    std::to_string(cols));
-    *out_bytes = packed_row_bytes(cols, bits);
+    *out_bytes = checked_packed_row_bytes(cols, bits, "cols");
   });
 }
 

@@ -43,11 +43,16 @@ TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_
   t.writable = writable;
   if (shape.size() > kMaxDims) fail(ErrorKind::InvalidArgument, "too many dimensions");
   for (int64_t extent : shape) t.shape[t.ndim++] = extent;
-  int64_t stride = 1;
+  // Sizes come from C callers too: a shape whose byte size wraps would read a few
+  // rows of a buffer meant to be huge and report success.
+  int64_t stride = 1, bytes = 0;
   for (int i = t.ndim - 1; i >= 0; --i) {
     t.strides[i] = stride;
-    stride *= t.shape[i];
+    if (t.shape[i] < 0 || __builtin_mul_overflow(stride, t.shape[i], &stride))
+      fail(ErrorKind::InvalidArgument, "a shape of " + t.shape_string() + " elements: negative or too large");
   }
+  if (__builtin_mul_overflow(stride, static_cast<int64_t>(dtype_size(dtype)), &bytes))
+    fail(ErrorKind::InvalidArgument, "a shape of " + t.shape_string() + " elements: too large");
   return t;
 }
 

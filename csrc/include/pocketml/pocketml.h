@@ -46,7 +46,10 @@ typedef enum pocketml_dtype {
 /* The message of the last failed call on this thread ("" if none). */
 POCKETML_API const char* pocketml_last_error(void);
 
-/* Called on every failure, before the call returns; NULL removes the handler. */
+/* Called on every failure, before the call returns; NULL removes the handler.
+ * The handler and user_data are set together (a failing call on another thread
+ * sees both or neither); pocketml calls made by the handler do not change the
+ * failing call's pocketml_last_error(). */
 typedef void (*pocketml_error_handler)(pocketml_status status, const char* message, void* user_data);
 POCKETML_API void pocketml_set_error_handler(pocketml_error_handler handler, void* user_data);
 

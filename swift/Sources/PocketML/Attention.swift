@@ -16,8 +16,9 @@ public enum Attention {
             self.headDim = headDim
         }
 
-        var queryCount: Int { batch * queryHeads * queryLength * headDim }
-        var kvCount: Int { batch * kvHeads * kvLength * headDim }
+        /// nil when the element count overflows Int.
+        var queryCount: Int? { checkedProduct([batch, queryHeads, queryLength, headDim]) }
+        var kvCount: Int? { checkedProduct([batch, kvHeads, kvLength, headDim]) }
         var cValue: pocketml_attention_shape {
             pocketml_attention_shape(
                 batch: Int64(batch), query_heads: Int64(queryHeads), kv_heads: Int64(kvHeads),
@@ -46,8 +47,8 @@ public enum Attention {
     public static func forward(q: [Float], k: [Float], v: [Float], shape: Shape, scale: Float, mask: Mask = .none)
         throws -> [Float]
     {
-        try requireCounts(q: q, k: k, v: v, shape: shape)
-        var out = [Float](repeating: 0, count: shape.queryCount)
+        let queryCount = try requireCounts(q: q, k: k, v: v, shape: shape)
+        var out = [Float](repeating: 0, count: queryCount)
         var cShape = shape.cValue
         try q.withUnsafeBytes { qb in
             try k.withUnsafeBytes { kb in
@@ -69,8 +70,8 @@ public enum Attention {
     public static func decode(q: [Float], kCache: [Float], vCache: [Float], shape: Shape, length: Int, scale: Float)
         throws -> [Float]
     {
-        try requireCounts(q: q, k: kCache, v: vCache, shape: shape)
-        var out = [Float](repeating: 0, count: shape.queryCount)
+        let queryCount = try requireCounts(q: q, k: kCache, v: vCache, shape: shape)
+        var out = [Float](repeating: 0, count: queryCount)
         var cShape = shape.cValue
         try q.withUnsafeBytes { qb in
             try kCache.withUnsafeBytes { kb in
@@ -86,14 +87,19 @@ public enum Attention {
         return out
     }
 
-    private static func requireCounts(q: [Float], k: [Float], v: [Float], shape: Shape) throws {
+    /// The query element count, once every array holds the values its shape needs.
+    private static func requireCounts(q: [Float], k: [Float], v: [Float], shape: Shape) throws -> Int {
         guard [shape.batch, shape.queryHeads, shape.kvHeads, shape.queryLength, shape.kvLength, shape.headDim]
             .allSatisfy({ $0 > 0 })
         else { throw PocketMLError(kind: .invalidArgument, message: "argument 'shape': expected positive sizes, got \(shape)") }
-        for (name, array, count) in [("q", q, shape.queryCount), ("k", k, shape.kvCount), ("v", v, shape.kvCount)]
+        guard let queryCount = shape.queryCount, let kvCount = shape.kvCount else {
+            throw PocketMLError(kind: .invalidArgument, message: "argument 'shape': sizes whose product overflows, got \(shape)")
+        }
+        for (name, array, count) in [("q", q, queryCount), ("k", k, kvCount), ("v", v, kvCount)]
         where array.count != count {
             throw PocketMLError(kind: .invalidArgument,
                                 message: "argument '\(name)': expected \(count) values for \(shape), got \(array.count)")
         }
+        return queryCount
     }
 }

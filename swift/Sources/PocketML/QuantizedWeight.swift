@@ -51,8 +51,11 @@ public struct QuantizedWeight {
             throw PocketMLError(kind: .invalidArgument,
                                 message: "weight: expected rows >= 0, cols > 0, group_size > 0, got \(rows), \(cols), \(groupSize)")
         }
+        guard let cBits = Int32(exactly: bits) else {
+            throw PocketMLError(kind: .invalidArgument, message: "weight.bits: expected 1 to 8, got \(bits)")
+        }
         var rowBytes: Int64 = 0
-        try check(pocketml_quant_packed_row_bytes(Int64(cols), Int32(bits), &rowBytes))
+        try check(pocketml_quant_packed_row_bytes(Int64(cols), cBits, &rowBytes))
         func require(_ array: [UInt8]?, _ name: String, _ factors: [Int]) throws {
             guard let count = checkedProduct(factors) else {
                 throw PocketMLError(kind: .invalidArgument,
@@ -109,21 +112,26 @@ public struct QuantizedWeight {
 
     /// out [m, rows] = x [m, cols] @ W^T in fp32 (the kernels of pocketml.quant.matmul).
     public func matmul(_ x: [Float], rows m: Int) throws -> [Float] {
-        guard x.count == m * cols else {
+        guard let count = checkedProduct([m, cols]), x.count == count else {
             throw PocketMLError(kind: .invalidArgument,
-                                message: "argument 'x': expected \(m) x \(cols) = \(m * cols) values, got \(x.count)")
+                                message: "argument 'x': expected \(m) x \(cols) values, got \(x.count)")
         }
         return try matmul(raw: x.withUnsafeBytes { [UInt8]($0) }, .fp32, rows: m)
     }
 
     /// The same from raw little-endian bytes of `type` (fp32, fp16 or bf16).
     public func matmul(raw x: [UInt8], _ type: DType, rows m: Int) throws -> [Float] {
-        guard [.fp32, .fp16, .bf16].contains(type), x.count == m * cols * type.size else {
+        try checkSizes()  // rows and cols are trusted below
+        guard [.fp32, .fp16, .bf16].contains(type), let bytes = checkedProduct([m, cols, type.size]), x.count == bytes
+        else {
             throw PocketMLError(kind: .invalidArgument,
                                 message: "argument 'x': expected \(m) x \(cols) fp32/fp16/bf16 values, "
                                     + "got \(x.count) bytes of \(type.rawValue)")
         }
-        var out = [Float](repeating: 0, count: m * rows)
+        guard let outCount = checkedProduct([m, rows]) else {
+            throw PocketMLError(kind: .invalidArgument, message: "argument 'rows': \(m) x \(rows) outputs overflow")
+        }
+        var out = [Float](repeating: 0, count: outCount)
         try withCWeight { weight in
             try x.withUnsafeBytes { xBytes in
                 try out.withUnsafeMutableBytes { outBytes in
@@ -137,7 +145,11 @@ public struct QuantizedWeight {
 
     /// The weight [rows, cols] as the kernels see it, in fp32.
     public func dequantize() throws -> [Float] {
-        var out = [Float](repeating: 0, count: rows * cols)
+        try checkSizes()
+        guard let count = checkedProduct([rows, cols]) else {
+            throw PocketMLError(kind: .invalidArgument, message: "weight: \(rows) x \(cols) values overflow")
+        }
+        var out = [Float](repeating: 0, count: count)
         try withCWeight { weight in
             try out.withUnsafeMutableBytes { outBytes in
                 try check(pocketml_quant_dequantize(weight, outBytes.baseAddress, POCKETML_FP32))

@@ -75,6 +75,16 @@ final class HarnessTests: XCTestCase {
         XCTAssertThrowsError(try huge.checkSizes()) { error in  // rows * row bytes overflowed Int: a crash
             XCTAssertTrue("\(error)".contains("weight.packed: a size of"), "\(error)")
         }
+        // Each of these trapped (Int32 conversion, negative array count, overflowing product) before any check.
+        let hugeBits = QuantizedWeight(kind: .affine, bits: 1 << 40, rows: 1, cols: 32, groupSize: 32, packed: [], scales: [])
+        let negativeRows = QuantizedWeight(kind: .affine, bits: 4, rows: -1, cols: 32, groupSize: 32, packed: [], scales: [])
+        for (bad, message) in [(hugeBits, "weight.bits"), (negativeRows, "rows >= 0")] {
+            XCTAssertThrowsError(try bad.dequantize()) { XCTAssertTrue("\($0)".contains(message), "\($0)") }
+            XCTAssertThrowsError(try bad.matmul([Float](repeating: 0, count: 32), rows: 1)) {
+                XCTAssertTrue("\($0)".contains(message), "\($0)")
+            }
+        }
+        XCTAssertThrowsError(try weight.matmul([], rows: Int.max / 4)) { XCTAssertTrue("\($0)".contains("argument 'x'")) }
     }
 
     // MARK: attention
@@ -99,6 +109,10 @@ final class HarnessTests: XCTestCase {
         }
         XCTAssertThrowsError(try Attention.forward(q: [1, 2], k: [1], v: [1], shape: shape, scale: 1)) { error in
             XCTAssertTrue("\(error)".contains("argument 'q'"), "\(error)")
+        }
+        let huge = Attention.Shape(batch: Int.max / 2, queryHeads: 4, kvHeads: 1, queryLength: 1, kvLength: 1, headDim: 1)
+        XCTAssertThrowsError(try Attention.forward(q: [], k: [], v: [], shape: huge, scale: 1)) { error in  // was a trap
+            XCTAssertTrue("\(error)".contains("sizes whose product overflows"), "\(error)")
         }
     }
 
