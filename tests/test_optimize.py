@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pocketml.cli import main
-from pocketml.optimize import optimize, preset_configs
+from pocketml.optimize import _is_value_projection, _quantize, markdown, optimize, preset_configs
 
 
 def test_optimize_writes_a_complete_report(tmp_path):
@@ -29,7 +29,21 @@ def test_optimize_writes_a_complete_report(tmp_path):
     assert (tmp_path / "accuracy_vs_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["chosen"] == "int8" and len(data["results"][0]["layer_speed"]) == 6
+    assert data["min_cosine"] == 0.99 and data["chosen_meets_min_cosine"]
     assert "| int8 **(chosen)** |" in (tmp_path / "report.md").read_text()
+    # No config reaching the threshold: the most accurate is exported and the report says so.
+    report.chosen_meets_min_cosine, report.min_cosine = False, 0.9999
+    assert "NO config reached cosine >= 0.9999" in markdown(report)
+
+
+def test_presets_selecting_layers_by_name_find_them_or_fail():
+    import torch
+
+    assert all(_is_value_projection(name) for name in
+               ("encoder.layer.0.attention.self.value", "transformer.layer.0.attention.v_lin", "layers.3.self_attn.v_proj"))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))  # no value projection: the preset would be plain int4
+    with pytest.raises(ValueError, match="preset 'int4-g32-v6' selects layers by name, and none"):
+        _quantize(model, "int4-g32-v6", [torch.randn(4, 64)])
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

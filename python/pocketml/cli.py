@@ -84,7 +84,9 @@ def cmd_optimize(args) -> int:
                       progress=not args.quiet)
     print(markdown(report))
     print(f"\nwrote {args.out}/report.md, report.json, accuracy_vs_size.png, model.mlpackage, golden/")
-    return 0 if report.coreml_weights_identical and not report.swift_validation.startswith("FAILED") else 1
+    succeeded = (report.chosen_meets_min_cosine and report.coreml_weights_identical
+                 and not report.swift_validation.startswith("FAILED"))
+    return 0 if succeeded else 1
 def cmd_data_verify(args) -> int:
     from pocketml.data import TokenDataset, verify
 

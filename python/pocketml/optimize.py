@@ -14,6 +14,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,12 +55,21 @@ def preset_configs(name: str):
         return [(QuantConfig(bits=4, group_size=64, method="mse"), None)]
     if name == "int4-g32-v6":
         value = QuantConfig(bits=6, group_size=32, method="mse")
-        return [(value, lambda layer: layer.endswith(".attention.self.value")), (int4_g32, None)]
+        return [(value, _is_value_projection), (int4_g32, None)]
     if name == "lut4":
         return [(QuantConfig(bits=4, method="kmeans"), None)]
     if name == "mixed":
         return [(int8, lambda layer: ".attention." in f".{layer}."), (int4_g32, None)]
     raise ValueError(f"argument 'configs': expected names from {', '.join(PRESETS)}, got {name!r}")
+
+
+# The attention value projection's name in BERT (.attention.self.value), DistilBERT
+# (.attention.v_lin) and Llama-style encoders (.v_proj).
+_VALUE_PROJECTIONS = (".attention.self.value", ".attention.v_lin", ".v_proj")
+
+
+def _is_value_projection(layer: str) -> bool:
+    return layer.endswith(_VALUE_PROJECTIONS)
 
 
 @dataclass
@@ -97,7 +107,9 @@ class OptimizeReport:
     threads: int
     calibration_sentences: int = 0
     results: list = field(default_factory=list)
+    min_cosine: float = 0.0
     chosen: str = ""
+    chosen_meets_min_cosine: bool = False  # else no config did, and the most accurate one was chosen
     coreml_package: str = ""
     coreml_weights_identical: bool = False
     golden_bundle: str = ""
@@ -130,7 +142,11 @@ def _quantize(model, preset: str, calibration) -> int:
     for config, which in preset_configs(preset):
         skip = None if which is None else (lambda name, module, which=which: not which(name))
         examples = None if config.method == "rtn" else calibration
-        count += len(quantize_model(model, config, skip=skip, calibration=examples).layers)
+        layers = len(quantize_model(model, config, skip=skip, calibration=examples).layers)
+        if which is not None and layers == 0:  # the preset would silently be another one
+            raise ValueError(f"argument 'configs': preset {preset!r} selects layers by name, and none of this "
+                             f"model's Linear layers matched")
+        count += layers
     return count
 
 
@@ -187,17 +203,18 @@ def _repository_swift_package():
 
 
 def _validate_in_swift(bundle: Path) -> str:
-    swift = shutil.which("swift")
+    swift = shutil.which("swift") or next((p for p in ("/opt/swift/usr/bin/swift",) if Path(p).exists()), None)
     root = _repository_swift_package()
     if swift is None:
         return "skipped: no Swift toolchain on PATH"
     if root is None:
         return "skipped: needs a source checkout with the C library built (make native)"
     native = root / "build" / "native"
-    result = subprocess.run([swift, "run", "--package-path", str(root / "swift"), "-Xcc",
-                             f"-I{root / 'csrc' / 'include'}", "-Xlinker", f"-L{native}", "-Xlinker", "-rpath",
-                             "-Xlinker", str(native), "pocketml-validate", str(bundle)],
-                            capture_output=True, text=True, timeout=900)
+    with tempfile.TemporaryDirectory() as scratch:  # swift run leaves its temporary directories in TMPDIR
+        result = subprocess.run([swift, "run", "--package-path", str(root / "swift"), "-Xcc",
+                                 f"-I{root / 'csrc' / 'include'}", "-Xlinker", f"-L{native}", "-Xlinker", "-rpath",
+                                 "-Xlinker", str(native), "pocketml-validate", str(bundle)],
+                                capture_output=True, text=True, timeout=900, env={**os.environ, "TMPDIR": scratch})
     lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("ok", "FAIL", "skip"))]
     if result.returncode != 0:
         return f"FAILED (exit {result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
@@ -295,7 +312,7 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
     acceptable = [r for r in report.results if r.cosine_min >= min_cosine]
     chosen = (min(acceptable, key=lambda r: r.model_mib) if acceptable
               else max(report.results, key=lambda r: r.cosine_min))
-    report.chosen = chosen.name
+    report.min_cosine, report.chosen, report.chosen_meets_min_cosine = min_cosine, chosen.name, bool(acceptable)
 
     steps.set_postfix_str("exporting to Core ML")
     model = quantized[chosen.name]
@@ -355,7 +372,10 @@ def markdown(report: OptimizeReport) -> str:
             lines.append(f"| {r.name} | {s.shape} | {s.rows} | {s.pocketml_ms:.3f} | {s.torch_fp32_ms:.3f} | "
                          f"{s.speedup:.2f}x |")
     lines += ["", "## Deployment", "",
-              f"- chosen: **{report.chosen}** (smallest with every cosine >= threshold)",
+              (f"- chosen: **{report.chosen}** (the smallest with every cosine >= {report.min_cosine})"
+               if report.chosen_meets_min_cosine else
+               f"- chosen: **{report.chosen}**: NO config reached cosine >= {report.min_cosine} on every sentence; "
+               "this is the most accurate one"),
               f"- Core ML package: `{report.coreml_package}`; decompressed weights bit-identical to pocketml's: "
               f"{'yes' if report.coreml_weights_identical else 'NO'}",
               f"- golden bundle: `{report.golden_bundle}`",
