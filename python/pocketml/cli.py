@@ -106,7 +106,7 @@ def cmd_data_build(args) -> int:
     from pocketml.data import build_from_text
 
     ds = build_from_text(args.files, args.out, tokenizer=args.tokenizer, eos_id=args.eos_id,
-                         shard_bytes=args.shard_bytes, overwrite=args.overwrite)
+                         shard_bytes=args.shard_bytes, overwrite=args.overwrite, errors=args.errors)
     print(f"{args.out}: {len(ds):,} documents, {ds.num_tokens:,} {ds.manifest.token_dtype} tokens in "
           f"{len(ds.manifest.shards)} shard(s)")
     return 0
@@ -132,6 +132,8 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--eos-id", type=int, default=None, help="EOS token id (default: found in the tokenizer)")
     p.add_argument("--shard-bytes", type=int, default=DEFAULT_SHARD_BYTES, help="target shard size in bytes")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.add_argument("--errors", choices=("strict", "replace"), default="strict",
+                   help="bytes that are not UTF-8: refuse the file, or write U+FFFD (default: %(default)s)")
     p.set_defaults(func=cmd_data_build)
     p = data.add_parser("verify", help="check sizes, checksums and indexes of a token-shard dataset")
     p.add_argument("path", help="dataset directory")
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, OSError) as exc:
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
         print(f"pocketml: error: {exc}", file=sys.stderr)
         return 2
 

@@ -117,8 +117,8 @@ def _check_vocabulary(dtype: str, vocab_size: int, eos_id: int, source: str = "a
 
 
 def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"field '{name}': expected a non-negative integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"field '{name}': expected an integer in [0, 2^63), got {value!r}")
 
 
 def _check_shard_entry(shard: ShardEntry, i: int) -> None:

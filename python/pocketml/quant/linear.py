@@ -47,7 +47,8 @@ def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTen
            "symmetric": qweight.symmetric, "scale_dtype": None if table is None else canonical_dtype(table.dtype)}
     wrong = [f"{key} {got[key]!r} (expected {value!r})" for key, value in expected.items() if got[key] != value]
     if wrong:
-        raise ValueError(f"argument 'qweight': expected the layer's shape in the config's format, got {', '.join(wrong)}")
+        raise ValueError(f"argument 'qweight': expected the layer's shape in the config's format, "
+                         f"got {', '.join(wrong)}")
 
 
 class QuantizedLinear(nn.Module):
