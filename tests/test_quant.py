@@ -940,8 +940,6 @@ def test_layer_under_module_casts_autocast_tracing_and_pickle():
     layer.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(x).dtype == torch.nn.Linear(64, 32)(x).dtype == torch.bfloat16
-    with pytest.raises(RuntimeError, match="cannot be traced by torch.jit.trace"):
-        torch.jit.trace(layer, x)  # the trace held torch.empty's uninitialised output
     with torch.no_grad():
         expected = layer(x)  # builds the cached view of the buffers
     restored = pickle.loads(pickle.dumps(layer))
@@ -950,6 +948,25 @@ def test_layer_under_module_casts_autocast_tracing_and_pickle():
         quant.quantize(np.zeros((4, 0), np.float32), group_size=None)
     importance = torch.ones(64, dtype=torch.bfloat16)
     quant.quantize(torch.randn(8, 64), group_size=32, method="mse", importance=importance)
+
+
+def test_quantized_layers_inside_torch_graphs():
+    # torch.jit.trace recorded torch.empty's uninitialised output; torch.compile broke the graph at each layer.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 32))
+    quant.quantize_model(model, quant.QuantConfig(group_size=32))
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        eager = model(x)
+        assert torch.equal(torch.jit.trace(model, x)(x), eager)
+        assert torch.equal(torch.export.export(model, (x,)).module()(x), eager)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break raises
+    x_compiled, x_eager = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = compiled(x_compiled)
+    y.sum().backward()
+    model(x_eager).sum().backward()
+    assert torch.equal(y.detach(), eager)
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad)
 
 
 # --- calibration -------------------------------------------------------------

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Optional
 
 import torch
 from torch import nn
 
 from pocketml._arrays import canonical_dtype
+from pocketml._native import core
 from pocketml.quant.config import QuantConfig
 from pocketml.quant.tensor import QuantizedTensor, matmul, palettize, quantize
 
@@ -49,6 +51,53 @@ def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTen
     if wrong:
         raise ValueError(f"argument 'qweight': expected the layer's shape in the config's format, "
                          f"got {', '.join(wrong)}")
+
+
+# The layer as one operator of torch's graphs (torch.compile, torch.jit.trace, torch.export),
+# which a call into the native core outside torch cannot be. Eager calls skip it: a Python
+# custom op costs ~7 us of dispatch, as much as a small layer's whole matmul.
+@torch.library.custom_op("pocketml::quantized_linear", mutates_args=())
+def _quantized_linear(x: torch.Tensor, packed: torch.Tensor, scales: Optional[torch.Tensor],
+                      zero_points: Optional[torch.Tensor], lut: Optional[torch.Tensor], kind: str, bits: int,
+                      group_size: int, out_features: int, act_bits: int) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty(x.shape[:-1] + (out_features,), dtype=x.dtype)
+    core.quant_matmul(x, kind, bits, x.shape[-1], group_size, packed, scales, zero_points, lut, out, act_bits)
+    return out
+
+
+@_quantized_linear.register_fake
+def _(x, packed, scales, zero_points, lut, kind, bits, group_size, out_features, act_bits):
+    return x.new_empty(x.shape[:-1] + (out_features,))
+
+
+def _quantized_linear_context(ctx, inputs, output):
+    x, packed, scales, zero_points, lut, kind, bits, group_size, out_features, _ = inputs
+    ctx.save_for_backward(packed, scales, zero_points, lut)
+    ctx.format = (kind, bits, x.shape[-1], group_size, out_features)
+
+
+@torch.library.custom_op("pocketml::dequantize", mutates_args=())
+def _dequantize(packed: torch.Tensor, scales: Optional[torch.Tensor], zero_points: Optional[torch.Tensor],
+                lut: Optional[torch.Tensor], kind: str, bits: int, group_size: int, rows: int,
+                cols: int) -> torch.Tensor:
+    weight = torch.empty(rows, cols)
+    core.quant_dequantize(kind, bits, cols, group_size, packed, scales, zero_points, lut, weight)
+    return weight
+
+
+@_dequantize.register_fake
+def _(packed, scales, zero_points, lut, kind, bits, group_size, rows, cols):
+    return packed.new_empty((rows, cols), dtype=torch.float32)
+
+
+def _quantized_linear_backward(ctx, grad_out):  # traced too (AOT autograd): torch ops and custom ops only
+    kind, bits, cols, group_size, rows = ctx.format
+    weight = torch.ops.pocketml.dequantize(*ctx.saved_tensors, kind, bits, group_size, rows, cols)
+    return (grad_out.float() @ weight).to(grad_out.dtype), None, None, None, None, None, None, None, None, None
+
+
+_quantized_linear.register_autograd(_quantized_linear_backward, setup_context=_quantized_linear_context)
 
 
 class QuantizedLinear(nn.Module):
@@ -147,12 +196,13 @@ class QuantizedLinear(nn.Module):
             raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in _DTYPES:
             raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
-        if torch.jit.is_tracing():  # the trace would record an uninitialised output, not the native kernel
-            raise RuntimeError("QuantizedLinear cannot be traced by torch.jit.trace (its kernel runs outside torch); "
-                               "pocketml.export.to_coreml traces a dequantized copy of the model instead")
         if torch.is_autocast_enabled("cpu"):  # as nn.Linear: the matmul runs in (and returns) autocast's dtype
             x = x.to(torch.get_autocast_dtype("cpu"))
-        if torch.is_grad_enabled() and x.requires_grad:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            y = torch.ops.pocketml.quantized_linear(x, self.packed, self.scales, self.zero_points, self.lut, self.kind,
+                                                    self.bits, self.group_size, self.out_features,
+                                                    self.config.act_bits or 0)
+        elif torch.is_grad_enabled() and x.requires_grad:
             y = _QuantizedMatmul.apply(x, self)
         else:  # nothing to differentiate: skip the autograd function's bookkeeping
             y = matmul(x, self.qweight(), act_bits=self.config.act_bits)
