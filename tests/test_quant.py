@@ -967,6 +967,10 @@ def test_quantized_layers_inside_torch_graphs():
     model(x_eager).sum().backward()
     assert torch.equal(y.detach(), eager)
     torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+    lut = torch.nn.Sequential(quant.QuantizedLinear.from_linear(torch.nn.Linear(64, 16), quant.QuantConfig(
+        bits=4, method="kmeans")))
+    with pytest.raises(Exception, match="expected a last dimension of in_features = 64"):  # read 60 of 64 columns
+        torch.compile(lut, backend="aot_eager", fullgraph=True)(torch.randn(2, 60))
 
 
 # --- calibration -------------------------------------------------------------

@@ -59,7 +59,7 @@ def preset_configs(name: str):
     if name == "lut4":
         return [(QuantConfig(bits=4, method="kmeans"), None)]
     if name == "mixed":
-        return [(int8, lambda layer: ".attention." in f".{layer}."), (int4_g32, None)]
+        return [(int8, _is_attention), (int4_g32, None)]
     raise ValueError(f"argument 'configs': expected names from {', '.join(PRESETS)}, got {name!r}")
 
 
@@ -70,6 +70,11 @@ _VALUE_PROJECTIONS = (".attention.self.value", ".attention.v_lin", ".v_proj")
 
 def _is_value_projection(layer: str) -> bool:
     return layer.endswith(_VALUE_PROJECTIONS)
+
+
+def _is_attention(layer: str) -> bool:
+    """BERT's .attention., Llama-style .self_attn., GPT-style .attn. projections."""
+    return any(part in f".{layer}." for part in (".attention.", ".self_attn.", ".attn."))
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -85,6 +86,8 @@ def build_from_text(files: Sequence[str | os.PathLike] | str | os.PathLike, out:
     elif not callable(tokenizer):
         raise TypeError(f"argument 'tokenizer': expected None, a tokenizer.json path or a callable, "
                         f"got {type(tokenizer).__name__}")
+    if errors not in ("strict", "replace"):
+        raise ValueError(f"argument 'errors': expected 'strict' or 'replace', got {errors!r}")
     vocab_size = vocab_size if vocab_size is not None else getattr(tokenizer, "vocab_size", None)
     eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eos_id", None)
     if vocab_size is None or eos_id is None:
@@ -93,7 +96,7 @@ def build_from_text(files: Sequence[str | os.PathLike] | str | os.PathLike, out:
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     if not files:
         raise ValueError("argument 'files': expected at least one text file, got none")
-    missing = [str(f) for f in files if not Path(f).is_file()]
+    missing = [str(f) for f in files if not Path(f).exists() or Path(f).is_dir()]  # pipes are fine
     if missing:  # before any file is tokenized
         raise FileNotFoundError(f"argument 'files': expected text files, got {', '.join(missing[:3])} "
                                 f"{'(not files)' if len(missing) < 4 else f'and {len(missing) - 3} more (not files)'}")
@@ -107,7 +110,7 @@ def build_from_text(files: Sequence[str | os.PathLike] | str | os.PathLike, out:
                 raise ValueError(f"argument 'files': {str(file)!r} is not UTF-8 ({exc.reason} at byte {exc.start}); "
                                  "pass errors='replace' to write U+FFFD for such bytes") from None
             ids = tokenizer(text)
-            yield ids if isinstance(ids, (np.ndarray, list, tuple)) else np.fromiter(ids, dtype=np.int64)
+            yield np.array(list(ids)) if isinstance(ids, Iterator) else ids  # write_tokens checks the dtype
 
     return write_tokens(out, documents(), dtype=dtype, vocab_size=vocab_size, eos_id=eos_id,
                         shard_bytes=shard_bytes, overwrite=overwrite)

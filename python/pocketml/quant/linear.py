@@ -59,29 +59,36 @@ def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTen
 @torch.library.custom_op("pocketml::quantized_linear", mutates_args=())
 def _quantized_linear(x: torch.Tensor, packed: torch.Tensor, scales: Optional[torch.Tensor],
                       zero_points: Optional[torch.Tensor], lut: Optional[torch.Tensor], kind: str, bits: int,
-                      group_size: int, out_features: int, act_bits: int) -> torch.Tensor:
+                      group_size: int, in_features: int, out_features: int, act_bits: int) -> torch.Tensor:
+    _check_input_width(x, in_features)
     x = x.contiguous()
     out = torch.empty(x.shape[:-1] + (out_features,), dtype=x.dtype)
-    core.quant_matmul(x, kind, bits, x.shape[-1], group_size, packed, scales, zero_points, lut, out, act_bits)
+    core.quant_matmul(x, kind, bits, in_features, group_size, packed, scales, zero_points, lut, out, act_bits)
     return out
 
 
+def _check_input_width(x, in_features):
+    torch._check(x.shape[-1] == in_features, lambda: f"argument 'input': expected a last dimension of "
+                                                      f"in_features = {in_features}, got shape {tuple(x.shape)}")
+
+
 @_quantized_linear.register_fake
-def _(x, packed, scales, zero_points, lut, kind, bits, group_size, out_features, act_bits):
+def _(x, packed, scales, zero_points, lut, kind, bits, group_size, in_features, out_features, act_bits):
+    _check_input_width(x, in_features)
     return x.new_empty(x.shape[:-1] + (out_features,))
 
 
 def _quantized_linear_context(ctx, inputs, output):
-    x, packed, scales, zero_points, lut, kind, bits, group_size, out_features, _ = inputs
+    x, packed, scales, zero_points, lut, kind, bits, group_size, in_features, out_features, _ = inputs
     ctx.save_for_backward(packed, scales, zero_points, lut)
-    ctx.format = (kind, bits, x.shape[-1], group_size, out_features)
+    ctx.format = (kind, bits, in_features, group_size, out_features)
 
 
 @torch.library.custom_op("pocketml::dequantize", mutates_args=())
 def _dequantize(packed: torch.Tensor, scales: Optional[torch.Tensor], zero_points: Optional[torch.Tensor],
                 lut: Optional[torch.Tensor], kind: str, bits: int, group_size: int, rows: int,
                 cols: int) -> torch.Tensor:
-    weight = torch.empty(rows, cols)
+    weight = torch.empty(rows, cols, dtype=torch.float32)
     core.quant_dequantize(kind, bits, cols, group_size, packed, scales, zero_points, lut, weight)
     return weight
 
@@ -94,7 +101,7 @@ def _(packed, scales, zero_points, lut, kind, bits, group_size, rows, cols):
 def _quantized_linear_backward(ctx, grad_out):  # traced too (AOT autograd): torch ops and custom ops only
     kind, bits, cols, group_size, rows = ctx.format
     weight = torch.ops.pocketml.dequantize(*ctx.saved_tensors, kind, bits, group_size, rows, cols)
-    return (grad_out.float() @ weight).to(grad_out.dtype), None, None, None, None, None, None, None, None, None
+    return (grad_out.float() @ weight).to(grad_out.dtype), None, None, None, None, None, None, None, None, None, None
 
 
 _quantized_linear.register_autograd(_quantized_linear_backward, setup_context=_quantized_linear_context)
@@ -200,8 +207,8 @@ class QuantizedLinear(nn.Module):
             x = x.to(torch.get_autocast_dtype("cpu"))
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
             y = torch.ops.pocketml.quantized_linear(x, self.packed, self.scales, self.zero_points, self.lut, self.kind,
-                                                    self.bits, self.group_size, self.out_features,
-                                                    self.config.act_bits or 0)
+                                                    self.bits, self.group_size, self.in_features,
+                                                    self.out_features, self.config.act_bits or 0)
         elif torch.is_grad_enabled() and x.requires_grad:
             y = _QuantizedMatmul.apply(x, self)
         else:  # nothing to differentiate: skip the autograd function's bookkeeping
