@@ -63,9 +63,19 @@ def test_zero_dim_and_empty():
     (np.zeros(3, np.bool_), "bool8"),
     (torch.zeros(3, dtype=torch.complex64), "complex64"),
     (np.zeros(3, np.uint16), "uint16"),
+    (torch.zeros(3, dtype=torch.float8_e4m3fn), "DLPack code 10, 8 bits"),  # was "code108"
 ])
 def test_unsupported_dtype_names_argument_expected_and_given(value, got):
     with pytest.raises(TypeError, match=rf"argument 'w': expected dtype fp32, fp16, bf16, int8, uint8, int32 or int64, got {got}"):
+        core.describe_tensor(value, "w")
+
+
+@pytest.mark.parametrize("value, got", [
+    (np.zeros(3, object), "object"), (np.zeros(3, "datetime64[s]"), r"datetime64\[s\]"), (np.zeros(3, "U1"), "<U1"),
+])
+def test_numpy_dtypes_without_a_dlpack_form_are_named(value, got):  # a bare BufferError before
+    with pytest.raises(TypeError, match=rf"argument 'w': expected a floating-point or integer dtype of at most 64 bits, "
+                                        rf"got {got}"):
         core.describe_tensor(value, "w")
 
 

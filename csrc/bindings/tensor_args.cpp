@@ -62,7 +62,9 @@ std::string device_name(int32_t type, int32_t id) {
 
 std::string dtype_description(DLDataType t) {
   static const char* codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
-  std::string s = t.code < 7 ? codes[t.code] : "code" + std::to_string(t.code);
+  // Codes past bool are DLPack 1.x's float8 / float4 variants: "DLPack code 10, 8 bits".
+  if (t.code >= 7) return "DLPack code " + std::to_string(t.code) + ", " + std::to_string(t.bits) + " bits";
+  std::string s = codes[t.code];
   s += std::to_string(t.bits);
   if (t.lanes != 1) s += "x" + std::to_string(t.lanes);
   return s;
@@ -194,7 +196,14 @@ TensorArg::TensorArg(py::handle obj, const char* arg) {
     if (py::hasattr(source, "is_neg") && py::bool_(source.attr("is_neg")()))
       fail_argument(ErrorKind::InvalidArgument, arg, "a tensor without torch's negative bit (call .resolve_neg())",
                     "a negated view");
-    capsule_ = export_capsule(source);
+    try {
+      capsule_ = export_capsule(source);
+    } catch (py::error_already_set& e) {  // object, str, datetime, longdouble ... have no DLPack form
+      if (!e.matches(PyExc_BufferError)) throw;
+      const std::string dtype = py::hasattr(source, "dtype") ? py::str(source.attr("dtype")).cast<std::string>()
+                                                             : type_name(obj);
+      fail_argument(ErrorKind::Type, arg, "a floating-point or integer dtype of at most 64 bits", dtype);
+    }
   }
 
   const DLTensor* t = nullptr;
