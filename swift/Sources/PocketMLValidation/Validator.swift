@@ -61,6 +61,11 @@ public enum Validator {
             throw GoldenBundleError(
                 message: "check '\(check.name)': result shape \(got.shape) differs from expected \(expected.shape)")
         }
+        guard check.op != "convert" || got.dtype == expected.dtype else {  // equal values in another dtype would pass
+            throw GoldenBundleError(
+                message: "check '\(check.name)': result dtype \(got.dtype.rawValue) differs from expected "
+                    + "\(expected.dtype.rawValue)")
+        }
         return compare(check, got: try got.floats(), expected: try expected.floats(), seconds: seconds)
     }
 

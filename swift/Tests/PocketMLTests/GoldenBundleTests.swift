@@ -107,6 +107,15 @@ final class GoldenBundleTests: XCTestCase {
                 XCTAssertTrue("\(error)".contains(message), "\(error)")
             }
         }
+        // fp32 -> fp16 compared against the same values stored as fp32 passed on values alone.
+        let otherDType = try GoldenBundle(url: try edited {
+            var checks = $0["checks"] as! [[String: Any]]
+            checks[0]["expected"] = "x_fp16_widened"
+            $0["checks"] = checks
+        })
+        XCTAssertThrowsError(try Validator.run(otherDType)) { error in
+            XCTAssertTrue("\(error)".contains("result dtype fp16 differs from expected fp32"), "\(error)")
+        }
         let empty = try GoldenBundle(url: try edited { $0["checks"] = [] })
         XCTAssertThrowsError(try Validator.run(empty)) { error in
             XCTAssertTrue("\(error)".contains("the bundle has no checks"), "\(error)")
