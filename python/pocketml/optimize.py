@@ -208,7 +208,7 @@ def _repository_swift_package():
 
 
 def _validate_in_swift(bundle: Path) -> str:
-    swift = shutil.which("swift") or next((p for p in ("/opt/swift/usr/bin/swift",) if Path(p).exists()), None)
+    swift = shutil.which("swift") or shutil.which("swift", path="/opt/swift/usr/bin")  # where the Makefile looks
     root = _repository_swift_package()
     if swift is None:
         return "skipped: no Swift toolchain on PATH"

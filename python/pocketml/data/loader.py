@@ -41,6 +41,19 @@ def _shared_counters(count: int):
     return tensor, tensor.numpy()
 
 
+class _SharedCounter:
+    """A loader attribute kept in slot `index` of its shared counters."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __get__(self, loader, owner=None):
+        return self if loader is None else int(loader._cursor[self.index])
+
+    def __set__(self, loader, value: int) -> None:
+        loader._cursor[self.index] = value
+
+
 def _distributed_rank_and_size() -> tuple[int, int]:
     try:
         import torch.distributed as dist
@@ -119,21 +132,8 @@ class TokenLoader(_IterableBase):
         self._iteration_start = None
         self._plan = None
 
-    @property
-    def epoch(self) -> int:
-        return int(self._cursor[0])
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._cursor[0] = value
-
-    @property
-    def position(self) -> int:
-        return int(self._cursor[1])
-
-    @position.setter
-    def position(self, value: int) -> None:
-        self._cursor[1] = value
+    epoch = _SharedCounter(0)
+    position = _SharedCounter(1)  # samples of this epoch's order consumed by all ranks together
 
     @property
     def _iteration_start(self) -> tuple[int, int] | None:

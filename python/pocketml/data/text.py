@@ -96,10 +96,10 @@ def build_from_text(files: Sequence[str | os.PathLike] | str | os.PathLike, out:
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     if not files:
         raise ValueError("argument 'files': expected at least one text file, got none")
-    missing = [str(f) for f in files if not Path(f).exists() or Path(f).is_dir()]  # pipes are fine
+    missing = [str(f) for f in map(Path, files) if not f.exists() or f.is_dir()]  # pipes are fine
     if missing:  # before any file is tokenized
-        raise FileNotFoundError(f"argument 'files': expected text files, got {', '.join(missing[:3])} "
-                                f"{'(not files)' if len(missing) < 4 else f'and {len(missing) - 3} more (not files)'}")
+        raise FileNotFoundError(f"argument 'files': expected text files, got {len(missing)} missing or directories: "
+                                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     dtype = "uint16" if vocab_size <= 1 << 16 else "uint32"
 
     def documents():

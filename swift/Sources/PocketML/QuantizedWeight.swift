@@ -121,41 +121,40 @@ public struct QuantizedWeight {
 
     /// The same from raw little-endian bytes of `type` (fp32, fp16 or bf16).
     public func matmul(raw x: [UInt8], _ type: DType, rows m: Int) throws -> [Float] {
-        try checkSizes()  // rows and cols are trusted below
-        guard [.fp32, .fp16, .bf16].contains(type), let bytes = checkedProduct([m, cols, type.size]), x.count == bytes
-        else {
-            throw PocketMLError(kind: .invalidArgument,
-                                message: "argument 'x': expected \(m) x \(cols) fp32/fp16/bf16 values, "
-                                    + "got \(x.count) bytes of \(type.rawValue)")
-        }
-        guard let outCount = checkedProduct([m, rows]) else {
-            throw PocketMLError(kind: .invalidArgument, message: "argument 'rows': \(m) x \(rows) outputs overflow")
-        }
-        var out = [Float](repeating: 0, count: outCount)
-        try withCWeight { weight in
+        try withCWeight { weight in  // which checks the weight's sizes first: rows and cols are trusted here
+            guard [.fp32, .fp16, .bf16].contains(type), let bytes = checkedProduct([m, cols, type.size]),
+                  x.count == bytes
+            else {
+                throw PocketMLError(kind: .invalidArgument,
+                                    message: "argument 'x': expected \(m) x \(cols) fp32/fp16/bf16 values, "
+                                        + "got \(x.count) bytes of \(type.rawValue)")
+            }
+            guard let outCount = checkedProduct([m, rows]) else {
+                throw PocketMLError(kind: .invalidArgument, message: "argument 'rows': \(m) x \(rows) outputs overflow")
+            }
+            var out = [Float](repeating: 0, count: outCount)
             try x.withUnsafeBytes { xBytes in
                 try out.withUnsafeMutableBytes { outBytes in
                     try check(pocketml_quant_matmul(
                         xBytes.baseAddress, type.cValue, Int64(m), weight, outBytes.baseAddress, POCKETML_FP32))
                 }
             }
+            return out
         }
-        return out
     }
 
     /// The weight [rows, cols] as the kernels see it, in fp32.
     public func dequantize() throws -> [Float] {
-        try checkSizes()
-        guard let count = checkedProduct([rows, cols]) else {
-            throw PocketMLError(kind: .invalidArgument, message: "weight: \(rows) x \(cols) values overflow")
-        }
-        var out = [Float](repeating: 0, count: count)
         try withCWeight { weight in
+            guard let count = checkedProduct([rows, cols]) else {
+                throw PocketMLError(kind: .invalidArgument, message: "weight: \(rows) x \(cols) values overflow")
+            }
+            var out = [Float](repeating: 0, count: count)
             try out.withUnsafeMutableBytes { outBytes in
                 try check(pocketml_quant_dequantize(weight, outBytes.baseAddress, POCKETML_FP32))
             }
+            return out
         }
-        return out
     }
 }
 
