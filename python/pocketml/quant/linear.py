@@ -55,7 +55,7 @@ def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTen
 
 # The layer as one operator of torch's graphs (torch.compile, torch.jit.trace, torch.export),
 # which a call into the native core outside torch cannot be. Eager calls skip it: a Python
-# custom op costs ~7 us of dispatch, as much as a small layer's whole matmul.
+# custom op's dispatch and per-call exports doubled a 384x384 layer's forward at M = 8 (67 us against 31).
 @torch.library.custom_op("pocketml::quantized_linear", mutates_args=())
 def _quantized_linear(x: torch.Tensor, packed: torch.Tensor, scales: Optional[torch.Tensor],
                       zero_points: Optional[torch.Tensor], lut: Optional[torch.Tensor], kind: str, bits: int,
