@@ -5,9 +5,10 @@
 namespace pocketml::avx2 {
 namespace {
 
-float read_sum(const float* data, int64_t n) {
+float read_sum(const float* data, int64_t n, int64_t prefetch_bytes) {
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t i = 0; i < n; i += 64) {
+    prefetch_stream_ahead(data + i, prefetch_bytes);
     a0 = _mm256_add_ps(a0, _mm256_add_ps(_mm256_load_ps(data + i), _mm256_load_ps(data + i + 8)));
     a1 = _mm256_add_ps(a1, _mm256_add_ps(_mm256_load_ps(data + i + 16), _mm256_load_ps(data + i + 24)));
     a2 = _mm256_add_ps(a2, _mm256_add_ps(_mm256_load_ps(data + i + 32), _mm256_load_ps(data + i + 40)));

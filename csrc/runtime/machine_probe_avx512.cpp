@@ -15,9 +15,10 @@ float horizontal_sum(__m512 v) {
   return s;
 }
 
-float read_sum(const float* data, int64_t n) {
+float read_sum(const float* data, int64_t n, int64_t prefetch_bytes) {
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t i = 0; i < n; i += 64) {
+    prefetch_stream_ahead(data + i, prefetch_bytes);
     a0 = _mm512_add_ps(a0, _mm512_load_ps(data + i));
     a1 = _mm512_add_ps(a1, _mm512_load_ps(data + i + 16));
     a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));

@@ -5,9 +5,10 @@
 namespace pocketml::neon {
 namespace {
 
-float read_sum(const float* data, int64_t n) {
+float read_sum(const float* data, int64_t n, int64_t prefetch_bytes) {
   float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t i = 0; i < n; i += 64) {
+    prefetch_stream_ahead(data + i, prefetch_bytes);
     for (int j = 0; j < 64; j += 16) {
       a0 = vaddq_f32(a0, vld1q_f32(data + i + j));
       a1 = vaddq_f32(a1, vld1q_f32(data + i + j + 4));

@@ -5,10 +5,13 @@
 namespace pocketml::scalar {
 namespace {
 
-float read_sum(const float* data, int64_t n) {
+float read_sum(const float* data, int64_t n, int64_t prefetch_bytes) {
   float acc[8] = {};
-  for (int64_t i = 0; i < n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += data[i + j];
+  for (int64_t i = 0; i < n; i += 64) {
+    prefetch_stream_ahead(data + i, prefetch_bytes);
+    for (int64_t k = i; k < i + 64; k += 8)
+      for (int j = 0; j < 8; ++j) acc[j] += data[k + j];
+  }
   return acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
 }
 

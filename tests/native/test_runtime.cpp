@@ -140,7 +140,8 @@ TEST(every_machine_probe_variant_reads_and_computes) {
   float expected = 0.0f;
   for (int i = 0; i < 512; ++i) expected += data[i] = static_cast<float>(i % 7 - 3);
   for (const auto& [isa, kernels] : variants) {
-    CHECK(kernels->read_sum(data, 512) == expected, isa_name(isa) << " read_sum");
+    CHECK(kernels->read_sum(data, 512, 0) == expected, isa_name(isa) << " read_sum");
+    CHECK(kernels->read_sum(data, 512, 256) == expected, isa_name(isa) << " read_sum prefetching");
     float sink = 0.0f;
     CHECK(kernels->fma_chains(100, &sink) > 0.0, isa_name(isa) << " fma_chains flops");
     CHECK(std::isfinite(sink) && sink != 0.0f, isa_name(isa) << " fma_chains result " << sink);
