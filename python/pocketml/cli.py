@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy a config needs to be chosen: minimum embedding cosine (default: %(default)s)")
     p.add_argument("--repeats", type=_positive_int, default=5,
                    help="timed repetitions per measurement (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no pocketml progress bar (coremltools draws its own; TQDM_DISABLE=1 hides those)")
     p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("golden", help="write the golden bundles the Swift validator checks")
