@@ -331,7 +331,7 @@ inline const void* cache_row(const void* base, int64_t j, int64_t stride) {
 // prefetch_decode_row). Always inlined, like the prefetch helpers: GCC 12 -O3
 // takes an out-of-line function that only prefetches for pure and deletes its
 // calls. That once dropped every prefetch of this file (decode from DRAM lost
-// half its speed); `objdump -d | grep -c prefetcht0` on the object shows it.
+// half its speed); `objdump -d | grep -c prefetchnta` on the object shows it.
 template <DType kType>
 [[gnu::always_inline]] inline void prefetch_ahead(const void* base, int64_t j, int64_t count, int64_t stride,
                                                   int64_t ahead, int64_t dim) {
