@@ -60,13 +60,15 @@ class Report:
     probes: list[float] = field(default_factory=list)  # read GB/s of each probe, when settle_machine ran
 
     def compare(self, case: str, peers: list[Peer], *, bytes_moved: float | None = None, flops: float | None = None,
-                rounds: int = 15, min_seconds: float = 0.02, settle_seconds: float = 0.01) -> list[Row]:
+                rounds: int = 15, min_seconds: float = 0.02, settle_seconds: float = 0.05) -> list[Row]:
         """Times every peer `rounds` times, interleaved; each sample repeats the call
         until it lasts `min_seconds` so timer resolution does not matter. Before each
         sample the peer runs untimed for `settle_seconds`: a peer's idle threads can
         hold the cores for milliseconds after it returns (torch's OpenMP workers
         spin-wait after each parallel region), which would otherwise be charged to
-        whichever peer runs next."""
+        whichever peer runs next. 50 ms: a GQA decode step (0.38 ms alone) measured
+        0.44-0.52 ms after torch SDPA with 10 ms of settling, 0.43 with 20 and
+        0.37-0.38 with 50, torch's own time unchanged (2 threads, 2 cores)."""
         for peer in peers:
             peer.fn()  # warm-up: first-touch allocation, lazy init
         repeats = []
