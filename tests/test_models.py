@@ -57,9 +57,11 @@ def test_unsupported_model_directories_are_clear(tmp_path):
 
 
 def test_loading_leaves_the_process_settings_as_they_were(monkeypatch, tmp_path):
+    from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_info()
     hf_logging.enable_progress_bar()
@@ -68,9 +70,10 @@ def test_loading_leaves_the_process_settings_as_they_were(monkeypatch, tmp_path)
         (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
         with pytest.raises(ValueError):
             models.load_encoder(tmp_path)  # a failed load too
-        assert "HF_HUB_OFFLINE" not in os.environ  # it was set for the rest of the process
-        assert hf_logging.get_verbosity() == hf_logging.INFO  # it was left at ERROR
+        assert "HF_HUB_OFFLINE" not in os.environ  # was: set for the rest of the process
+        assert hf_logging.get_verbosity() == hf_logging.INFO  # was: left at ERROR
         assert hf_logging.is_progress_bar_enabled()
+        assert not are_progress_bars_disabled()
     finally:
         hf_logging.set_verbosity(verbosity)
         (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()

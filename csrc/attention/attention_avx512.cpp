@@ -435,7 +435,7 @@ void decode_scores_one_row(int64_t keys, int64_t dim, int64_t d0, __mmask16 last
       // One row's prefetch per key, not the block's 16 at its end: a burst of
       // 64 line requests (fp16, D = 128) read 4-6% slower from DRAM (MHA fp16,
       // in-process A/B, 1 and 2 threads; int8 equal). The 4-row block keeps
-      // its requests at the end (spread there: GQA fp16 1-2% slower).
+      // its requests at the end (spread there: GQA fp16 1-5% slower).
       if (ahead > 0 && i < nk) prefetch_ahead<kType>(k, j0 + i, 1, k_stride, ahead, dim);
       if (i + 1 < nk) row += row_bytes;  // keys past the last repeat it
       // One pointer stepped row by row: left to itself GCC keeps a pointer per

@@ -103,12 +103,12 @@ static inline int64_t decode_prefetch_distance(int64_t row_bytes) {
 // The prefetch helpers are always inlined: GCC takes an out-of-line function
 // holding only prefetches for pure and deletes the calls to it.
 //
-// On x86 the rows are requested non-temporal (prefetchnta): each is read once.
-// One DRAM-bound decode step at L = 4096, Zen 5, against prefetcht0, 3 rounds
-// each: one thread GQA 32/8 fp16 26.3 -> 29.1 GB/s, MHA int8 32.5 -> 33.8, the
-// others equal; two threads MHA fp16 45.8 -> 48.7, MHA int8 44.2 -> 48.0, GQA
-// fp16 40.0 -> 43.7-55.9, GQA int8 37.5 -> 39.0. ARM keeps the default hint
-// (unmeasured there).
+// On x86 the rows are requested non-temporal (prefetchnta): each comes from
+// DRAM once per step (several column passes or row blocks re-read it from
+// cache soon after). Against prefetcht0, DRAM-bound steps at L = 4096 on a Zen 5
+// ran 0-10% faster on one thread and 4-9% on two for 1, 4 and 8 query rows per
+// KV head (int8 at 8 rows 1-2% slower, within noise; docs/architecture.md).
+// Unmeasured on Intel, where such lines may skip L2. ARM keeps the default hint.
 [[gnu::always_inline]] static inline void prefetch_decode_row(const void* row, int64_t row_bytes) {
 #if POCKETML_ARCH_X86
   constexpr int kLocality = 0;

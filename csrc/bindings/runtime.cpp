@@ -66,7 +66,8 @@ void register_runtime(py::module_& m) {
     d["isa"] = result.isa;
     return d;
   }, py::arg("buffer_bytes") = int64_t(1) << 30, py::arg("repeats") = 5,
-     "Streaming read bandwidth and peak fp32 FMA rate on all pool threads (for benchmarks).");
+     "Streaming read bandwidth (the best of plain and prefetched reads) and peak fp32 FMA rate on all "
+     "pool threads (for benchmarks).");
 }
 
 }  // namespace pocketml::bindings

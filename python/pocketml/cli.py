@@ -80,6 +80,11 @@ def cmd_optimize(args) -> int:
     unknown = [c for c in configs if c not in PRESETS]
     if unknown:
         raise ValueError(f"argument '--configs': expected names from {', '.join(PRESETS)}, got {', '.join(unknown)}")
+    from transformers.utils import logging as hf_logging
+
+    # The command owns its process: transformers' notes on being traced for Core ML
+    # ("loss_type=None ... unrecognized") say nothing about an encoder's export.
+    hf_logging.set_verbosity_error()
     report = optimize(args.model, configs, args.out, min_cosine=args.min_cosine, repeats=args.repeats,
                       progress=not args.quiet)
     print(markdown(report))
@@ -87,6 +92,8 @@ def cmd_optimize(args) -> int:
     succeeded = (report.chosen_meets_min_cosine and report.coreml_weights_identical
                  and not report.swift_validation.startswith("FAILED"))
     return 0 if succeeded else 1
+
+
 def cmd_data_verify(args) -> int:
     from pocketml.data import TokenDataset, verify
 

@@ -80,10 +80,13 @@ def default_model_path() -> Path:
 @contextlib.contextmanager
 def _transformers_quiet():
     """Silences transformers' warnings and progress bars while loading, then puts
-    back the caller's settings (they are process-wide)."""
+    back the caller's settings (they are process-wide; transformers' progress-bar
+    switch also flips huggingface_hub's, so both are put back)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
     verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hub_disabled = are_progress_bars_disabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
@@ -92,6 +95,7 @@ def _transformers_quiet():
         hf_logging.set_verbosity(verbosity)
         if progress:
             hf_logging.enable_progress_bar()
+        (disable_progress_bars if hub_disabled else enable_progress_bars)()
 
 
 def load_encoder(path: str | os.PathLike | None = None):
