@@ -210,9 +210,9 @@ class TransformerDecoder:
     config.max_seq_len tokens. Call with the prompt, then one token per step."""
 
     def __init__(self, config: DecoderConfig, qweights: dict):
-        missing = [name for name in ("embedding", "final_norm") + tuple(
-            f"layers.{i}.{p}" for i in range(config.num_layers) for p in PROJECTIONS + ("attn_norm", "mlp_norm"))
-            if name not in qweights]
+        required = ["embedding", "final_norm"] + [f"layers.{i}.{p}" for i in range(config.num_layers)
+                                                  for p in PROJECTIONS + ("attn_norm", "mlp_norm")]
+        missing = [name for name in required if name not in qweights]
         if missing:
             raise ValueError(f"argument 'qweights': expected the weights of config.num_layers = {config.num_layers} "
                              f"layers, got no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
@@ -234,9 +234,10 @@ class TransformerDecoder:
         if ids.size and ids.dtype.kind not in "iu":  # a cast would truncate 5.9 to 5
             raise TypeError(f"argument 'tokens': expected integer token ids, got dtype {ids.dtype}")
         limits = np.iinfo(np.int32)  # the core checks the vocabulary; values int32 would wrap (2^32 + 5 to 5) first
-        if ids.size and (ids.min() < limits.min or ids.max() > limits.max):
-            bad = ids.min() if ids.min() < limits.min else ids.max()
-            raise ValueError(f"argument 'tokens': expected ids in [0, {self.config.vocab_size}), got {bad}")
+        low, high = (ids.min(), ids.max()) if ids.size else (0, 0)
+        if low < limits.min or high > limits.max:
+            raise ValueError(f"argument 'tokens': expected ids in [0, {self.config.vocab_size}), "
+                             f"got {low if low < limits.min else high}")
         tokens = np.ascontiguousarray(ids, dtype=np.int32)
         logits = np.empty((tokens.shape[0], self.config.vocab_size), dtype=np.float32)
         self._native.forward(tokens, logits)

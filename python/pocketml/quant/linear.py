@@ -21,6 +21,11 @@ def _to_torch(array):
     return array if isinstance(array, torch.Tensor) else torch.from_numpy(array)
 
 
+def _input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dx = dy @ W for the dequantized fp32 weight W, in dy's dtype."""
+    return (grad_out.float() @ weight).to(grad_out.dtype)
+
+
 class _QuantizedMatmul(torch.autograd.Function):
     """y = x @ W^T on the native kernel; dx = dy @ W with W dequantized on the fly (W is frozen)."""
 
@@ -31,8 +36,7 @@ class _QuantizedMatmul(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        weight = torch.from_numpy(ctx.layer.qweight().dequantize("fp32"))
-        return (grad_out.float() @ weight).to(grad_out.dtype), None
+        return _input_grad(grad_out, torch.from_numpy(ctx.layer.qweight().dequantize("fp32"))), None
 
 
 def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTensor) -> None:
@@ -101,7 +105,7 @@ def _(packed, scales, zero_points, lut, kind, bits, group_size, rows, cols):
 def _quantized_linear_backward(ctx, grad_out):  # traced too (AOT autograd): torch ops and custom ops only
     kind, bits, cols, group_size, rows = ctx.format
     weight = torch.ops.pocketml.dequantize(*ctx.saved_tensors, kind, bits, group_size, rows, cols)
-    return (grad_out.float() @ weight).to(grad_out.dtype), None, None, None, None, None, None, None, None, None, None
+    return (_input_grad(grad_out, weight),) + (None,) * 10
 
 
 _quantized_linear.register_autograd(_quantized_linear_backward, setup_context=_quantized_linear_context)

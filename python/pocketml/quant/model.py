@@ -204,6 +204,22 @@ def _check_keys_and_shapes(model: nn.Module, stored: dict, path) -> None:
                          f"{'; '.join(parts)}")
 
 
+def _linear_shape(module) -> tuple | None:
+    """(in_features, out_features, has bias) of a Linear or QuantizedLinear, else None."""
+    if not isinstance(module, (nn.Linear, QuantizedLinear)):
+        return None
+    return module.in_features, module.out_features, module.bias is not None
+
+
+def _describe_layer(module) -> str:
+    if module is None:
+        return "nothing"
+    shape = _linear_shape(module)
+    if shape is None:
+        return type(module).__name__
+    return f"in_features={shape[0]}, out_features={shape[1]}, bias={shape[2]}"
+
+
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a file written by save() into `model` (the same architecture, quantized or
     not): its Linear layers named in the file become QuantizedLinear; exact round trip."""
@@ -226,14 +242,10 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         except AttributeError:
             current = None
         shape = (spec["in_features"], spec["out_features"], spec["bias"])
-        if not isinstance(current, (nn.Linear, QuantizedLinear)) or \
-                (current.in_features, current.out_features, current.bias is not None) != shape:
-            got = "nothing" if current is None else (
-                type(current).__name__ if not isinstance(current, (nn.Linear, QuantizedLinear)) else
-                f"in_features={current.in_features}, out_features={current.out_features}, "
-                f"bias={current.bias is not None}")
+        if _linear_shape(current) != shape:
             raise ValueError(f"argument 'model': expected layer {name!r} to be a Linear with in_features={shape[0]}, "
-                             f"out_features={shape[1]}, bias={shape[2]} as in {str(path)!r}, got {got}")
+                             f"out_features={shape[1]}, bias={shape[2]} as in {str(path)!r}, "
+                             f"got {_describe_layer(current)}")
         originals[name] = current
         if current not in built:  # one layer under several names stays one layer
             built[current] = QuantizedLinear.empty(*shape, QuantConfig.from_json(spec["config"]))
