@@ -771,6 +771,116 @@ def test_bad_input_raises_clear_errors(rng):
             torch.ones(2, 96, dtype=torch.float64))
 
 
+
+def test_arguments_are_checked_before_the_native_core(rng):
+    """Python checks every argument the bindings would otherwise refuse with an unlabelled
+    overload error (which printed the whole weight): NumPy integers and bools count, 4.0 does not."""
+    w = weight(rng, 16, 64)
+    qt = quant.quantize(w, np.int64(4), np.int64(32), symmetric=np.bool_(True))
+    assert qt.bits == 4 and qt.group_size == 32 and qt.symmetric
+    lut = quant.palettize(w, np.int64(2), group_size=np.int64(4), seed=np.int64(3), max_iterations=np.int32(5))
+    assert lut.lut.shape == (4, 4)
+    cases = [
+        (TypeError, "argument 'bits': expected an int, got float 4.0", lambda: quant.quantize(w, 4.0, 32)),
+        (TypeError, "argument 'group_size': expected an int, got float 64.0", lambda: quant.quantize(w, 4, 64.0)),
+        (TypeError, "argument 'symmetric': expected a bool, got int 1", lambda: quant.quantize(w, 4, 32, symmetric=1)),
+        (ValueError, r"argument 'seed': expected an integer in \[0, 18446744073709551616\), got 18446744073709551616",
+         lambda: quant.palettize(w, seed=2**64)),
+        (TypeError, "argument 'max_iterations': expected an int, got float 1.5",
+         lambda: quant.palettize(w, max_iterations=1.5)),
+        (ValueError, r"argument 'max_iterations': expected an integer in \[1, 2147483648\)",
+         lambda: quant.palettize(w, max_iterations=2**40)),
+        (ValueError, "argument 'group_size': expected a number of output channels dividing N = 16, got 5",
+         lambda: quant.palettize(w, group_size=5)),
+        (TypeError, "argument 'act_bits': expected an int, got float 8.0",
+         lambda: quant.matmul(np.ones((1, 64), np.float32), qt, act_bits=8.0)),
+        (TypeError, "argument 'scale_dtype': expected one of fp32, fp16, bf16, got 'float64'",
+         lambda: quant.quantize(w, 4, 32, scale_dtype="float64")),
+        (TypeError, "argument 'dtype': expected one of fp32, fp16, bf16, got 'int8'", lambda: qt.dequantize("int8")),
+        (ValueError, "argument 'importance': expected None for method 'rtn'",
+         lambda: quant.quantize(w, 4, 32, importance=np.ones(64, np.float32))),
+        (ValueError, r"argument 'seed': expected an integer in \[0, ", lambda: quant.QuantConfig(seed=-1)),
+        (ValueError, r"argument 'lut_group_size': expected an integer >= 1, got 0",
+         lambda: quant.QuantConfig(method="kmeans", lut_group_size=0)),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=message) as caught:
+            call()
+        assert len(str(caught.value)) < 200
+
+
+def test_quantized_tensor_checks_its_arrays(rng):
+    qt = quant.quantize(weight(rng, 16, 64), 4, 32)
+    with pytest.raises(ValueError, match=r"argument 'packed': expected shape \(32, 32\), got \(16, 32\)"):
+        quant.QuantizedTensor("affine", 4, (32, 64), 32, qt.packed, scales=qt.scales, zero_points=qt.zero_points)
+    with pytest.raises(TypeError, match="argument 'scales': expected dtype fp32, fp16 or bf16, got float64"):
+        quant.QuantizedTensor("affine", 4, (16, 64), 32, qt.packed, scales=qt.scales.astype(np.float64))
+    with pytest.raises(ValueError, match=r"argument 'zero_points': expected shape \(16, 2\)"):
+        quant.QuantizedTensor("affine", 4, (16, 64), 32, qt.packed, scales=qt.scales, zero_points=qt.zero_points[:, :1])
+    with pytest.raises(ValueError, match="argument 'group_size': expected a divisor of K = 64, got 48"):
+        quant.QuantizedTensor("affine", 4, (16, 64), 48, qt.packed, scales=qt.scales)
+    with pytest.raises(ValueError, match="argument 'kind'"):
+        quant.QuantizedTensor("palette", 4, (16, 64), 32, qt.packed, scales=qt.scales)
+    with pytest.raises(ValueError, match=r"argument 'lut': expected shape \(2, 16\)"):
+        quant.QuantizedTensor("lut", 4, (16, 64), 8, qt.packed, lut=np.zeros((2, 8), np.float32))
+
+
+def test_from_coreml_reads_signed_data_and_refuses_values_out_of_range():
+    scale = np.array([[0.5], [0.25]], np.float16)
+    data = np.array([[-8, -1, 0, 7] * 8, [7, 3, -2, -8] * 8], np.int8)  # Core ML int4 data, held in int8
+    offset = np.array([[-3], [2]], np.int8)
+    qt = quant.QuantizedTensor.from_coreml({"data": data, "scale": scale, "offset": offset}, bits=4)
+    np.testing.assert_array_equal(qt.dequantize(), scale.astype(np.float32) * (data - offset.astype(np.float32)))
+    np.testing.assert_array_equal(qt.codes(), data + 8)
+    signed8 = quant.QuantizedTensor.from_coreml({"data": np.full((2, 32), -128, np.int8), "scale": scale,
+                                                 "offset": np.zeros((2, 1), np.int8)}, bits=8)
+    assert signed8.symmetric and (signed8.dequantize() == -128 * scale.astype(np.float32)).all()
+
+    def affine(data, offset=np.zeros((2, 1), np.uint8), scale=scale):
+        return {"data": data, "scale": scale, "offset": offset}
+    cases = [
+        (ValueError, r"expected 'data' in \[0, 255\], got values in \[256, 256\]", affine(np.full((2, 32), 256)), 8),
+        (ValueError, r"expected 'data' in \[0, 15\], got values in \[16, 16\]", affine(np.full((2, 32), 16)), 4),
+        (TypeError, "expected integer 'data', got dtype float64", affine(np.full((2, 32), 3.7)), 4),
+        (ValueError, r"expected 'offset' in \[0, 255\], got values in \[-1, 0\]",
+         affine(np.zeros((2, 32), np.int64), np.array([[-1], [0]])), 4),
+        (ValueError, r"expected 'offset' in \[-8, 247\], got values in \[-9, -9\]",
+         affine(np.zeros((2, 32), np.int8), np.full((2, 1), -9, np.int8)), 4),
+        (ValueError, r"expected a 2-D 'data', got shape \(32,\)", affine(np.zeros(32, np.uint8)), 4),
+        (ValueError, "expected 'scale' shaped", affine(np.zeros((2, 32), np.uint8), scale=np.ones((2, 3), np.float16)), 4),
+        (ValueError, "expected 'offset' shaped like 'scale'", affine(np.zeros((2, 32), np.uint8), np.zeros((2, 2), np.uint8)), 4),
+        (ValueError, r"expected 'lut' shaped \[tables, 1, 2 \*\* bits, 1\], got \(1, 16\)",
+         {"indices": np.zeros((2, 32), np.uint8), "lut": np.ones((1, 16), np.float16)}, 4),
+        (ValueError, r"expected 'indices' in \[0, 3\]",
+         {"indices": np.full((2, 32), 4, np.uint8), "lut": np.ones((1, 1, 4, 1), np.float16)}, 2),
+    ]
+    for error, message, arrays, bits in cases:
+        with pytest.raises(error, match="argument 'arrays': " + message):
+            quant.QuantizedTensor.from_coreml(arrays, bits=bits)
+
+
+def test_extreme_finite_weights_get_the_scales_the_format_specifies():
+    # |w| near fp32's maximum: hi - lo (or 2 max|w|) overflows fp32 although the scale fits.
+    huge = np.array([[3e38, -3e38] * 16], np.float32)
+    for bits, symmetric in ((4, False), (4, True), (8, True), (8, False)):
+        qt = quant.quantize(huge, bits, 32, symmetric=symmetric, scale_dtype="fp32")
+        values = qt.dequantize()
+        assert np.isfinite(values).all() and np.all(np.sign(values) == np.sign(huge))
+        assert np.abs(values - huge).max() <= qt.scales.max()
+    # At 2 bits the rounded zero point puts -3e38 on the grid point -4e38: refused, not decoded as -inf.
+    with pytest.raises(ValueError, match=r"argument 'weight': expected values whose 2-bit codes decode within "
+                                         r"fp32's range, got a group spanning \[-3e\+38, 3e\+38\]"):
+        quant.quantize(huge, 2, 32, scale_dtype="fp32")
+    with pytest.raises(ValueError, match="argument 'scale_dtype'.*overflow.*use fp32 or bf16 scales"):
+        quant.quantize(huge, 4, 32, scale_dtype="fp16")
+    # A scale that underflows to 0 becomes the dtype's smallest positive value (docs/formats.md), not 1.
+    tiny = np.full((1, 32), 1e-45, np.float32)
+    tiny[0, ::2] = -1e-45
+    qt = quant.quantize(tiny, 8, 32, scale_dtype="fp32")
+    assert qt.scales[0, 0] == np.float32(2.0 ** -149)
+    np.testing.assert_array_equal(qt.dequantize(), tiny)
+    assert quant.quantize(np.zeros((1, 32), np.float32), 8, 32, scale_dtype="fp32").scales[0, 0] == 1.0
+
 def test_non_finite_scales_and_tables_are_refused():
     # K = 33 pads each row with code 0 against zero activations: an infinite value for
     # code 0 gave NaN for every output (0 * inf) although no real column used it.
@@ -902,6 +1012,25 @@ def test_layer_checks_its_quantized_weight_and_reloaded_scales():
         with pytest.raises(ValueError, match="argument 'scales': expected finite values"):
             layer(x)
 
+
+
+def test_layer_keeps_its_dtypes_names_its_input_and_describes_itself_on_meta(tmp_path):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8)).half()
+    model = copy.deepcopy(base)
+    quant.quantize_model(model, quant.QuantConfig(group_size=32))
+    quant.save(model, tmp_path / "half.safetensors")
+    loaded = quant.load(copy.deepcopy(base), tmp_path / "half.safetensors")
+    assert loaded[0].bias.dtype == loaded[0].weight.dtype == torch.float16  # the fp32 bias of empty() was kept
+    assert all(v.dtype == model.state_dict()[k].dtype for k, v in loaded.state_dict().items())
+    layer = model[0]
+    with pytest.raises(ValueError, match=r"argument 'input': expected a last dimension of in_features = 64, "
+                                         r"got shape \(2, 63\)"):
+        layer(torch.ones(2, 63, dtype=torch.float16))
+    on_meta = copy.deepcopy(layer).to("meta")
+    assert repr(on_meta) == repr(layer) and on_meta.nbytes == layer.nbytes
+    with pytest.raises(ValueError, match="expected the layer's buffers on the CPU, .* got them on meta"):
+        on_meta(torch.ones(2, 64, dtype=torch.float16))
 
 def test_config_integers_and_calibration_sources():
     assert quant.QuantConfig(bits=np.int64(4), group_size=np.int64(32)).to_json() == \

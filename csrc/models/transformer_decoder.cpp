@@ -1,7 +1,6 @@
 #include "models/transformer_decoder.h"
 
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <initializer_list>
 #include <mutex>
@@ -17,13 +16,6 @@ namespace {
 
 void require_positive(int64_t value, const char* arg) {
   if (value <= 0) fail_argument(ErrorKind::InvalidArgument, arg, "a positive value", std::to_string(value));
-}
-
-// 1e-50 as 1e-50 (std::to_string would print 0.000000).
-std::string shortest_text(double value) {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%g", value);
-  return text;
 }
 
 // The product of config sizes, refused when it overflows int64 (a wrapped size

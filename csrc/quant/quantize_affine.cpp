@@ -36,20 +36,24 @@ class GroupQuantizer {
   // Params for values scaled into [lo, hi] (lo <= 0 <= hi: zero stays exact).
   GroupParams params_for_range(float lo, float hi) const {
     GroupParams p;
+    const float max_code = static_cast<float>(max_code_);
     float scale;
     if (options_.symmetric) {
-      scale = std::max(-lo, hi) * 2.0f / static_cast<float>(max_code_);
+      scale = std::max(-lo, hi) * 2.0f / max_code;
+      // Above 1.7e38 the doubled bound overflows where the scale does not: divide first.
+      if (std::isinf(scale)) scale = std::max(-lo, hi) / max_code * 2.0f;
       p.zero = (max_code_ + 1) / 2;
     } else {
-      scale = (hi - lo) / static_cast<float>(max_code_);
+      scale = (hi - lo) / max_code;
+      if (std::isinf(scale)) scale = hi / max_code - lo / max_code;
     }
-    if (!(scale > 0.0f)) scale = 1.0f;  // an all-zero group
+    if (lo == hi) scale = 1.0f;  // an all-zero group (lo <= 0 <= hi)
     float stored = round_to_dtype(scale, scale_dtype_);
-    if (stored == 0.0f) stored = smallest_positive();
+    if (stored == 0.0f) stored = smallest_positive();  // also a scale that underflowed in fp32 itself
     if (std::isinf(stored))
       fail_argument(ErrorKind::InvalidArgument, "scale_dtype", "a dtype whose range holds the scales",
                     std::string(dtype_name(scale_dtype_)) + " overflowing for weights up to " +
-                        std::to_string(std::max(-lo, hi)) + " (use fp32 scales)");
+                        shortest_text(std::max(-lo, hi)) + " (use fp32 or bf16 scales)");
     p.scale = stored;
     if (!options_.symmetric) p.zero = static_cast<int>(std::clamp(round_half_even(-lo / stored), 0.0f, float(max_code_)));
     return p;
@@ -60,11 +64,15 @@ class GroupQuantizer {
     return static_cast<uint8_t>(std::clamp(q, 0.0f, static_cast<float>(max_code_)));
   }
 
+  // w as the kernels will read it.
+  float dequantized(float w, const GroupParams& p) const {
+    return p.scale * static_cast<float>(static_cast<int>(code(w, p)) - p.zero);
+  }
+
   double error(const float* w, const float* importance, int64_t n, const GroupParams& p) const {
     double sum = 0.0;
     for (int64_t k = 0; k < n; ++k) {
-      const float value = p.scale * static_cast<float>(static_cast<int>(code(w[k], p)) - p.zero);
-      const double diff = static_cast<double>(w[k]) - value;
+      const double diff = static_cast<double>(w[k]) - dequantized(w[k], p);
       sum += (importance ? importance[k] : 1.0) * diff * diff;
     }
     return sum;
@@ -77,17 +85,23 @@ class GroupQuantizer {
       hi = std::max(hi, w[k]);
     }
     GroupParams best = params_for_range(lo, hi);
-    if (options_.method == AffineMethod::rtn) return best;
-    double best_error = error(w, importance, n, best);
-    for (int step = 1; step <= kShrinkSteps; ++step) {
-      const float shrink = 1.0f - kShrinkStep * static_cast<float>(step);
-      const GroupParams candidate = params_for_range(lo * shrink, hi * shrink);
-      const double e = error(w, importance, n, candidate);
-      if (e < best_error) {
-        best_error = e;
-        best = candidate;
+    if (options_.method == AffineMethod::mse) {
+      double best_error = error(w, importance, n, best);
+      for (int step = 1; step <= kShrinkSteps; ++step) {
+        const float shrink = 1.0f - kShrinkStep * static_cast<float>(step);
+        const GroupParams candidate = params_for_range(lo * shrink, hi * shrink);
+        const double e = error(w, importance, n, candidate);
+        if (e < best_error) {
+          best_error = e;
+          best = candidate;
+        }
       }
     }
+    // Near fp32's maximum the grid's rounded zero point can put the extreme code past it.
+    if (std::isinf(dequantized(lo, best)) || std::isinf(dequantized(hi, best)))
+      fail_argument(ErrorKind::InvalidArgument, "weight", "values whose " + std::to_string(options_.bits) +
+                    "-bit codes decode within fp32's range", "a group spanning [" + shortest_text(lo) + ", " +
+                    shortest_text(hi) + "], whose extreme rounds to infinity");
     return best;
   }
 

@@ -5,6 +5,7 @@ torch is optional: it is only imported when the caller already passed a torch ob
 
 from __future__ import annotations
 
+import numbers
 import sys
 
 import numpy as np
@@ -44,8 +45,28 @@ def describe_type(x) -> str:
     return type(x).__module__ + "." + type(x).__qualname__ if not isinstance(x, (list, tuple)) else type(x).__name__
 
 
-def canonical_dtype(dtype, arg: str = "dtype") -> str:
-    """'fp32', 'fp16', 'bf16', ... from a name, a NumPy dtype or a torch dtype."""
+def integer_argument(value, arg: str, low: int | None = None, high: int | None = None) -> int:
+    """`value` as an int (NumPy integers too; bool and float refused) in [low, high), else a
+    TypeError / ValueError naming `arg`: the native bindings would otherwise answer with an
+    unlabelled overload error that prints every argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"argument '{arg}': expected an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value >= high):
+        expected = f">= {low}" if high is None else f"< {high}" if low is None else f"in [{low}, {high})"
+        raise ValueError(f"argument '{arg}': expected an integer {expected}, got {value}")
+    return value
+
+
+def bool_argument(value, arg: str) -> bool:
+    """`value` as a bool (NumPy's bool too), else a TypeError naming `arg`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"argument '{arg}': expected a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def canonical_dtype(dtype, arg: str = "dtype", choices: tuple = ALL_DTYPES) -> str:
+    """'fp32', 'fp16', 'bf16', ... from a name, a NumPy dtype or a torch dtype; one of `choices`."""
     torch = _torch()
     if torch is not None and isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
@@ -56,8 +77,8 @@ def canonical_dtype(dtype, arg: str = "dtype") -> str:
             name = np.dtype(dtype).name
         except TypeError:
             name = None
-    if name not in _ALIASES:
-        raise TypeError(f"argument '{arg}': expected one of {', '.join(ALL_DTYPES)}, got {dtype!r}")
+    if _ALIASES.get(name) not in choices:
+        raise TypeError(f"argument '{arg}': expected one of {', '.join(choices)}, got {dtype!r}")
     return _ALIASES[name]
 
 

@@ -14,9 +14,7 @@ def convert(x, dtype):
     payload kept). NumPy in gives NumPy out, torch in gives torch out; `x` must be
     contiguous and on the CPU. The result does not track gradients.
     """
-    target = canonical_dtype(dtype)
-    if target not in FLOAT_DTYPES:
-        raise TypeError(f"argument 'dtype': expected one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+    target = canonical_dtype(dtype, "dtype", FLOAT_DTYPES)
     out = empty_like(x, tuple(getattr(x, "shape", ())), target)
     core.convert(x, out)
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import sys
 import threading
@@ -22,9 +21,9 @@ def info() -> dict:
 
 def set_num_threads(num_threads: int) -> None:
     """Set the size of the native thread pool shared by every kernel (default: usable cores)."""
-    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
-        raise TypeError(f"argument 'num_threads': expected an int, got {type(num_threads).__name__}")
-    core.set_num_threads(int(num_threads))
+    from pocketml._arrays import integer_argument  # not at the top: _arrays imports this module
+
+    core.set_num_threads(integer_argument(num_threads, "num_threads"))
 
 
 def get_num_threads() -> int:

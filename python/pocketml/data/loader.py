@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from pocketml._arrays import integer_argument
 from pocketml._native import core
 from pocketml.data.dataset import TokenDataset
 from pocketml.runtime import get_num_threads
@@ -64,14 +65,6 @@ def _distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or \
-            (high is not None and value >= high):
-        expected = f">= {low}" if high is None else f"in [{low}, {high})"
-        raise ValueError(f"argument '{name}': expected an integer {expected}, got {value!r}")
-    return int(value)
-
-
 class TokenLoader(_IterableBase):
     """Iterates batches of `batch_size` rows for this rank, each a dict of
     `input_ids`, `labels` (input_ids shifted by one, -100 where padded),
@@ -100,11 +93,11 @@ class TokenLoader(_IterableBase):
                  drop_last: bool = True, prefetch: int = 4, num_threads: int | None = None, window: int = 0,
                  return_tensors: str = "pt", pin_memory: bool = False):
         self.dataset = dataset if isinstance(dataset, TokenDataset) else TokenDataset(dataset)
-        self.seq_len = _check_int("seq_len", seq_len, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0, 2**64)
-        self.window = _check_int("window", window, 0)
-        self.prefetch = _check_int("prefetch", prefetch, 0)
+        self.seq_len = integer_argument(seq_len, "seq_len", 1)
+        self.batch_size = integer_argument(batch_size, "batch_size", 1)
+        self.seed = integer_argument(seed, "seed", 0, 2**64)
+        self.window = integer_argument(window, "window", 0)
+        self.prefetch = integer_argument(prefetch, "prefetch", 0)
         if packing not in PACKINGS:
             raise ValueError(f"argument 'packing': expected one of {PACKINGS}, got {packing!r}")
         if return_tensors not in ("pt", "np"):
@@ -119,13 +112,13 @@ class TokenLoader(_IterableBase):
                                  f"device to pin for, got return_tensors={return_tensors!r}, CUDA available: "
                                  f"{torch.cuda.is_available()}")
         default_rank, default_size = _distributed_rank_and_size()
-        self.world_size = _check_int("world_size", default_size if world_size is None else world_size, 1)
-        self.rank = _check_int("rank", default_rank if rank is None else rank, 0)
+        self.world_size = integer_argument(default_size if world_size is None else world_size, "world_size", 1)
+        self.rank = integer_argument(default_rank if rank is None else rank, "rank", 0)
         if self.rank >= self.world_size:
             raise ValueError(f"argument 'rank': expected a rank in [0, {self.world_size}), got {self.rank}")
         if num_threads is None:
             num_threads = max(1, min(self.prefetch, get_num_threads()))
-        self.num_threads = _check_int("num_threads", num_threads, 1)
+        self.num_threads = integer_argument(num_threads, "num_threads", 1)
         # epoch, position (samples of the epoch's order consumed by all ranks together),
         # and the (epoch, position) where the latest iteration began
         self._shared, self._cursor = _shared_counters(4)
@@ -168,7 +161,7 @@ class TokenLoader(_IterableBase):
 
     def set_epoch(self, epoch: int) -> None:
         """Starts `epoch` from its beginning at the next iteration."""
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = integer_argument(epoch, "epoch", 0)
         self.position = 0
         self._iteration_start = None
 
@@ -181,7 +174,7 @@ class TokenLoader(_IterableBase):
         if batches_consumed is not None:
             epoch, position = self._iteration_start or (epoch, position)
             steps = self._num_steps(epoch, position)
-            consumed = _check_int("batches_consumed", batches_consumed, 0)
+            consumed = integer_argument(batches_consumed, "batches_consumed", 0)
             if consumed > steps:
                 raise ValueError(f"argument 'batches_consumed': expected at most the {steps} batches of the "
                                  f"iteration, got {consumed}")
@@ -204,8 +197,8 @@ class TokenLoader(_IterableBase):
             if state.get(key) != mine[key]:
                 raise ValueError(f"argument 'state': expected {key}={mine[key]!r} (this loader and dataset), "
                                  f"got {state.get(key)!r}: the saved position belongs to another sample order")
-        self.epoch = _check_int("state['epoch']", state["epoch"], 0)
-        self.position = _check_int("state['position']", state["position"], 0)
+        self.epoch = integer_argument(state["epoch"], "state['epoch']", 0)
+        self.position = integer_argument(state["position"], "state['position']", 0)
         self._iteration_start = None
 
     def __iter__(self):

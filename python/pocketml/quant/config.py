@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import numbers
 from dataclasses import asdict, dataclass, fields
 
+from pocketml._arrays import bool_argument, integer_argument
 from pocketml.quant.tensor import AFFINE_BITS, GROUP_SIZES, LUT_BITS
 
 METHODS = ("rtn", "mse", "gptq", "kmeans")
@@ -36,30 +36,23 @@ class QuantConfig:
     act_bits: int | None = None
 
     def __post_init__(self):
-        for name in ("bits", "group_size", "lut_group_size", "seed", "act_bits"):  # np.int64(4) as 4; 4.0 refused
-            value = getattr(self, name)
-            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-                object.__setattr__(self, name, int(value))
-            elif value is not None and not isinstance(value, bool):
-                raise TypeError(f"argument '{name}': expected an int, got {type(value).__name__} {value!r}")
+        limits = {"bits": (None, None), "group_size": (None, None), "lut_group_size": (1, None), "seed": (0, 2**64),
+                  "act_bits": (None, None)}
+        for name, (low, high) in limits.items():  # np.int64(4) as 4; 4.0 refused
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, integer_argument(getattr(self, name), name, low, high))
+        object.__setattr__(self, "symmetric", bool_argument(self.symmetric, "symmetric"))
         if self.method not in METHODS:
             raise ValueError(f"argument 'method': expected one of {', '.join(METHODS)}, got {self.method!r}")
         allowed = LUT_BITS if self.method == "kmeans" else AFFINE_BITS
-        if isinstance(self.bits, bool) or self.bits not in allowed:
+        if self.bits not in allowed:
             raise ValueError(f"argument 'bits': expected one of {', '.join(map(str, allowed))} for method "
                              f"{self.method!r}, got {self.bits!r}")
-        if self.group_size is not None and (isinstance(self.group_size, bool) or self.group_size not in GROUP_SIZES):
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ValueError(f"argument 'group_size': expected one of 32, 64, 128 or None, got {self.group_size!r}")
-        if not isinstance(self.symmetric, bool):
-            raise TypeError(f"argument 'symmetric': expected a bool, got {type(self.symmetric).__name__}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise ValueError(f"argument 'scale_dtype': expected one of {', '.join(SCALE_DTYPES)}, got {self.scale_dtype!r}")
-        if self.lut_group_size is not None and (isinstance(self.lut_group_size, bool) or
-                                                not isinstance(self.lut_group_size, int) or self.lut_group_size <= 0):
-            raise ValueError(f"argument 'lut_group_size': expected a positive int or None, got {self.lut_group_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"argument 'seed': expected a non-negative int, got {self.seed!r}")
-        if self.act_bits is not None and (isinstance(self.act_bits, bool) or self.act_bits != 8):
+        if self.act_bits is not None and self.act_bits != 8:
             raise ValueError(f"argument 'act_bits': expected None or 8, got {self.act_bits!r}")
         if self.act_bits == 8 and self.method == "kmeans":
             raise ValueError("argument 'act_bits': expected None for method 'kmeans' (int8 activations need affine "

@@ -194,6 +194,10 @@ class QuantizedLinear(nn.Module):
         .to(), deepcopy and reassignment make new ones), since building it costs as
         much as a small layer's matmul."""
         buffers = tuple(self._buffers[name] for name in _ARRAYS)
+        device = self._buffers["packed"].device
+        if device.type != "cpu":
+            raise ValueError(f"QuantizedLinear: expected the layer's buffers on the CPU, where its kernels run, "
+                             f"got them on {device}")
         key = tuple(None if t is None else (t.data_ptr(), t.dtype, t.shape) for t in buffers)
         if self._qweight_key != key:
             views = [None if t is None else t if t.dtype == torch.bfloat16 else t.numpy() for t in buffers]
@@ -207,6 +211,9 @@ class QuantizedLinear(nn.Module):
             raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in _DTYPES:
             raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"argument 'input': expected a last dimension of in_features = {self.in_features}, "
+                             f"got shape {tuple(x.shape)}")
         if torch.is_autocast_enabled("cpu"):  # as nn.Linear: the matmul runs in (and returns) autocast's dtype
             x = x.to(torch.get_autocast_dtype("cpu"))
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -229,12 +236,13 @@ class QuantizedLinear(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        return self.qweight().nbytes
+        """The quantized weight's bytes (read from the buffers' metadata: a layer on the meta device has them too)."""
+        return sum(t.numel() * t.element_size() for name in _ARRAYS if (t := self._buffers[name]) is not None)
 
     def extra_repr(self) -> str:
-        q = self.qweight()
-        detail = (f"group_size={self.group_size}, symmetric={q.symmetric}" if self.kind == "affine"
-                  else f"tables={q.lut.shape[0]}")
+        detail = (f"group_size={self.group_size}, symmetric={self.zero_points is None}" if self.kind == "affine"
+                  else f"tables={self.lut.shape[0]}")
         activations = "" if self.config.act_bits is None else f", act_bits={self.config.act_bits}"
+        bits_per_weight = 8.0 * self.nbytes / (self.in_features * self.out_features)
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"kind={self.kind}, bits={self.bits}, {detail}, bits_per_weight={q.bits_per_weight:.3f}{activations}")
+                f"kind={self.kind}, bits={self.bits}, {detail}, bits_per_weight={bits_per_weight:.3f}{activations}")

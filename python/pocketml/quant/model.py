@@ -258,6 +258,10 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         _check_keys_and_shapes(model, stored, path)
         state = load_file(str(path))
         state.update({alias: state[name] for alias, name in aliases.items()})
+        for name, layer in replacements.items():  # the bias keeps the saved dtype (load_state_dict casts to ours)
+            bias = state.get(f"{name}.bias" if name else "bias")
+            if layer.bias is not None and bias is not None:
+                layer.bias.data = layer.bias.data.to(bias.dtype)
         model.load_state_dict(state, strict=True)
     except BaseException:
         for name, layer in originals.items():  # a file that does not fit leaves the model as it was

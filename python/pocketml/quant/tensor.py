@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocketml._arrays import FLOAT_DTYPES, canonical_dtype, describe_type, empty_like, is_torch_tensor
+from pocketml._arrays import (FLOAT_DTYPES, bool_argument, canonical_dtype, describe_type, empty_like,
+                              integer_argument, is_torch_tensor)
 from pocketml._native import core
 
 AFFINE_BITS = (2, 3, 4, 5, 6, 8)
@@ -68,8 +69,43 @@ def _as_weight(w, arg="w"):
 
 
 def _check_choice(arg, value, choices):
-    if isinstance(value, bool) or value not in choices:
+    """`value` if it is one of `choices`; where those are ints, NumPy integers count and 4.0 does not."""
+    if value is not None and any(isinstance(choice, int) for choice in choices):
+        value = integer_argument(value, arg)
+    if value not in choices:
         raise ValueError(f"argument '{arg}': expected one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def _check_array(arg, array, dtypes, shape):
+    """`array` must be a NumPy array or torch tensor of one of `dtypes` and of `shape`."""
+    if not (isinstance(array, np.ndarray) or is_torch_tensor(array)):
+        raise TypeError(f"argument '{arg}': expected a NumPy array or torch tensor, got {describe_type(array)}")
+    try:
+        dtype = canonical_dtype(array.dtype, arg)
+    except TypeError:
+        dtype = str(array.dtype).removeprefix("torch.")
+    if dtype not in dtypes:
+        expected = dtypes[0] if len(dtypes) == 1 else f"{', '.join(dtypes[:-1])} or {dtypes[-1]}"
+        raise TypeError(f"argument '{arg}': expected dtype {expected}, got {dtype}")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"argument '{arg}': expected shape {tuple(shape)}, got {tuple(array.shape)}")
+
+
+def _coreml_integers(arrays: dict, name: str, shift: int, low: int, high: int) -> np.ndarray:
+    """arrays[name] (integers) plus `shift`, as uint8, when every result lies in [low, high]."""
+    if name not in arrays:
+        raise ValueError(f"argument 'arrays': expected an entry {name!r}, got keys {sorted(arrays)}")
+    values = np.asarray(arrays[name])
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"argument 'arrays': expected integer {name!r}, got dtype {values.dtype}")
+    if values.ndim != 2:
+        raise ValueError(f"argument 'arrays': expected a 2-D {name!r}, got shape {values.shape}")
+    shifted = values.astype(np.int64) + shift
+    if values.size and (shifted.min() < low or shifted.max() > high):
+        raise ValueError(f"argument 'arrays': expected {name!r} in [{low - shift}, {high - shift}], got values in "
+                         f"[{values.min()}, {values.max()}]")
+    return shifted.astype(np.uint8)
 
 
 def _importance(importance):
@@ -94,6 +130,28 @@ class QuantizedTensor:
     lut: object = None        # lut: [N // group_size, 2 ** bits]
 
     def __post_init__(self):
+        self.kind = _check_choice("kind", self.kind, ("affine", "lut"))
+        self.bits = _check_choice("bits", self.bits, AFFINE_BITS if self.kind == "affine" else LUT_BITS)
+        if len(self.shape) != 2:
+            raise ValueError(f"argument 'shape': expected (N, K), got {tuple(self.shape)!r}")
+        n, k = self.shape = (integer_argument(self.shape[0], "shape", 1), integer_argument(self.shape[1], "shape", 1))
+        self.group_size = integer_argument(self.group_size, "group_size", 1)
+        _check_array("packed", self.packed, ("uint8",), (n, packed_row_bytes(k, self.bits)))
+        if self.kind == "affine":
+            if k % self.group_size:
+                raise ValueError(f"argument 'group_size': expected a divisor of K = {k}, got {self.group_size}")
+            groups = (n, k // self.group_size)
+            _check_array("scales", self.scales, FLOAT_DTYPES, groups)
+            if self.zero_points is not None:
+                _check_array("zero_points", self.zero_points, ("uint8",), groups)
+            if self.lut is not None:
+                raise ValueError("argument 'lut': expected None for an affine tensor, got a table")
+        else:
+            if n % self.group_size:
+                raise ValueError(f"argument 'group_size': expected a divisor of N = {n}, got {self.group_size}")
+            _check_array("lut", self.lut, FLOAT_DTYPES, (n // self.group_size, 1 << self.bits))
+            if self.scales is not None or self.zero_points is not None:
+                raise ValueError("argument 'scales': expected None for a LUT tensor, got scales or zero points")
         # Padding codes meet zero activations: a non-finite scale would turn them into NaN.
         # The kernels check the (small) LUT on every call; scales only here, once.
         if self.scales is not None:
@@ -126,9 +184,7 @@ class QuantizedTensor:
 
     def dequantize(self, dtype="fp32"):
         """The weight [N, K] as the kernels see it: NumPy for fp32/fp16, torch for bf16."""
-        target = canonical_dtype(dtype)
-        if target not in FLOAT_DTYPES:
-            raise TypeError(f"argument 'dtype': expected one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
+        target = canonical_dtype(dtype, "dtype", FLOAT_DTYPES)
         out = _float_array(self.shape, target)
         kind, bits, cols, group_size, packed, scales, zero_points, lut = self._native_args()
         core.quant_dequantize(kind, bits, cols, group_size, packed, scales, zero_points, lut, out)
@@ -152,18 +208,37 @@ class QuantizedTensor:
 
     @classmethod
     def from_coreml(cls, arrays: dict, bits: int) -> "QuantizedTensor":
-        """The inverse of to_coreml(); an affine offset equal to 2 ** (bits - 1) everywhere reads as symmetric."""
+        """The inverse of to_coreml(); an affine offset equal to 2 ** (bits - 1) everywhere reads as symmetric.
+
+        Core ML's signed data (int4 / int8, held in an int8 array, with an offset of the
+        same dtype) is stored shifted by 2 ** (bits - 1): scale * (data - offset) is
+        unchanged. Values outside the bit width raise rather than wrap."""
         if "indices" in arrays:
-            codes = np.ascontiguousarray(arrays["indices"], dtype=np.uint8)
-            lut = arrays["lut"]
+            bits = _check_choice("bits", bits, LUT_BITS)
+            codes = _coreml_integers(arrays, "indices", 0, 0, (1 << bits) - 1)
+            lut = arrays.get("lut")
+            if lut is None or lut.ndim != 4 or lut.shape[1] != 1 or lut.shape[3] != 1:
+                raise ValueError("argument 'arrays': expected 'lut' shaped [tables, 1, 2 ** bits, 1], got "
+                                 f"{None if lut is None else tuple(lut.shape)}")
             lut = lut.reshape(lut.shape[0], lut.shape[2])
-            _check_choice("bits", bits, LUT_BITS)
+            if codes.shape[0] % lut.shape[0]:
+                raise ValueError(f"argument 'arrays': expected a number of tables dividing N = {codes.shape[0]}, "
+                                 f"got {lut.shape[0]}")
             packed = np.empty((codes.shape[0], packed_row_bytes(codes.shape[1], bits)), dtype=np.uint8)
             core.quant_pack(codes, bits, packed)
             return cls("lut", bits, codes.shape, codes.shape[0] // lut.shape[0], packed, lut=lut)
-        codes = np.ascontiguousarray(arrays["data"], dtype=np.uint8)
-        scales, offset = arrays["scale"], np.ascontiguousarray(arrays["offset"], dtype=np.uint8)
-        _check_choice("bits", bits, AFFINE_BITS)
+        bits = _check_choice("bits", bits, AFFINE_BITS)
+        shift = 1 << (bits - 1) if np.asarray(arrays.get("data", ())).dtype == np.int8 else 0
+        codes = _coreml_integers(arrays, "data", shift, 0, (1 << bits) - 1)
+        offset = _coreml_integers(arrays, "offset", shift, 0, 255)
+        scales = arrays.get("scale")
+        if scales is None or scales.ndim != 2 or scales.shape[0] != codes.shape[0] or scales.shape[1] == 0 or \
+                codes.shape[1] % scales.shape[1]:
+            raise ValueError(f"argument 'arrays': expected 'scale' shaped [N, groups] with groups dividing K for "
+                             f"data {codes.shape}, got {None if scales is None else tuple(scales.shape)}")
+        if offset.shape != tuple(scales.shape):
+            raise ValueError(f"argument 'arrays': expected 'offset' shaped like 'scale' {tuple(scales.shape)}, "
+                             f"got {offset.shape}")
         packed = np.empty((codes.shape[0], packed_row_bytes(codes.shape[1], bits)), dtype=np.uint8)
         core.quant_pack(codes, bits, packed)
         symmetric = bool(np.all(offset == (1 << (bits - 1))))
@@ -187,20 +262,21 @@ def quantize(w, bits: int = 4, group_size: int | None = 64, symmetric: bool = Fa
     by `importance` [K] when given, e.g. mean squared activations).
     """
     w = _as_weight(w)
-    _check_choice("bits", bits, AFFINE_BITS)
+    bits = _check_choice("bits", bits, AFFINE_BITS)
     _check_choice("method", method, ("rtn", "mse"))
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"argument 'symmetric': expected a bool, got {type(symmetric).__name__}")
+    symmetric = bool_argument(symmetric, "symmetric")
+    if importance is not None and method == "rtn":
+        raise ValueError("argument 'importance': expected None for method 'rtn' (only the MSE search weighs "
+                         "its errors), got an importance vector")
     n, k = w.shape
     if group_size is None:
         group_size = k
     else:
-        _check_choice("group_size", group_size, GROUP_SIZES + (None,))
+        group_size = _check_choice("group_size", group_size, GROUP_SIZES)
         if k % group_size:
             raise ValueError(f"argument 'group_size': expected a divisor of the input dimension K = {k}, "
                              f"got {group_size}")
-    scale_dtype = canonical_dtype(scale_dtype, "scale_dtype")
-    _check_choice("scale_dtype", scale_dtype, FLOAT_DTYPES)
+    scale_dtype = canonical_dtype(scale_dtype, "scale_dtype", FLOAT_DTYPES)
     packed = np.empty((n, packed_row_bytes(k, bits)), dtype=np.uint8)
     scales = _float_array((n, k // group_size), scale_dtype)
     zero_points = None if symmetric else np.empty((n, k // group_size), dtype=np.uint8)
@@ -216,17 +292,15 @@ def palettize(w, nbits: int = 4, group_size: int | None = None, seed: int = 0, i
     group_size: output channels sharing one table (None: one table for the tensor).
     """
     w = _as_weight(w)
-    _check_choice("nbits", nbits, LUT_BITS)
+    nbits = _check_choice("nbits", nbits, LUT_BITS)
     n, k = w.shape
-    if group_size is None:
-        group_size = n
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0 or n % group_size:
+    group_size = n if group_size is None else integer_argument(group_size, "group_size", 1)
+    if n % group_size:
         raise ValueError(f"argument 'group_size': expected a number of output channels dividing N = {n}, "
-                         f"got {group_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"argument 'seed': expected a non-negative int, got {seed!r}")
-    lut_dtype = canonical_dtype(lut_dtype, "lut_dtype")
-    _check_choice("lut_dtype", lut_dtype, FLOAT_DTYPES)
+                         f"got {group_size}")
+    seed = integer_argument(seed, "seed", 0, 2**64)
+    max_iterations = integer_argument(max_iterations, "max_iterations", 1, 2**31)
+    lut_dtype = canonical_dtype(lut_dtype, "lut_dtype", FLOAT_DTYPES)
     packed = np.empty((n, packed_row_bytes(k, nbits)), dtype=np.uint8)
     lut = _float_array((n // group_size, 1 << nbits), lut_dtype)
     core.quant_quantize_lut(w, nbits, group_size, seed, max_iterations, _importance(importance), packed, lut)
@@ -244,7 +318,7 @@ def matmul(x, qweight: QuantizedTensor, act_bits: int | None = None):
     (AVX-512 VNNI): faster for prefill and, with 4-bit weights, for decode, but the
     result changes by that rounding. A row holding NaN or infinity gives NaN.
     """
-    if act_bits not in (None, 8) or isinstance(act_bits, bool):
+    if act_bits is not None and integer_argument(act_bits, "act_bits") != 8:
         raise ValueError(f"argument 'act_bits': expected None or 8, got {act_bits!r}")
     if not isinstance(qweight, QuantizedTensor):
         raise TypeError(f"argument 'qweight': expected a pocketml.quant.QuantizedTensor, got {describe_type(qweight)}")
