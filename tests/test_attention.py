@@ -8,6 +8,7 @@ implementation computing in the same dtype (plus a tiny floor for fp32)."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -369,6 +370,14 @@ def test_int8_cache_row_with_nan_decodes_to_nan_as_float_caches_do():
     int8 = A.KVCache(1, 1, 4, 8, dtype="int8")
     int8.append(k, torch.randn(1, 1, 4, 8))
     assert torch.isnan(int8.k_scale[0, 0, 2]) and torch.isfinite(int8.k_scale[0, 0, [0, 1, 3]]).all()
+    # An infinity has no int8 form either: its row reads back as NaN throughout (an infinite
+    # scale read the row's finite elements as 0 * inf = NaN and kept the infinity).
+    v = torch.randn(1, 1, 4, 8)
+    v[0, 0, 1, 2] = float("inf")
+    int8 = A.KVCache(1, 1, 4, 8, dtype="int8")
+    int8.append(torch.randn(1, 1, 4, 8), v)
+    assert torch.isnan(int8.v_scale[0, 0, 1]) and torch.isfinite(int8.v_scale[0, 0, [0, 2, 3]]).all()
+    assert torch.isnan(A.decode(q, int8)).all()
 
 
 def test_decode_of_no_query_heads_is_empty():
@@ -447,6 +456,15 @@ def test_sdpa_override_routes_and_restores():
     with pytest.raises(RuntimeError):
         with A.sdpa_override():
             raise RuntimeError("boom")
+    assert torch.nn.functional.scaled_dot_product_attention is original
+    # Blocks that overlap without nesting (two threads' generation loops): torch's own function
+    # is back once the last one ends, not the router the second block found on entry.
+    first, second = A.sdpa_override(), A.sdpa_override()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.nn.functional.scaled_dot_product_attention is not original
+    second.__exit__(None, None, None)
     assert torch.nn.functional.scaled_dot_product_attention is original
 
 
@@ -593,6 +611,48 @@ def test_empty_queries_or_keys_have_zero_gradients():
     assert not q.grad.any() and not kv.grad.any()
 
 
+@pytest.mark.parametrize("shape", [(0, 2, 4, 16), (2, 0, 4, 16)])
+def test_no_sequences_or_no_heads_give_empty_results_and_gradients(shape):
+    # backward divided by B * H (SIGFPE); zero heads were refused where torch returns an empty result.
+    q = torch.randn(shape, requires_grad=True)
+    for routed in (False, True):
+        with A.sdpa_override():  # F's function, looked up inside the block, is the router
+            out = (F.scaled_dot_product_attention if routed else A.scaled_dot_product_attention)(q, q, q, is_causal=True)
+        out.sum().backward()
+        assert out.shape == shape and q.grad.shape == shape
+    packed = torch.randn(0, 2, 8, requires_grad=True)
+    none = torch.tensor([0], dtype=torch.int32)
+    A.varlen_attention(packed, packed, packed, none, none, 0, 0).sum().backward()
+    assert packed.grad.shape == (0, 2, 8)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_backward_refuses_a_mask_changed_after_forward(mask_dtype):
+    # The backward recomputes the probabilities from the mask: refilled in between (a buffer
+    # reused for the next micro-batch), it gave wrong gradients without a word.
+    q, k, v = (x.requires_grad_() for x in make_qkv(1, 2, 2, 6, 6, 8))
+    mask = torch.ones(6, 6, dtype=torch.bool).tril() if mask_dtype == torch.bool else torch.zeros(6, 6)
+    out = A.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    mask.fill_(True if mask_dtype == torch.bool else -1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_window_bounds_past_any_length_mean_no_bound():
+    # diagonal + a bound near 2^63 overflowed int64: every key masked, outputs all zeros.
+    q, k, v = make_qkv(1, 2, 2, 5, 5, 8)
+    free = A.scaled_dot_product_attention(q, k, v)
+    for window in ((2**63 - 1, 2**63 - 1), (5, 2**63 - 1), (2**62, 2**64)):
+        assert torch.equal(A.scaled_dot_product_attention(q, k, v, window=window), free)
+    packed = q[0].transpose(0, 1).contiguous()
+    cu = torch.tensor([0, 5])
+    assert torch.equal(A.varlen_attention(packed, packed, packed, cu, cu, 5, 5, window=(2**63 - 1, 2**63 - 1)),
+                       A.varlen_attention(packed, packed, packed, cu, cu, 5, 5))
+    cache = A.KVCache(1, 2, 8, 8, dtype="fp32")
+    cache.append(k, v)
+    assert torch.equal(A.decode(q[:, :, -1:], cache, window=(2**63 - 1, 0)), A.decode(q[:, :, -1:], cache))
+
+
 def test_cache_append_takes_values_not_the_graph():
     cache = A.KVCache(1, 2, 4, 8, dtype="fp16")
     projection = torch.nn.Linear(8, 8)
@@ -627,6 +687,12 @@ def test_window_and_varlen_arguments_are_checked():
         A.varlen_attention(t, t, t, torch.tensor([[0, 6]]), torch.tensor([0, 6]), 6, 6)
     with pytest.raises(TypeError, match="argument 'max_seqlen_k': expected an int, got NoneType"):
         A.varlen_attention(t, t, t, torch.tensor([0, 6]), torch.tensor([0, 6]), 6, None)
+    for dtype in (torch.int16, torch.float64):
+        with pytest.raises(TypeError, match=r"argument 'cu_seqlens_q': expected dtype int32 or int64, got (int16|float64)"):
+            A.varlen_attention(t, t, t, torch.tensor([0, 6], dtype=dtype), torch.tensor([0, 6]), 6, 6)
+    assert A.KVCache(1, np.int64(2), np.int32(10), 8).k.shape == (1, 2, 10, 8)
+    with pytest.raises(ValueError, match=r"argument 'max_len': expected an integer >= 1, got 0"):
+        A.KVCache(1, 2, 0, 8)
 
 
 def test_backward_split_over_keys_matches_single_range(isa):

@@ -163,7 +163,9 @@ void store_dq_rows(const Problem& p, const Gradients& g, int64_t b, int64_t h, i
 
 void run_backward(const Problem& p, const Gradients& g) {
   const AttentionKernels& kernels = attention_tables().active();
-  const int64_t dim = p.head_dim, group = p.group(), pairs = p.batch * p.kv_heads;
+  const int64_t pairs = p.batch * p.kv_heads;
+  if (pairs == 0) return;  // no sequences or no heads: every gradient is empty
+  const int64_t dim = p.head_dim, group = p.group();
   int64_t longest_k = 0;
   for (int64_t b = 0; b < p.batch; ++b) longest_k = std::max(longest_k, p.k_length(b));
   // Two ranges per thread balance causal masks; a range is at least one tile.

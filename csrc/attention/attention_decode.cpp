@@ -171,15 +171,17 @@ void kv_quantize_int8(const TensorView& src, const TensorView& dst, const Tensor
       const int64_t b = pair / heads, h = pair % heads;
       for (int64_t t = 0; t < tokens; ++t) {
         load_rows(in, nullptr, b, h, t, 1, dim, row.data(), dim);
-        // std::max drops a NaN: count it apart, so that its row's scale is NaN
-        // and attention over the row gives NaN, as in the float caches.
+        // No int8 scale holds a NaN or an infinity (std::max would also drop a
+        // NaN): such a row gets a NaN scale and reads back as NaN throughout,
+        // where an infinite scale read its finite elements as 0 * inf = NaN and
+        // kept the infinity.
         float amax = 0.0f;
-        bool nan = false;
+        bool finite = true;
         for (float x : row) {
           amax = std::max(amax, std::fabs(x));
-          nan = nan || std::isnan(x);
+          finite = finite && std::isfinite(x);
         }
-        const float s = nan ? std::numeric_limits<float>::quiet_NaN() : amax / 127.0f;
+        const float s = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
         const double inv = amax > 0.0f ? 127.0 / amax : 0.0;  // double: 127 / a subnormal amax overflows float
         const int64_t pos = start + t;
         int8_t* out = static_cast<int8_t*>(dst.data) + b * dst.strides[0] + h * dst.strides[1] + pos * dst.strides[2];

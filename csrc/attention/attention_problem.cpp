@@ -391,7 +391,9 @@ void require_dim(const TensorView& t, const char* arg, int dim, int64_t expected
                   "shape " + dims_string(t));
 }
 
+// No heads at all is an empty problem, as in torch.
 void check_heads(int64_t q_heads, int64_t kv_heads) {
+  if (q_heads == 0 && kv_heads == 0) return;
   if (kv_heads == 0 || q_heads % kv_heads != 0)
     fail_argument(ErrorKind::InvalidArgument, "k", "a number of heads dividing q's " + std::to_string(q_heads),
                   std::to_string(kv_heads));

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import operator
+import threading
 
 import torch
 
+from pocketml._arrays import integer_argument
 from pocketml._native import core
 
 _NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,6 +51,9 @@ def _require_tensor(x, arg):
         raise ValueError(f"argument '{arg}': expected a CPU tensor, got a tensor on {x.device}")
 
 
+_NO_BOUND = 2**62
+
+
 def _window_bounds(window, is_causal):
     if window is None:
         left, right = -1, -1
@@ -60,6 +64,8 @@ def _window_bounds(window, is_causal):
             raise TypeError(f"argument 'window': expected a pair (left, right) of ints, got {window!r}") from None
         if left < -1 or right < -1:
             raise ValueError(f"argument 'window': expected bounds >= 0 or -1 (unbounded), got {window!r}")
+        # A bound past any sequence length is no bound; as one it cannot overflow the kernels' int64 band.
+        left, right = (-1 if bound >= _NO_BOUND else bound for bound in (left, right))
     if is_causal:
         right = 0 if right < 0 else min(right, 0)
     return left, right
@@ -116,7 +122,7 @@ def reference_attention(q, k, v, attn_mask=None, scale=None, *, window=(-1, -1),
     ``attn_mask`` must already broadcast to [B, Hq, Lq, Lk]; fully masked rows give zeros."""
     if k.shape[-2] == 0:  # no keys: every row is fully masked
         return q.new_zeros(q.shape[:-1] + (v.shape[-1],))
-    group = q.shape[1] // k.shape[1]
+    group = q.shape[1] // k.shape[1] if k.shape[1] else 1  # no heads: an empty result
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     lq, lk = q.shape[-2], k.shape[-2]
@@ -154,15 +160,17 @@ class _FusedAttention(torch.autograd.Function):
         out = torch.empty(q.shape, dtype=q.dtype)
         lse = torch.empty(q.shape[:-1] + (2,), dtype=torch.float32)  # per row: score max, log of the sum
         core.attention_forward(q, k, v, mask, alibi, out, lse, scale, left, right, bottom_right, softcap)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.extras = (mask, alibi, scale, left, right, bottom_right, softcap)
+        # The mask and slopes are saved as tensors, so that autograd refuses a backward
+        # after they changed in place (it recomputes the probabilities from them).
+        ctx.save_for_backward(q, k, v, out, lse, mask, alibi)
+        ctx.extras = (scale, left, right, bottom_right, softcap)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
     def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        mask, alibi, scale, left, right, bottom_right, softcap = ctx.extras
+        q, k, v, out, lse, mask, alibi = ctx.saved_tensors
+        scale, left, right, bottom_right, softcap = ctx.extras
         grad_out = grad_out.contiguous() if grad_out.stride(-1) != 1 or 0 in grad_out.stride() else grad_out
         dq = torch.empty(q.shape, dtype=q.dtype)
         dk = torch.empty(k.shape, dtype=k.dtype)
@@ -219,7 +227,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if q.shape[1] != k.shape[1] and not enable_gqa:
         raise ValueError(f"argument 'key': expected {q.shape[1]} heads like query (or enable_gqa=True), "
                          f"got {k.shape[1]}")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+    if (k.shape[1] == 0 and q.shape[1] != 0) or (k.shape[1] != 0 and q.shape[1] % k.shape[1] != 0):  # 0 and 0: empty
         raise ValueError(f"argument 'key': expected a number of heads dividing query's {q.shape[1]}, "
                          f"got {k.shape[1]}")
     scale = _scale_value(scale, query, "query")
@@ -291,10 +299,12 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     for cu, longest, arg in ((cu_seqlens_q, max_seqlen_q, "max_seqlen_q"),
                              (cu_seqlens_k, max_seqlen_k, "max_seqlen_k")):
+        if cu.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"argument 'cu_seqlens_{arg[-1]}': expected dtype int32 or int64, got "
+                            f"{str(cu.dtype).removeprefix('torch.')}")
         if cu.dim() != 1:
             raise ValueError(f"argument 'cu_seqlens_{arg[-1]}': expected a 1-D tensor, got shape {tuple(cu.shape)}")
-        if isinstance(longest, bool) or not isinstance(longest, numbers.Integral):
-            raise TypeError(f"argument '{arg}': expected an int, got {type(longest).__name__}")
+        longest = integer_argument(longest, arg)
         if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
             raise ValueError(f"argument '{arg}': expected at least the longest sequence "
                              f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
@@ -315,16 +325,15 @@ class KVCache:
 
     dtype 'fp16', 'bf16', 'fp32' or 'int8'. int8 stores one fp32 scale per
     token and head (max |x| / 127, round to nearest even): each dequantized
-    element is within scale / 2 = max|row| / 254 of the value appended."""
+    element is within scale / 2 = max|row| / 254 of the value appended. A row
+    holding NaN or an infinity has no int8 form: it reads back as NaN."""
 
     def __init__(self, batch, kv_heads, max_len, head_dim, dtype="fp16"):
         if dtype not in _CACHE_DTYPES:
             raise ValueError(f"argument 'dtype': expected one of {tuple(_CACHE_DTYPES)}, got {dtype!r}")
-        for value, arg in ((batch, "batch"), (kv_heads, "kv_heads"), (max_len, "max_len"), (head_dim, "head_dim")):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"argument '{arg}': expected a positive int, got {value!r}")
+        shape = tuple(integer_argument(value, arg, 1) for value, arg in
+                      ((batch, "batch"), (kv_heads, "kv_heads"), (max_len, "max_len"), (head_dim, "head_dim")))
         self.dtype = dtype
-        shape = (batch, kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=_CACHE_DTYPES[dtype])
         self.v = torch.zeros(shape, dtype=_CACHE_DTYPES[dtype])
         quantized = dtype == "int8"
@@ -419,24 +428,40 @@ def _fused_kernels_take(query, key, value, attn_mask, dropout_p, enable_gqa) -> 
     return True
 
 
+# Torch's function while any sdpa_override block is open, and how many are.
+_override_lock = threading.Lock()
+_torch_sdpa = None
+_open_overrides = 0
+
+
+def _routed_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if _fused_kernels_take(query, key, value, attn_mask, dropout_p, enable_gqa):
+        return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return _torch_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                       enable_gqa=enable_gqa)
+
+
 @contextlib.contextmanager
 def sdpa_override():
     """Routes torch.nn.functional.scaled_dot_product_attention to pocketml for
     the calls its fused kernels take (CPU, fp32/fp16/bf16, no dropout, 3-D or
     4-D [B, H, L, D] without batch broadcasting, value's head dimension equal to
     query's); anything else (CUDA, float64, dropout, 5-D, an MLA-style value)
-    keeps torch's own. The original function is restored on exit."""
+    keeps torch's own. The routing is process-wide: blocks may nest or overlap
+    (in one thread or several), and torch's function is back once the last open
+    block ends (restoring each block's own predecessor, out of order, left
+    torch patched)."""
+    global _torch_sdpa, _open_overrides
     functional = torch.nn.functional
-    original = functional.scaled_dot_product_attention
-
-    def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if _fused_kernels_take(query, key, value, attn_mask, dropout_p, enable_gqa):
-            return scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                        scale=scale, enable_gqa=enable_gqa)
-
-    functional.scaled_dot_product_attention = routed
+    with _override_lock:
+        if _open_overrides == 0:
+            _torch_sdpa = functional.scaled_dot_product_attention
+            functional.scaled_dot_product_attention = _routed_sdpa
+        _open_overrides += 1
     try:
         yield
     finally:
-        functional.scaled_dot_product_attention = original
+        with _override_lock:
+            _open_overrides -= 1
+            if _open_overrides == 0:
+                functional.scaled_dot_product_attention, _torch_sdpa = _torch_sdpa, None
