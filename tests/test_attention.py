@@ -7,6 +7,7 @@ implementation computing in the same dtype (plus a tiny floor for fp32)."""
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -660,6 +661,17 @@ def test_cache_append_takes_values_not_the_graph():
     cache.append(k, k)
     assert not cache.k.requires_grad and cache.k.grad_fn is None
     copy.deepcopy(cache)
+
+
+def test_decode_says_it_tracks_no_gradient():
+    cache = A.KVCache(1, 1, 4, 8, dtype="fp32")
+    cache.append(torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8))
+    q = torch.randn(1, 1, 1, 8, requires_grad=True)
+    with pytest.warns(UserWarning, match="decode tracks no gradient"):
+        assert not A.decode(q, cache).requires_grad
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        A.decode(q, cache)
 
 
 def test_decode_needs_its_queries_in_the_cache():

@@ -29,6 +29,7 @@ import contextlib
 import math
 import operator
 import threading
+import warnings
 
 import torch
 
@@ -393,8 +394,13 @@ def decode(q, cache, scale=None, window=None, softcap=None):
     appended) over the cache's first ``cache.length`` positions.
 
     Causal among the new queries (bottom-right); ``window=(left, right)``
-    overrides the bound (default (-1, 0)). Returns [B, Hq, Lq, D] in q's dtype."""
+    overrides the bound (default (-1, 0)). Returns [B, Hq, Lq, D] in q's dtype.
+    An inference kernel: the result tracks no gradient (a warning says so when q
+    requires one; scaled_dot_product_attention over the cache's tensors does)."""
     _require_tensor(q, "q")
+    if q.requires_grad and torch.is_grad_enabled():
+        warnings.warn("pocketml.attention.decode tracks no gradient: its result is a constant for autograd",
+                      stacklevel=2)
     if not isinstance(cache, KVCache):
         raise TypeError(f"argument 'cache': expected a pocketml.attention.KVCache, got {type(cache).__name__}")
     if q.dtype not in _NATIVE_DTYPES:
