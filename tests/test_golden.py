@@ -91,14 +91,61 @@ def test_bundles_that_could_not_fail_or_be_read_are_refused(tmp_path):
     for edit, message in [
         (lambda m: m["tensors"]["x"].update(shape=[2**32, 2**32]), "needs 73786976294838206464 bytes"),
         (lambda m: m["tensors"]["x"].update(file="../x.bin"), "file '../x.bin' is not a file of the bundle"),
-        (lambda m: m.pop("checks"), r"missing or malformed field \(KeyError\('checks'\)\)"),
+        (lambda m: m.pop("checks"), "missing field 'checks'"),
         (lambda m: m["checks"][0].update(tolerance={"max_abs": -1}), "tolerance max_abs must be finite"),
+        # What Swift's decoder refuses, Python's reader refuses too (it took true / 1.0 for 1, split "x" into
+        # ['x']), and malformed values are BundleErrors, not AttributeError / OverflowError.
+        (lambda m: m.update(version=True), "version True"),
+        (lambda m: m.update(version=1.0), "version 1.0"),
+        (lambda m: m.update(name=5), "name: expected str, got int"),
+        (lambda m: m.update(tensors=[]), "tensors: expected dict, got list"),
+        (lambda m: m["checks"][0].update(inputs="x"), r"inputs: expected list or tuple, got str"),
+        (lambda m: m["checks"][0].update(tolerance="tight"), "tolerance: expected dict, got str"),
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": True}), "tolerance max_abs: expected int or float"),
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": 10**400}), "tolerance max_abs must be finite"),
+        (lambda m: m["checks"][0].update(attrs={"n": 10**400}), r"attrs\['n'\] must be"),
+        (lambda m: m["tensors"]["x"].update(shape=[1] * 33), "is not a list of at most 32 sizes"),
     ]:
         edited = json.loads(json.dumps(manifest))
         edit(edited)
         (path / "manifest.json").write_text(json.dumps(edited))
         with pytest.raises(BundleError, match=message):
             load_golden(path)
+    for text, message in (("[]", "expected a JSON object, got list"), ("[" * 100000, "invalid JSON")):
+        (path / "manifest.json").write_text(text)
+        with pytest.raises(BundleError, match=message):
+            load_golden(path)
+    (path / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(BundleError, match="invalid JSON"):
+        load_golden(path)
+
+
+def test_reader_refuses_symlinked_tensor_files_and_sizes_them_unread(tmp_path):
+    path = small_bundle(tmp_path / "b")
+    outside = tmp_path / "outside.bin"
+    (path / "x.bin").rename(outside)
+    (path / "x.bin").symlink_to(outside)
+    with pytest.raises(BundleError, match="file x.bin is a symbolic link"):
+        load_golden(path)
+    (path / "x.bin").unlink()
+    with open(path / "x.bin", "wb") as f:
+        f.truncate(1 << 40)  # sparse: reading it whole would take a terabyte
+    with pytest.raises(BundleError, match="has 1099511627776"):
+        load_golden(path)
+
+
+def test_writer_replaces_a_dangling_symlink_only_when_asked(tmp_path):
+    x = np.ones(2, np.float32)
+    checks = [{"name": "c", "op": "convert", "inputs": ["x"], "expected": "x"}]
+    link = tmp_path / "b"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError):
+        golden(link, "b", {"x": x}, checks)
+    assert link.is_symlink()
+    golden(link, "b", {"x": x}, checks, overwrite=True)
+    assert not link.is_symlink() and load_golden(link).tensors["x"].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"inputs: expected list or tuple, got str 'x'"):
+        golden(tmp_path / "c", "c", {"x": x}, [dict(checks[0], inputs="x")])
 
 
 def test_corruption_is_detected(tmp_path):
@@ -167,3 +214,16 @@ def test_swift_validator_fails_on_wrong_expectation(tmp_path):
     result = swift_validate(path)
     assert result.returncode == 1
     assert "FAIL wrong" in result.stdout and "1 elements out of tolerance" in result.stdout
+
+
+def test_publishing_syncs_every_file_before_the_rename(tmp_path, monkeypatch):
+    # A crash after the rename must not leave empty or short files under the published name.
+    import pocketml._publish as publishing
+
+    events = []
+    sync, rename = publishing._sync, publishing.os.rename
+    monkeypatch.setattr(publishing, "_sync", lambda path: (events.append(("sync", os.path.basename(path))), sync(path)))
+    monkeypatch.setattr(publishing.os, "rename", lambda a, b: (events.append(("rename", Path(b).name)), rename(a, b)))
+    small_bundle(tmp_path / "b")
+    published = events.index(("rename", "b"))
+    assert {("sync", "x.bin"), ("sync", "manifest.json")} <= set(events[:published])

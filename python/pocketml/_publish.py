@@ -36,7 +36,10 @@ def staged_directory(target: Path, prefix: str):
 def publish(source: Path, target: Path) -> None:
     """Renames `source` to `target` (one atomic rename when `target` is new; an
     existing one, directory or file, is first moved aside, then removed, and moved
-    back if the second rename does not happen)."""
+    back if the second rename does not happen). Everything under `source` reaches
+    the disk first: a crash after the rename must not leave empty or short files
+    under the published name."""
+    _sync_tree(source)
     retired = None
     if target.exists() or target.is_symlink():
         retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -47,17 +50,32 @@ def publish(source: Path, target: Path) -> None:
         if retired is not None:
             os.rename(retired, target)
         raise
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself survives a crash
-    finally:
-        os.close(fd)
+    _sync(target.parent)  # the rename itself survives a crash
     if retired is None:
         return
     if retired.is_dir() and not retired.is_symlink():
         shutil.rmtree(retired, ignore_errors=True)
     else:
         retired.unlink()
+
+
+def _sync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (or `root` itself, a file)."""
+    if not root.is_dir():
+        _sync(root)
+        return
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _sync(os.path.join(directory, name))
+        _sync(directory)
 
 
 def _make_parents(directory: Path) -> list[Path]:

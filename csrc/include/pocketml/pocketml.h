@@ -43,13 +43,17 @@ typedef enum pocketml_dtype {
   POCKETML_INT64 = 6,
 } pocketml_dtype;
 
-/* The message of the last failed call on this thread ("" if none). */
+/* The message of this thread's latest call that returns a pocketml_status:
+ * "" when that call succeeded (each such call clears it on entry). */
 POCKETML_API const char* pocketml_last_error(void);
 
 /* Called on every failure, before the call returns; NULL removes the handler.
  * The handler and user_data are set together (a failing call on another thread
  * sees both or neither); pocketml calls made by the handler do not change the
- * failing call's pocketml_last_error(). */
+ * failing call's pocketml_last_error(). A call failing on another thread may
+ * have read the previous pair just before the change and still call it after
+ * this function returns: keep the previous user_data valid until no pocketml
+ * call that could fail is running on other threads. */
 typedef void (*pocketml_error_handler)(pocketml_status status, const char* message, void* user_data);
 POCKETML_API void pocketml_set_error_handler(pocketml_error_handler handler, void* user_data);
 

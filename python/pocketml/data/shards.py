@@ -171,20 +171,12 @@ class _ShardWriter:
         self.offsets.append(self.offsets[-1] + doc.size)
 
     def finish(self, itemsize: int) -> ShardEntry:
-        _close_durably(self.file)
+        self.file.close()
         index = np.asarray(self.offsets, dtype="<u8").tobytes()
-        with open(self.directory / self.index_name, "wb") as f:
-            f.write(index)
-            _close_durably(f)
+        (self.directory / self.index_name).write_bytes(index)
         return ShardEntry(self.tokens_name, self.index_name, len(self.offsets) - 1, self.num_tokens,
                           self.num_tokens * itemsize, len(index), self.hash.hexdigest(),
                           hashlib.sha256(index).hexdigest())
-
-
-def _close_durably(f) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
 
 
 def write_tokens(path: str | os.PathLike, documents: Iterable, *, dtype: str = "uint16", vocab_size: int,
@@ -228,10 +220,8 @@ def write_tokens(path: str | os.PathLike, documents: Iterable, *, dtype: str = "
                 current.file.close()
         manifest = Manifest(dtype, int(vocab_size), int(eos_id), sum(s.num_documents for s in shards),
                             sum(s.num_tokens for s in shards), tuple(shards))
-        with open(staging / MANIFEST_NAME, "w", encoding="utf-8") as f:
-            f.write(manifest.to_json())
-            _close_durably(f)
-        publish(staging, target)
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        publish(staging, target)  # syncs the shards, their indexes and the manifest first
     return TokenDataset(target)
 
 

@@ -23,6 +23,7 @@ FORMAT = "pocketml-golden-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
 _ITEM_SIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "uint8": 1, "int32": 4, "int64": 8}
+_MAX_DIMS = 32  # NumPy's limit is 64; no bundle tensor needs more than a few
 _STORAGE = {"fp32": "<f4", "fp16": "<f2", "bf16": "<u2", "int8": "i1", "uint8": "u1", "int32": "<i4", "int64": "<i8"}
 
 
@@ -56,12 +57,33 @@ def _tensor_bytes(value) -> tuple[str, tuple[int, ...], bytes]:
 
 
 def _is_attribute_value(value) -> bool:
-    """What both readers parse: strings, finite numbers, bools and lists of them."""
+    """What both readers parse: strings, finite numbers, bools and lists of them
+    (integers within int64: Swift reads numbers as Double, Python's json any size)."""
     if isinstance(value, (str, bool)):
         return True
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, (list, tuple)) and all(_is_attribute_value(v) for v in value)
+
+
+def _require(value, kinds, what: str):
+    """`value` if it is of `kinds` (a bool is no number), else a ValueError naming `what`."""
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return value
+    names = " or ".join(kind.__name__ for kind in kinds)
+    raise ValueError(f"{what}: expected {names}, got {type(value).__name__} {str(value)[:60]!r}")
+
+
+def _tolerance_bound(tolerance: dict, key: str, what: str) -> float:
+    bound = _require(tolerance.get(key, 0.0), (int, float), f"{what}: tolerance {key}")
+    if isinstance(bound, int) and abs(bound) >= 2**63:
+        raise ValueError(f"{what}: tolerance {key} must be finite and >= 0, got {bound}")
+    bound = float(bound)
+    if not (math.isfinite(bound) and bound >= 0):
+        raise ValueError(f"{what}: tolerance {key} must be finite and >= 0, got {bound}")
+    return bound
 
 
 def _validate_checks(checks, sizes: dict) -> list:
@@ -70,28 +92,29 @@ def _validate_checks(checks, sizes: dict) -> list:
     if not checks:
         raise ValueError("checks: expected at least one check, got none")
     validated = []
-    for i, check in enumerate(checks):
+    for i, check in enumerate(_require(checks, (list, tuple), "checks")):
+        _require(check, (dict,), f"checks[{i}]")
         missing = {"name", "op", "inputs", "expected"} - set(check)
         if missing:
             raise ValueError(f"checks[{i}]: expected keys name, op, inputs, expected, got no {sorted(missing)}")
-        for ref in list(check["inputs"]) + [check["expected"]]:
+        what = f"checks[{i}] ({_require(check['name'], (str,), f'checks[{i}].name')})"
+        _require(check["op"], (str,), f"{what}: op")
+        inputs = [_require(ref, (str,), f"{what}: inputs") for ref in _require(check["inputs"], (list, tuple),
+                                                                                  f"{what}: inputs")]
+        for ref in inputs + [_require(check["expected"], (str,), f"{what}: expected")]:
             if ref not in sizes:
-                raise ValueError(f"checks[{i}] ({check['name']}): tensor {ref!r} is not in the bundle")
+                raise ValueError(f"{what}: tensor {ref!r} is not in the bundle")
         if sizes[check["expected"]] == 0:
-            raise ValueError(f"checks[{i}] ({check['name']}): expected tensor {check['expected']!r} is empty")
-        attrs = dict(check.get("attrs", {}))
+            raise ValueError(f"{what}: expected tensor {check['expected']!r} is empty")
+        attrs = dict(_require(check.get("attrs", {}), (dict,), f"{what}: attrs"))
         for key, value in attrs.items():
             if not _is_attribute_value(value):
-                raise ValueError(f"checks[{i}] ({check['name']}): attrs[{key!r}] must be a string, a finite "
-                                 f"number, a bool or a list of them, got {value!r}")
-        tolerance = check.get("tolerance", {"max_abs": 0.0, "max_rel": 0.0})
-        bounds = {key: float(tolerance.get(key, 0.0)) for key in ("max_abs", "max_rel")}
-        for key, bound in bounds.items():
-            if not (math.isfinite(bound) and bound >= 0):
-                raise ValueError(f"checks[{i}] ({check['name']}): tolerance {key} must be finite and >= 0, "
-                                 f"got {bound}")
-        validated.append({"name": check["name"], "op": check["op"], "inputs": list(check["inputs"]),
-                          "attrs": attrs, "expected": check["expected"], "tolerance": bounds})
+                raise ValueError(f"{what}: attrs[{key!r}] must be a string, a finite number, a bool or a list of "
+                                 f"them, got {value!r}")
+        tolerance = _require(check.get("tolerance", {}), (dict,), f"{what}: tolerance")
+        bounds = {key: _tolerance_bound(tolerance, key, what) for key in ("max_abs", "max_rel")}
+        validated.append({"name": check["name"], "op": check["op"], "inputs": inputs, "attrs": attrs,
+                          "expected": check["expected"], "tolerance": bounds})
     return validated
 
 
@@ -104,7 +127,8 @@ def golden(path, name: str, tensors: dict, checks: list, *, overwrite: bool = Fa
     |got - expected| <= max_abs + max_rel * |expected|.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    _require(name, (str,), "argument 'name'")
+    if os.path.lexists(path) and not overwrite:  # lexists: a dangling symlink is there too
         raise FileExistsError(f"argument 'path': expected a new directory, got existing {str(path)!r} "
                               "(pass overwrite=True to replace it)")
     entries, blobs = {}, {}
@@ -137,43 +161,57 @@ def load_golden(path) -> GoldenBundle:
     if not manifest_path.is_file():
         raise BundleError(f"{path}: not a golden bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path}: invalid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{manifest_path}: invalid JSON ({str(exc)[:200]})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("version")
+    if manifest.get("format") != FORMAT or type(version) is not int or version != VERSION:  # not true, not 1.0
         raise BundleError(f"{manifest_path}: expected format {FORMAT!r} version {VERSION}, "
-                          f"got {manifest.get('format')!r} version {manifest.get('version')!r}")
+                          f"got {manifest.get('format')!r} version {version!r}")
     try:
         return _read_bundle(path, manifest)
     except BundleError:
         raise
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{manifest_path}: missing or malformed field ({exc!r})") from None
-    except ValueError as exc:  # a check that _validate_checks refuses
+    except KeyError as exc:
+        raise BundleError(f"{manifest_path}: missing field {exc}") from None
+    except ValueError as exc:  # a field of the wrong type, or a check that _validate_checks refuses
         raise BundleError(f"{manifest_path}: {exc}") from None
 
 
 def _read_bundle(path: Path, manifest: dict) -> GoldenBundle:
+    name = _require(manifest["name"], (str,), "name")
+    producer = _require(manifest.get("producer", ""), (str,), "producer")
     tensors, dtypes = {}, {}
-    for tensor_name, entry in manifest["tensors"].items():
-        dtype = entry["dtype"]
+    for tensor_name, entry in _require(manifest["tensors"], (dict,), "tensors").items():
+        what = f"tensors[{tensor_name!r}]"
+        _require(entry, (dict,), what)
+        dtype, file_name = _require(entry["dtype"], (str,), f"{what}.dtype"), _require(entry["file"], (str,),
+                                                                                         f"{what}.file")
+        _require(entry["sha256"], (str,), f"{what}.sha256")
+        shape = _require(entry["shape"], (list,), f"{what}.shape")
         if dtype not in ALL_DTYPES:
             raise BundleError(f"{path}: tensor {tensor_name!r} has unknown dtype {dtype!r}")
-        if entry["file"] != os.path.basename(entry["file"]) or entry["file"] in ("", ".", ".."):
-            raise BundleError(f"{path}: tensor {tensor_name!r}: file {entry['file']!r} is not a file of the bundle")
-        file = path / entry["file"]
+        if file_name != os.path.basename(file_name) or file_name in ("", ".", ".."):
+            raise BundleError(f"{path}: tensor {tensor_name!r}: file {file_name!r} is not a file of the bundle")
+        file = path / file_name
+        if file.is_symlink():  # its target may lie outside the bundle
+            raise BundleError(f"{path}: tensor {tensor_name!r}: file {file_name} is a symbolic link")
         if not file.is_file():
-            raise BundleError(f"{path}: tensor {tensor_name!r}: missing file {entry['file']}")
-        if not all(isinstance(d, int) and d >= 0 for d in entry["shape"]):
-            raise BundleError(f"{path}: tensor {tensor_name!r}: shape {entry['shape']} is not a list of sizes")
+            raise BundleError(f"{path}: tensor {tensor_name!r}: missing file {file_name}")
+        if len(shape) > _MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise BundleError(f"{path}: tensor {tensor_name!r}: shape {str(shape)[:80]} is not a list of at most "
+                              f"{_MAX_DIMS} sizes")
+        expected_size = math.prod(shape) * _ITEM_SIZE[dtype]  # Python ints: no wrap-around
+        size = file.stat().st_size  # before reading: a huge file is refused unread
+        if size != expected_size:
+            raise BundleError(f"{path}: tensor {tensor_name!r}: shape {shape} {dtype} needs "
+                              f"{expected_size} bytes, {file_name} has {size}")
         data = file.read_bytes()
-        expected_size = math.prod(entry["shape"]) * _ITEM_SIZE[dtype]  # Python ints: no wrap-around
-        if len(data) != expected_size:
-            raise BundleError(f"{path}: tensor {tensor_name!r}: shape {entry['shape']} {dtype} needs "
-                              f"{expected_size} bytes, {entry['file']} has {len(data)}")
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise BundleError(f"{path}: tensor {tensor_name!r}: sha256 mismatch for {entry['file']} (corrupt file)")
-        tensors[tensor_name] = np.frombuffer(data, dtype=_STORAGE[dtype]).reshape(entry["shape"])
+        if len(data) != expected_size or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(f"{path}: tensor {tensor_name!r}: sha256 mismatch for {file_name} (corrupt file)")
+        tensors[tensor_name] = np.frombuffer(data, dtype=_STORAGE[dtype]).reshape(shape)
         dtypes[tensor_name] = dtype
     checks = _validate_checks(manifest["checks"], {name: array.size for name, array in tensors.items()})
-    return GoldenBundle(manifest["name"], tensors, dtypes, checks, manifest.get("producer", ""), path)
+    return GoldenBundle(name, tensors, dtypes, checks, producer, path)

@@ -84,6 +84,8 @@ public enum AttributeValue: Decodable, Equatable {
 public struct GoldenBundle {
     public static let format = "pocketml-golden-bundle"
     public static let version = 1
+    /// As Python's reader: no bundle tensor needs more.
+    public static let maxDimensions = 32
 
     public let url: URL
     public let name: String
@@ -134,12 +136,27 @@ public struct GoldenBundle {
                     message: "\(url.path): tensor '\(tensorName)': file '\(entry.file)' is not a file of the bundle")
             }
             let fileURL = url.appendingPathComponent(entry.file)
-            guard let contents = FileManager.default.contents(atPath: fileURL.path) else {
+            // attributesOfItem does not follow a symbolic link, whose target may lie outside the bundle.
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: fileURL.path) else {
                 throw GoldenBundleError(message: "\(url.path): tensor '\(tensorName)': missing file \(entry.file)")
             }
-            guard let needed = checkedProduct(entry.shape + [dtype.size]) else {
+            guard attributes[.type] as? FileAttributeType == .typeRegular else {
                 throw GoldenBundleError(
-                    message: "\(url.path): tensor '\(tensorName)': shape \(entry.shape) is negative or too large")
+                    message: "\(url.path): tensor '\(tensorName)': file \(entry.file) is not a regular file "
+                        + "(a symbolic link, a directory or a device)")
+            }
+            guard entry.shape.count <= Self.maxDimensions, let needed = checkedProduct(entry.shape + [dtype.size])
+            else {
+                throw GoldenBundleError(
+                    message: "\(url.path): tensor '\(tensorName)': shape \(entry.shape) is negative, too large "
+                        + "or of more than \(Self.maxDimensions) dimensions")
+            }
+            // The size first: a huge file is refused unread.
+            let size = (attributes[.size] as? NSNumber)?.intValue ?? -1
+            guard size == needed, let contents = FileManager.default.contents(atPath: fileURL.path) else {
+                throw GoldenBundleError(
+                    message: "\(url.path): tensor '\(tensorName)': shape \(entry.shape) \(entry.dtype) needs "
+                        + "\(needed) bytes, \(entry.file) has \(size)")
             }
             let bytes = [UInt8](contents)
             guard bytes.count == needed else {

@@ -65,6 +65,26 @@ final class GoldenBundleTests: XCTestCase {
         }
     }
 
+    func testSymbolicLinkAndHugeFileAreRefusedUnread() throws {
+        let bundle = try copyOfConvertBundle()
+        let file = bundle.appendingPathComponent("x.bin")
+        let outside = bundle.deletingLastPathComponent().appendingPathComponent("outside-\(UUID().uuidString).bin")
+        try FileManager.default.moveItem(at: file, to: outside)
+        addTeardownBlock { try? FileManager.default.removeItem(at: outside) }
+        try FileManager.default.createSymbolicLink(at: file, withDestinationURL: outside)
+        XCTAssertThrowsError(try GoldenBundle(url: bundle)) { error in
+            XCTAssertTrue("\(error)".contains("x.bin is not a regular file"), "\(error)")
+        }
+        try FileManager.default.removeItem(at: file)
+        FileManager.default.createFile(atPath: file.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: file)
+        try handle.truncate(atOffset: 1 << 40)  // sparse: reading it whole would take a terabyte
+        try handle.close()
+        XCTAssertThrowsError(try GoldenBundle(url: bundle)) { error in
+            XCTAssertTrue("\(error)".contains("x.bin has 1099511627776"), "\(error)")
+        }
+    }
+
     func testWrongExpectationFailsTheCheck() throws {
         let bundle = try GoldenBundle(url: try copyOfConvertBundle())
         let check = bundle.checks[0]
@@ -94,7 +114,8 @@ final class GoldenBundleTests: XCTestCase {
             manifest["tensors"] = tensors
         }
         let cases: [(String, (inout [String: Any]) -> Void)] = [
-            ("shape [4294967296, 4294967296] is negative or too large", { tensor(&$0, "shape", [1 << 32, 1 << 32]) }),
+            ("shape [4294967296, 4294967296] is negative, too large", { tensor(&$0, "shape", [1 << 32, 1 << 32]) }),
+            ("of more than 32 dimensions", { tensor(&$0, "shape", [Int](repeating: 1, count: 33)) }),
             ("file '../x.bin' is not a file of the bundle", { tensor(&$0, "file", "../x.bin") }),
             ("tolerances must be finite and >= 0, got -1.0", {
                 var checks = $0["checks"] as! [[String: Any]]
