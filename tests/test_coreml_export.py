@@ -9,7 +9,7 @@ import torch
 
 from pocketml import models
 from pocketml.export.coreml import inspect_coreml, to_coreml
-from pocketml.quant import QuantConfig
+from pocketml.quant import QuantConfig, quantize_model
 from pocketml.quant.linear import QuantizedLinear
 
 pytest.importorskip("coremltools")
@@ -119,3 +119,33 @@ def test_fp16_refuses_scales_it_would_round(tmp_path):
     with pytest.raises(ValueError, match="not exactly representable in fp16"):
         to_coreml(model, torch.randn(1, 64), tmp_path / "m.mlpackage", compute_precision="fp16")
     assert list(tmp_path.iterdir()) == []
+
+
+class _SharedHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(64, 64)])
+        self.head = self.blocks[0]  # one layer under two names, as quantize_model keeps it
+
+    def forward(self, x):
+        return self.head(torch.relu(self.blocks[0](x)))
+
+
+def test_shared_layers_half_models_and_dangling_links(tmp_path):
+    # The second name of a shared layer kept pocketml's custom op, which Core ML cannot convert;
+    # a half-precision model met fp32 stand-ins; a dangling symlink was replaced without overwrite.
+    shared = _SharedHead().eval()
+    quantize_model(shared, QuantConfig(bits=4, group_size=32))
+    export = to_coreml(shared, torch.randn(2, 64), tmp_path / "shared.mlpackage")
+    assert set(export.compressed_layers) == {"blocks.0", "head"} and export.unused_layers == []
+    assert_weights_identical(shared, export.path, "fp32")
+    half = mlp(["int4-g32", "lut4"]).half()
+    export = to_coreml(half, torch.randn(2, 64, dtype=torch.float16), tmp_path / "half.mlpackage")
+    assert export.inputs and len(export.compressed_layers) == 2
+    assert_weights_identical(half, export.path, "fp32")
+    assert next(half.parameters()).dtype == torch.float16  # the caller's model is left as it was
+    link = tmp_path / "link.mlpackage"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError, match="exists"):
+        to_coreml(half, torch.randn(2, 64, dtype=torch.float16), link)
+    assert link.is_symlink()

@@ -124,3 +124,55 @@ def test_full_smollm2_predicts_the_obvious_next_word():
                            "The capital of Spain is").ids
     logits = decoder.reference_logits(config, {k: torch.tensor(v, dtype=torch.float64) for k, v in weights.items()}, ids)
     assert tokenizer.decode([int(logits[-1].argmax())]).strip() == "Madrid"
+
+
+def _tiny_gguf(path, fields=(), hidden=64, heads=4, kv_heads=2, ffn=96, vocab=50, layers=1):
+    """A small Llama GGUF of fp32 tensors; `fields` (key, value) override the header."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    header = {"llama.block_count": layers, "llama.embedding_length": hidden, "llama.feed_forward_length": ffn,
+              "llama.attention.head_count": heads, "llama.attention.head_count_kv": kv_heads,
+              "llama.vocab_size": vocab, **dict(fields)}
+    for key, value in header.items():
+        writer.add_string(key, value) if isinstance(value, str) else writer.add_uint32(key, value)
+    writer.add_float32("llama.rope.freq_base", 10000.0)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    rng = np.random.default_rng(0)
+    kv_rows = kv_heads * (hidden // heads)
+    shapes = {"token_embd": (vocab, hidden), "output_norm": (hidden,)}
+    for i in range(layers):
+        shapes.update({f"blk.{i}.attn_norm": (hidden,), f"blk.{i}.ffn_norm": (hidden,),
+                       f"blk.{i}.attn_q": (hidden, hidden), f"blk.{i}.attn_k": (kv_rows, hidden),
+                       f"blk.{i}.attn_v": (kv_rows, hidden), f"blk.{i}.attn_output": (hidden, hidden),
+                       f"blk.{i}.ffn_gate": (ffn, hidden), f"blk.{i}.ffn_up": (ffn, hidden),
+                       f"blk.{i}.ffn_down": (hidden, ffn)})
+    for name, shape in shapes.items():
+        writer.add_tensor(f"{name}.weight", rng.standard_normal(shape).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_malformed_gguf_files_raise_clear_errors(tmp_path):
+    config, weights = decoder.load_smollm2(1, 50, path=_tiny_gguf(tmp_path / "ok.gguf"))
+    assert config.head_dim == 16 and weights["layers.0.k_proj"].shape == (32, 64)
+    cases = [  # (header changes, num_layers, vocab_size, message)
+        ({"fields": [("llama.attention.head_count", "4")]}, 1, 50,
+         "expected a scalar llama.attention.head_count of type"),  # was read as the byte '4' = 52
+        ({"fields": [("llama.attention.head_count_kv", 0)]}, 1, 50,
+         "expected llama.attention.head_count_kv >= 1, got 0"),  # was a ZeroDivisionError
+        ({"heads": 3}, 1, 50, "expected head counts dividing the hidden size into even heads"),
+        ({"fields": [("llama.vocab_size", 80)]}, 1, 80, r"expected tensor token_embd.weight of shape \(80, 64\)"),
+        ({"fields": [("llama.block_count", 2)]}, 2, 50, "expected a tensor blk.1.attn_norm.weight, got none"),
+    ]
+    for changes, num_layers, vocab, message in cases:
+        path = _tiny_gguf(tmp_path / "bad.gguf", **changes)
+        with pytest.raises(ValueError, match=message):
+            decoder.load_smollm2(num_layers, vocab, path=path)
+    data = (tmp_path / "ok.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) - 4096])  # the last tensors' bytes are gone
+    with pytest.raises(ValueError, match="GGUF file"):
+        decoder.load_smollm2(1, 50, path=tmp_path / "cut.gguf")

@@ -8,7 +8,7 @@ from pocketml.cli import main
 from pocketml.optimize import _is_attention, _is_value_projection, _quantize, markdown, optimize, preset_configs
 
 
-def test_optimize_writes_a_complete_report(tmp_path):
+def test_optimize_writes_a_complete_report(tmp_path, monkeypatch):
     report = optimize(configs=["int8", "int4-g32"], out_dir=tmp_path, repeats=1, progress=False)
     assert [r.name for r in report.results] == ["int8", "int4-g32"]
     int8, int4 = report.results
@@ -34,6 +34,16 @@ def test_optimize_writes_a_complete_report(tmp_path):
     # No config reaching the threshold: the most accurate is exported and the report says so.
     report.chosen_meets_min_cosine, report.min_cosine = False, 0.9999
     assert "NO config reached cosine >= 0.9999" in markdown(report)
+    # A second run stopped after replacing the package (here in the Swift check) leaves no report
+    # of the first run describing the new files.
+    import pocketml.optimize
+
+    def interrupted(bundle):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pocketml.optimize, "_validate_in_swift", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        optimize(configs=["int4-g64"], out_dir=tmp_path, repeats=1, progress=False)
+    assert not any((tmp_path / name).exists() for name in ("report.json", "report.md", "accuracy_vs_size.png"))
 
 
 def test_presets_selecting_layers_by_name_find_them_or_fail():
@@ -52,6 +62,11 @@ def test_presets_selecting_layers_by_name_find_them_or_fail():
 def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["optimize", str(tmp_path / "missing")]) == 2
     assert "argument 'model': expected a Hugging Face model directory" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")  # refused before any quantizing, not minutes later
+    assert main(["optimize", "--out", str(tmp_path / "file")]) == 2
+    assert "argument 'out_dir': expected a directory, got the file" in capsys.readouterr().err
+    assert main(["optimize", "--min-cosine", "nan", "--out", str(tmp_path / "o")]) == 2
+    assert "argument 'min_cosine': expected a cosine from 0 to 1, got nan" in capsys.readouterr().err
     assert main(["optimize", "--configs", "int8,int7", "--out", str(tmp_path)]) == 2
     assert "argument '--configs': expected names from" in capsys.readouterr().err
     assert main(["optimize", "--configs", ",", "--out", str(tmp_path / "out")]) == 2

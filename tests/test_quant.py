@@ -1032,6 +1032,31 @@ def test_layer_keeps_its_dtypes_names_its_input_and_describes_itself_on_meta(tmp
     with pytest.raises(ValueError, match="expected the layer's buffers on the CPU, .* got them on meta"):
         on_meta(torch.ones(2, 64, dtype=torch.float16))
 
+
+class _TiedLinears(torch.nn.Module):
+    def __init__(self, tied=True):
+        super().__init__()
+        self.a = torch.nn.Linear(64, 64, bias=False)
+        self.b = torch.nn.Linear(64, 64, bias=False)
+        self.b.weight = self.a.weight if tied else torch.nn.Parameter(self.a.weight.detach().clone())
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_weight_shared_by_two_linears_counts_once_and_gptq_quantizes_each_from_it():
+    calibration = [torch.randn(32, 64, generator=torch.Generator().manual_seed(1))]
+    results = {}
+    for tied in (True, False):
+        torch.manual_seed(0)
+        model = _TiedLinears(tied)
+        report = quant.quantize_model(model, quant.QuantConfig(bits=3, group_size=32, method="gptq"),
+                                      calibration=calibration)
+        assert report.weight_bytes_before == (1 if tied else 2) * 64 * 64 * 4 == report.model_bytes_before
+        results[tied] = model.b.qweight().dequantize()
+    # b was quantized from a's GPTQ result, written into the shared Parameter meanwhile.
+    np.testing.assert_array_equal(results[True], results[False])
+
 def test_config_integers_and_calibration_sources():
     assert quant.QuantConfig(bits=np.int64(4), group_size=np.int64(32)).to_json() == \
         quant.QuantConfig(bits=4, group_size=32).to_json()

@@ -99,35 +99,72 @@ def load_smollm2(num_layers: int = 2, vocab_size: int = 4096, max_seq_len: int =
     """
     import gguf
 
-    reader = gguf.GGUFReader(str(path or smollm2_gguf_path()))
+    path = Path(path or smollm2_gguf_path())
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, IndexError, KeyError, OverflowError, OSError) as exc:  # what the reader raises on a bad file
+        raise ValueError(f"argument 'path': expected a readable GGUF file, got {str(path)!r} ({exc})") from None
+    file_size = path.stat().st_size
 
-    def field(key):
-        value = reader.fields[key]
+    def field(key, kinds):
+        """The scalar field `key`, of one of the GGUF value types `kinds` (a string "4" is no 4)."""
+        value = reader.fields.get(key)
+        if value is None or len(value.types) != 1 or value.types[0] not in kinds or len(value.data) != 1:
+            raise ValueError(f"GGUF file {str(path)!r}: expected a scalar {key} of type "
+                             f"{' or '.join(kind.name for kind in kinds)}, got "
+                             f"{'none' if value is None else [t.name for t in value.types]}")
         return value.parts[value.data[0]][0]
 
-    num_heads = int(field("llama.attention.head_count"))
-    num_kv_heads = int(field("llama.attention.head_count_kv"))
-    hidden = int(field("llama.embedding_length"))
-    if not 1 <= num_layers <= int(field("llama.block_count")):
-        raise ValueError(f"argument 'num_layers': expected 1..{int(field('llama.block_count'))}, got {num_layers}")
-    if not 1 <= vocab_size <= int(field("llama.vocab_size")):
-        raise ValueError(f"argument 'vocab_size': expected 1..{int(field('llama.vocab_size'))}, got {vocab_size}")
+    integers = (gguf.GGUFValueType.UINT32, gguf.GGUFValueType.INT32, gguf.GGUFValueType.UINT64,
+                gguf.GGUFValueType.INT64)
+    floats = (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64)
+
+    def count(key):
+        value = int(field(key, integers))
+        if value < 1:
+            raise ValueError(f"GGUF file {str(path)!r}: expected {key} >= 1, got {value}")
+        return value
+
+    num_heads, num_kv_heads = count("llama.attention.head_count"), count("llama.attention.head_count_kv")
+    hidden = count("llama.embedding_length")
+    if hidden % num_heads or num_heads % num_kv_heads or hidden // num_heads % 2:
+        raise ValueError(f"GGUF file {str(path)!r}: expected head counts dividing the hidden size into even heads, "
+                         f"got hidden {hidden}, {num_heads} heads, {num_kv_heads} KV heads")
+    if not 1 <= num_layers <= count("llama.block_count"):
+        raise ValueError(f"argument 'num_layers': expected 1..{count('llama.block_count')}, got {num_layers}")
+    if not 1 <= vocab_size <= count("llama.vocab_size"):
+        raise ValueError(f"argument 'vocab_size': expected 1..{count('llama.vocab_size')}, got {vocab_size}")
     config = DecoderConfig(vocab_size=vocab_size, hidden_size=hidden,
-                           intermediate_size=int(field("llama.feed_forward_length")), num_layers=num_layers,
+                           intermediate_size=count("llama.feed_forward_length"), num_layers=num_layers,
                            num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=hidden // num_heads,
-                           max_seq_len=max_seq_len, rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
-                           rope_theta=float(field("llama.rope.freq_base")))
+                           max_seq_len=max_seq_len,
+                           rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon", floats)),
+                           rope_theta=float(field("llama.rope.freq_base", floats)))
     tensors = {t.name: t for t in reader.tensors}
+    intermediate = config.intermediate_size
+    kv_rows = num_kv_heads * config.head_dim
+    shapes = {"attn_norm": (hidden,), "ffn_norm": (hidden,), "attn_q": (hidden, hidden), "attn_k": (kv_rows, hidden),
+              "attn_v": (kv_rows, hidden), "attn_output": (hidden, hidden), "ffn_gate": (intermediate, hidden),
+              "ffn_up": (intermediate, hidden), "ffn_down": (hidden, intermediate)}
 
-    def load(name, rows=None):
-        t = tensors[name]
+    def load(name, shape, rows=None):
+        t = tensors.get(name)
+        if t is None:
+            raise ValueError(f"GGUF file {str(path)!r}: expected a tensor {name}, got none")
+        # The reader adds offsets as uint64 and would wrap one past the file into a view of the wrong bytes.
+        if not reader.data_offset <= int(t.data_offset) <= file_size - int(t.n_bytes):
+            raise ValueError(f"GGUF file {str(path)!r}: tensor {name} lies outside the file (truncated or corrupt)")
         data = t.data if rows is None else t.data[:rows]  # quantized blocks stay whole per row
-        return np.ascontiguousarray(gguf.dequantize(data, t.tensor_type), dtype=np.float32)
+        values = np.ascontiguousarray(gguf.dequantize(data, t.tensor_type), dtype=np.float32)
+        if values.shape != shape:
+            raise ValueError(f"GGUF file {str(path)!r}: expected tensor {name} of shape {shape}, got {values.shape}")
+        return values
 
-    weights = {"embedding": load("token_embd.weight", vocab_size), "final_norm": load("output_norm.weight")}
+    weights = {"embedding": load("token_embd.weight", (vocab_size, hidden), vocab_size),
+               "final_norm": load("output_norm.weight", (hidden,))}
     for i in range(num_layers):
         for gguf_name, name in _GGUF_LAYER_NAMES.items():
-            weights[f"layers.{i}.{name}"] = load(f"blk.{i}.{gguf_name}.weight")
+            weights[f"layers.{i}.{name}"] = load(f"blk.{i}.{gguf_name}.weight", shapes[gguf_name])
         weights[f"layers.{i}.q_proj"] = unpermute_rope_rows(weights[f"layers.{i}.q_proj"], num_heads)
         weights[f"layers.{i}.k_proj"] = unpermute_rope_rows(weights[f"layers.{i}.k_proj"], num_kv_heads)
     return config, weights

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketml._arrays import integer_argument
+
 PRESETS = {
     "int8": "8-bit, one symmetric scale per output row",
     "int4-g32": "4-bit affine, groups of 32 input channels, calibrated",
@@ -279,9 +281,12 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
         raise ValueError("argument 'configs': expected at least one preset name, got none")
     for name in configs:
         preset_configs(name)  # validates the names before any slow work
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"argument 'repeats': expected an int >= 1, got {repeats!r}")
+    repeats = integer_argument(repeats, "repeats", 1)
+    if not 0.0 <= min_cosine <= 1.0:  # NaN too: no config could ever meet it
+        raise ValueError(f"argument 'min_cosine': expected a cosine from 0 to 1, got {min_cosine!r}")
     out_dir = Path(out_dir)  # created by the first thing written into it (the Core ML package)
+    if out_dir.exists() and not out_dir.is_dir():  # before minutes of quantizing, not after
+        raise NotADirectoryError(f"argument 'out_dir': expected a directory, got the file {str(out_dir)!r}")
     steps = tqdm(total=len(configs) + 4, desc="optimize", disable=not progress, unit="step")
 
     steps.set_postfix_str("loading model")
@@ -320,6 +325,10 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
     report.min_cosine, report.chosen, report.chosen_meets_min_cosine = min_cosine, chosen.name, bool(acceptable)
 
     steps.set_postfix_str("exporting to Core ML")
+    # The package and bundle are replaced below, the report written last: a run stopped in between
+    # must not leave the previous run's report describing the new files.
+    for stale in ("report.json", "report.md", "accuracy_vs_size.png"):
+        (out_dir / stale).unlink(missing_ok=True)
     model = quantized[chosen.name]
     example = tokenizer(list(sentences[:1]), padding="max_length", max_length=128, truncation=True,
                         return_tensors="pt")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,22 +62,25 @@ def _weight_key(weight: np.ndarray) -> str:
 
 
 def _dequantized_copy(model: nn.Module, precision: str):
-    """A copy of `model` with QuantizedLinear layers as nn.Linear, and the layers by the
-    key of their weight as coremltools will hold it (fp32, or fp16 after its cast)."""
-    export = copy.deepcopy(model).eval()
-    by_key = {}
-    for name, module in list(export.named_modules()):
+    """A copy of `model` in fp32 (Core ML's inputs are fp32; compute_precision sets its
+    arithmetic) with QuantizedLinear layers as nn.Linear, and the layers by the key of
+    their weight as coremltools will hold it (fp32, or fp16 after its cast). A layer
+    reachable under several names becomes one nn.Linear under all of them."""
+    export = copy.deepcopy(model).eval().float()
+    by_key, stand_ins = {}, {}
+    for name, module in list(export.named_modules(remove_duplicate=False)):
         if not isinstance(module, QuantizedLinear):
             continue
         qweight = module.qweight()
         weight = np.asarray(qweight.dequantize("fp32"))
-        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(weight))
-            if module.bias is not None:
-                linear.bias.copy_(module.bias.detach().float())
+        if module not in stand_ins:
+            stand_ins[module] = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            with torch.no_grad():
+                stand_ins[module].weight.copy_(torch.from_numpy(weight))
+                if module.bias is not None:
+                    stand_ins[module].bias.copy_(module.bias.detach().float())
         parent_name, _, child = name.rpartition(".")
-        setattr(export.get_submodule(parent_name) if parent_name else export, child, linear)
+        setattr(export.get_submodule(parent_name) if parent_name else export, child, stand_ins[module])
         held = weight if precision == "fp32" else np.asarray(qweight.dequantize("fp16"))
         sharing = by_key.setdefault(_weight_key(held), [])
         if sharing and not _same_compressed_form(sharing[0][1], qweight):
@@ -177,7 +181,8 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
     """Convert `model` (its Linear layers quantized by pocketml) into an .mlpackage at `path`.
 
     example_inputs: a tensor or tuple of tensors for tracing (their shapes become the
-    model's input shapes; integer inputs are declared int32). compute_precision
+    model's input shapes; integer inputs are declared int32, float ones fp32, and an
+    fp16 / bf16 model is traced from an fp32 copy). compute_precision
     "fp32" keeps every decompressed weight equal to ``qt.dequantize('fp32')``;
     "fp16" decompresses to fp16 (equal to ``qt.dequantize('fp16')``).
     """
@@ -186,7 +191,7 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise ValueError(f"argument 'path': expected a path ending in .mlpackage, got {str(path)!r}")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # lexists: a dangling symlink is there too
         raise FileExistsError(f"argument 'path': {str(path)!r} exists (pass overwrite=True to replace it)")
     if compute_precision not in _PRECISIONS:
         raise ValueError(f"argument 'compute_precision': expected one of {', '.join(_PRECISIONS)}, "
@@ -202,8 +207,9 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
 
     export, by_key = _dequantized_copy(model, compute_precision)
     quantized_names = {name for layers in by_key.values() for name, _ in layers}
-    with torch.no_grad():
-        traced = torch.jit.trace(_TensorOutputs(export).eval(), example_inputs, strict=False)
+    with torch.no_grad():  # float inputs as Core ML declares them: fp32
+        traced = torch.jit.trace(_TensorOutputs(export).eval(),
+                                 tuple(x.float() if x.is_floating_point() else x for x in example_inputs), strict=False)
     precision = ct.precision.FLOAT32 if compute_precision == "fp32" else ct.precision.FLOAT16
     outputs = [ct.TensorType(name=name) for name in output_names] if output_names else None
     prog = ct.convert(traced, inputs=input_types, outputs=outputs, convert_to="milinternal",

@@ -122,8 +122,9 @@ def gptq_quantize_layers(model: torch.nn.Module, layers, calibration, config) ->
     try:
         for name, module in layers:
             hessian = collect_hessian(model, calibration, name, module)
-            qt = gptq_quantize(module.weight.detach().float(), hessian, config.bits, config.group_size,
-                               config.symmetric, config.scale_dtype)
+            # From its own values: a weight Parameter shared with an earlier layer holds that layer's result now.
+            qt = gptq_quantize(originals[name].float(), hessian, config.bits, config.group_size, config.symmetric,
+                               config.scale_dtype)
             quantized[name] = qt
             with torch.no_grad():
                 module.weight.copy_(torch.from_numpy(qt.dequantize("fp32")).to(module.weight.dtype))

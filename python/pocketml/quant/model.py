@@ -134,8 +134,11 @@ def quantize_model(model: nn.Module, config: QuantConfig,
             replacements.append((name, module, replacement(name, module)))
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"layer {name!r}: {exc}") from exc
+    counted = set()  # two Linear modules sharing one weight Parameter held it once
     for name, module, layer in replacements:
-        report.weight_bytes_before += module.weight.numel() * module.weight.element_size()
+        if id(module.weight) not in counted:
+            counted.add(id(module.weight))
+            report.weight_bytes_before += module.weight.numel() * module.weight.element_size()
         report.weight_bytes_after += layer.nbytes
         for alias in names[name]:  # a layer reachable under several names is one QuantizedLinear
             _replace(model, alias, layer)
