@@ -490,11 +490,15 @@ def test_exception_in_the_loop_and_abandoned_iterators_clean_up(dataset):
     assert raised
     gc.collect()
     assert native_threads() == threads and core.live_batches() == 0
-    its = [iter(loader) for _ in range(5)]  # never read: producers fill their windows and wait
-    next(its[0])
+    its = [iter(pm.data.TokenLoader(dataset, 128, 4, prefetch=4, num_threads=2)) for _ in range(4)]
+    its.append(iter(loader))  # never read: producers fill their windows and wait
+    with pytest.raises(RuntimeError, match="an iterator of this loader is still open"):
+        iter(loader)  # both would advance the loader's one position (it skipped samples and epochs)
+    next(its[-1])
     del its
     gc.collect()
     assert native_threads() == threads and core.live_batches() == 0
+    next(iter(loader))  # the abandoned one is closed: a new one may start
 
 
 def test_keyboard_interrupt_while_waiting_for_a_batch(tmp_path):
@@ -538,3 +542,83 @@ def test_producers_fill_the_window_while_python_holds_the_gil(dataset):
     del first, it
     gc.collect()
     assert core.live_batches() == 0
+
+
+def test_one_iterator_read_by_two_threads_hands_out_each_batch_once(dataset):
+    # The native prefetcher serves one consumer: two at once took slots out of order and then waited forever.
+    loader = pm.data.TokenLoader(dataset, 32, 2, prefetch=4, num_threads=2, return_tensors="np")
+    it, taken = iter(loader), []
+
+    def consume():
+        for batch in it:
+            taken.append(batch["input_ids"].tobytes())
+    threads = [threading.Thread(target=consume) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    expected = [b["input_ids"].tobytes() for b in pm.data.TokenLoader(dataset, 32, 2, return_tensors="np")]
+    assert sorted(taken) == sorted(expected) and loader.epoch == 1
+
+
+def test_a_forked_child_keeps_its_own_position_and_leaves_live_iterators_alone(dataset):
+    loader = pm.data.TokenLoader(dataset, 32, 2, prefetch=2, return_tensors="np")
+    first = iter(loader)
+    next(first)
+    first.close()
+    pid = os.fork()
+    if pid == 0:  # the child reads a batch of its own: exit 0 if its loader, not the parent's, moved to 4
+        signal.alarm(30)  # a hang fails the test instead of stalling it
+        try:
+            child = iter(loader)
+            next(child)
+            child.close()
+            os._exit(0 if loader.position == 4 else 2)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert (loader.epoch, loader.position) == (0, 2)  # the counters are shared only with DataLoader workers
+    again = iter(loader)
+    next(again)
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(30)
+        try:
+            next(again)  # its prefetch threads stayed in the parent: waiting on them hung forever
+            os._exit(1)
+        except RuntimeError as exc:
+            os._exit(0 if "prefetch threads run in process" in str(exc) else 2)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    again.close()
+
+
+def test_load_state_dict_checks_everything_before_changing_anything(dataset):
+    loader = pm.data.TokenLoader(dataset, 32, 2, return_tensors="np")
+    next(iter(loader))
+    good = loader.state_dict()
+    cases = [
+        (dict(good, epoch=7, position=-1), ValueError, r"state\['position'\]"),  # the epoch was applied first
+        (dict(good, epoch=2**63), ValueError, r"state\['epoch'\]': expected an integer in \[0, 9223372036854775808\)"),
+        ({k: v for k, v in good.items() if k != "epoch"}, ValueError, "expected keys epoch and position"),
+        (dict(good, shuffle=1), ValueError, "expected shuffle=True"),
+        (dict(good, version=2.0), ValueError, "expected version 2, got 2.0"),
+        (None, TypeError, "expected a dict from state_dict"),
+    ]
+    for state, error, message in cases:
+        with pytest.raises(error, match=message):
+            loader.load_state_dict(state)
+        assert (loader.epoch, loader.position) == (good["epoch"], good["position"])
+
+
+def test_sizes_the_plan_cannot_hold_are_refused_when_the_loader_is_made(dataset):
+    # seq_len + 1 overflowed int64 in plan building, which then grew until memory ran out.
+    for kwargs, message in (({"seq_len": 2**63 - 1}, "argument 'seq_len'"), ({"prefetch": 2**31}, "argument 'prefetch'"),
+                            ({"num_threads": 2**31}, "argument 'num_threads'"), ({"window": 2**63}, "argument 'window'"),
+                            ({"seq_len": 2**16, "batch_size": 2**15}, r"batch_size \* seq_len < 2\^31")):
+        with pytest.raises(ValueError, match=message):
+            pm.data.TokenLoader(dataset, **{"seq_len": 32, "batch_size": 2, **kwargs})

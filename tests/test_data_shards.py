@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import pocketml as pm
+from pocketml._native import core
 from pocketml.cli import main as cli_main
 from pocketml.data.shards import MANIFEST_NAME
 
@@ -289,9 +290,34 @@ def test_counts_no_file_can_hold_are_refused_not_read(dataset_path):
         m["num_documents"] = sum(s["num_documents"] for s in m["shards"])
     _edit_manifest(dataset_path, edit)
     (dataset_path / "shard-00000.index").write_bytes(b"")
-    with pytest.raises(RuntimeError, match="2305843009213693951 documents and .* tokens in the manifest, more than"):
+    message = r"field 'shards\[0\].index_bytes': expected 18446744073709551616, got"  # (2^61 - 1 + 1) * 8
+    with pytest.raises(ValueError, match=message):
         pm.data.TokenDataset(dataset_path)
-    assert any("more than a file holds" in p for p in pm.data.verify(dataset_path))
+    assert any(re.search(message, p) for p in pm.data.verify(dataset_path))
+    with pytest.raises(RuntimeError, match="2305843009213693951 documents and .* tokens in the manifest, more than"):
+        core.TokenStore([core.ShardFiles(str(dataset_path / "shard-00000.tokens"),
+                                         str(dataset_path / "shard-00000.index"), 2**61 - 1, 10)], 2, 0)
+
+
+def test_manifests_that_break_the_format_are_refused(dataset_path):
+    # Each passed verify: sizes other than the format defines, a shard listed twice (its documents
+    # then read twice by every loader), version true, a token dtype that is no string.
+    edits = [
+        (lambda m: m["shards"][0].update(tokens_bytes=m["shards"][0]["tokens_bytes"] + 2),
+         r"shards\[0\].tokens_bytes': expected"),
+        (lambda m: m.update(version=True), "expected format version 1, got True"),
+        (lambda m: m.update(token_dtype=["uint16"]), r"'token_dtype': expected 'uint16' or 'uint32', got \['uint16'\]"),
+        (lambda m: (m["shards"].append(dict(m["shards"][0])), m.update(
+            num_documents=2 * m["num_documents"], num_tokens=2 * m["num_tokens"])),
+         "expected files no other shard names"),
+    ]
+    original = (dataset_path / "manifest.json").read_text()
+    for edit, message in edits:
+        (dataset_path / "manifest.json").write_text(original)
+        _edit_manifest(dataset_path, edit)
+        with pytest.raises(ValueError, match=message):
+            pm.data.TokenDataset(dataset_path)
+        assert any(re.search(message, p) for p in pm.data.verify(dataset_path))
 
 
 def test_overwriting_a_file_and_failing_under_new_directories_leave_nothing_behind(tmp_path):

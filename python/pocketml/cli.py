@@ -109,11 +109,23 @@ def cmd_data_verify(args) -> int:
     return 0
 
 
+# build_from_text's argument spellings in its messages, as this command's flags.
+_DATA_BUILD_FLAGS = {"argument 'path'": "argument '--out'", "overwrite=True": "--overwrite",
+                     "errors='replace'": "--errors replace", "argument 'shard_bytes'": "argument '--shard-bytes'",
+                     "argument 'eos_id'": "argument '--eos-id'", "argument 'tokenizer'": "argument '--tokenizer'"}
+
+
 def cmd_data_build(args) -> int:
     from pocketml.data import build_from_text
 
-    ds = build_from_text(args.files, args.out, tokenizer=args.tokenizer, eos_id=args.eos_id,
-                         shard_bytes=args.shard_bytes, overwrite=args.overwrite, errors=args.errors)
+    try:
+        ds = build_from_text(args.files, args.out, tokenizer=args.tokenizer, eos_id=args.eos_id,
+                             shard_bytes=args.shard_bytes, overwrite=args.overwrite, errors=args.errors)
+    except (ValueError, FileExistsError) as exc:
+        message = str(exc)
+        for spelling, flag in _DATA_BUILD_FLAGS.items():
+            message = message.replace(spelling, flag)
+        raise type(exc)(message) from None
     print(f"{args.out}: {len(ds):,} documents, {ds.num_tokens:,} {ds.manifest.token_dtype} tokens in "
           f"{len(ds.manifest.shards)} shard(s)")
     return 0

@@ -12,6 +12,9 @@ position reached in that order: small, JSON-able, and valid for any world size.
 from __future__ import annotations
 
 import math
+import os
+import threading
+import weakref
 
 import numpy as np
 
@@ -55,6 +58,19 @@ class _SharedCounter:
         loader._cursor[self.index] = value
 
 
+def _worker_info():
+    """torch's DataLoader worker info in a worker process, else None."""
+    try:
+        from torch.utils.data import get_worker_info
+    except ImportError:  # pragma: no cover - torch is optional
+        return None
+    return get_worker_info()
+
+
+def _in_dataloader_worker() -> bool:
+    return _worker_info() is not None
+
+
 def _distributed_rank_and_size() -> tuple[int, int]:
     try:
         import torch.distributed as dist
@@ -93,11 +109,15 @@ class TokenLoader(_IterableBase):
                  drop_last: bool = True, prefetch: int = 4, num_threads: int | None = None, window: int = 0,
                  return_tensors: str = "pt", pin_memory: bool = False):
         self.dataset = dataset if isinstance(dataset, TokenDataset) else TokenDataset(dataset)
-        self.seq_len = integer_argument(seq_len, "seq_len", 1)
-        self.batch_size = integer_argument(batch_size, "batch_size", 1)
+        # cu_seqlens is int32 (what varlen attention kernels take): it ends at batch_size * seq_len.
+        self.seq_len = integer_argument(seq_len, "seq_len", 1, 2**31)
+        self.batch_size = integer_argument(batch_size, "batch_size", 1, 2**31)
+        if self.batch_size * self.seq_len >= 2**31:
+            raise ValueError(f"argument 'batch_size': expected batch_size * seq_len < 2^31 tokens (int32 cu_seqlens), "
+                             f"got {self.batch_size} * {self.seq_len}")
         self.seed = integer_argument(seed, "seed", 0, 2**64)
-        self.window = integer_argument(window, "window", 0)
-        self.prefetch = integer_argument(prefetch, "prefetch", 0)
+        self.window = integer_argument(window, "window", 0, 2**31)
+        self.prefetch = integer_argument(prefetch, "prefetch", 0, 2**16)
         if packing not in PACKINGS:
             raise ValueError(f"argument 'packing': expected one of {PACKINGS}, got {packing!r}")
         if return_tensors not in ("pt", "np"):
@@ -118,12 +138,14 @@ class TokenLoader(_IterableBase):
             raise ValueError(f"argument 'rank': expected a rank in [0, {self.world_size}), got {self.rank}")
         if num_threads is None:
             num_threads = max(1, min(self.prefetch, get_num_threads()))
-        self.num_threads = integer_argument(num_threads, "num_threads", 1)
+        self.num_threads = integer_argument(num_threads, "num_threads", 1, 2**10)
         # epoch, position (samples of the epoch's order consumed by all ranks together),
         # and the (epoch, position) where the latest iteration began
         self._shared, self._cursor = _shared_counters(4)
         self._iteration_start = None
         self._plan = None
+        self._open_iterator = None  # weakref to the open iterator, which advances the position
+        self._counters_pid = os.getpid()
 
     epoch = _SharedCounter(0)
     position = _SharedCounter(1)  # samples of this epoch's order consumed by all ranks together
@@ -161,8 +183,9 @@ class TokenLoader(_IterableBase):
 
     def set_epoch(self, epoch: int) -> None:
         """Starts `epoch` from its beginning at the next iteration."""
-        self.epoch = integer_argument(epoch, "epoch", 0)
-        self.position = 0
+        epoch = integer_argument(epoch, "epoch", 0, 2**63)
+        self._own_counters()
+        self.epoch, self.position = epoch, 0
         self._iteration_start = None
 
     def state_dict(self, batches_consumed: int | None = None) -> dict:
@@ -189,27 +212,48 @@ class TokenLoader(_IterableBase):
 
     def load_state_dict(self, state: dict) -> None:
         """Continues where `state` was taken, with any world size or batch size:
-        the next global step starts at the saved position of the same order."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"argument 'state': expected version {STATE_VERSION}, got {state.get('version')!r}")
+        the next global step starts at the saved position of the same order.
+        Everything is checked before anything changes."""
+        if not isinstance(state, dict):
+            raise TypeError(f"argument 'state': expected a dict from state_dict(), got {type(state).__name__}")
+        version = state.get("version")
+        if type(version) is not int or version != STATE_VERSION:  # not 2.0, not True
+            raise ValueError(f"argument 'state': expected version {STATE_VERSION}, got {version!r}")
+        self._own_counters()
         mine = self.state_dict()
         for key in ("seed", "seq_len", "packing", "shuffle", "window", "num_documents", "num_tokens", "dataset"):
-            if state.get(key) != mine[key]:
+            theirs = state.get(key)
+            if type(theirs) is not type(mine[key]) or theirs != mine[key]:  # shuffle=1 is no True
                 raise ValueError(f"argument 'state': expected {key}={mine[key]!r} (this loader and dataset), "
-                                 f"got {state.get(key)!r}: the saved position belongs to another sample order")
-        self.epoch = integer_argument(state["epoch"], "state['epoch']", 0)
-        self.position = integer_argument(state["position"], "state['position']", 0)
+                                 f"got {theirs!r}: the saved position belongs to another sample order")
+        missing = [key for key in ("epoch", "position") if key not in state]
+        if missing:
+            raise ValueError(f"argument 'state': expected keys epoch and position, got none for {missing}")
+        epoch = integer_argument(state["epoch"], "state['epoch']", 0, 2**63)
+        position = integer_argument(state["position"], "state['position']", 0, 2**63)
+        self.epoch, self.position = epoch, position
         self._iteration_start = None
 
+    def _own_counters(self) -> None:
+        """In a process forked from the loader's own, other than a DataLoader worker (whose
+        progress the shared counters carry back), the loader continues on a copy of them."""
+        if os.getpid() == self._counters_pid:
+            return
+        self._counters_pid = os.getpid()
+        if self._shared is not None and not _in_dataloader_worker():
+            self._shared = self._shared.clone()
+            self._cursor = self._shared.numpy()
+
     def __iter__(self):
+        self._own_counters()
+        previous = self._open_iterator() if self._open_iterator is not None else None
+        if previous is not None and previous.is_open() and not _in_dataloader_worker():
+            raise RuntimeError("TokenLoader: an iterator of this loader is still open, and both would advance its "
+                               "one position; exhaust it or call its close() first")
         plan = self.plan()
         steps = self._num_steps()
         first_step, stride, worker = 0, 1, False
-        try:
-            from torch.utils.data import get_worker_info
-            info = get_worker_info()
-        except ImportError:  # pragma: no cover - torch is optional
-            info = None
+        info = _worker_info()
         if info is not None:
             first_step, stride, worker = info.id, info.num_workers, True
         num_batches = max(0, math.ceil((steps - first_step) / stride))
@@ -218,7 +262,9 @@ class TokenLoader(_IterableBase):
             self.dataset.store, plan, first_step=first_step, step_stride=stride, num_batches=num_batches,
             global_batch=self.global_batch_size, row_offset=self.rank * self.batch_size, batch_size=self.batch_size,
             capacity=self.prefetch, num_threads=self.num_threads, origin=self.position)
-        return _BatchIterator(self, prefetcher, advance=not worker)
+        iterator = _BatchIterator(self, prefetcher, advance=not worker)
+        self._open_iterator = weakref.ref(iterator)
+        return iterator
 
     def _convert(self, arrays: dict) -> dict:
         if self.return_tensors == "np":
@@ -233,6 +279,7 @@ class TokenLoader(_IterableBase):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_plan"] = None  # native; rebuilt on demand in the other process
+        state["_open_iterator"] = None
         if self._shared is not None:  # rebuilt from _shared, whose pickling keeps (workers) or ends the sharing
             del state["_cursor"]
         return state
@@ -262,11 +309,23 @@ class _BatchIterator:
 
     def __init__(self, loader: TokenLoader, prefetcher, advance: bool):
         self._loader, self._prefetcher, self._advance = loader, prefetcher, advance
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # the native prefetcher serves one consumer at a time
 
     def __iter__(self):
         return self
 
+    def is_open(self) -> bool:
+        return self._prefetcher is not None
+
     def __next__(self) -> dict:
+        if os.getpid() != self._pid:  # forked: the prefetch threads stayed in the parent
+            raise RuntimeError(f"TokenLoader: this iterator's prefetch threads run in process {self._pid}; "
+                               "create a new iterator in this process")
+        with self._lock:
+            return self._next_batch()
+
+    def _next_batch(self) -> dict:
         if self._prefetcher is None:
             raise StopIteration
         try:
@@ -285,9 +344,9 @@ class _BatchIterator:
         return self._loader._convert(arrays)
 
     def close(self) -> None:
-        if self._prefetcher is not None:
+        if self._prefetcher is not None and os.getpid() == self._pid:
             self._prefetcher.close()
-            self._prefetcher = None
+        self._prefetcher = None
 
     def __del__(self):
         self.close()

@@ -81,7 +81,7 @@ class Manifest:
         if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
             raise ValueError(f"'{file}': expected format '{FORMAT_NAME}', got {body.get('format')!r}"
                              if isinstance(body, dict) else f"'{file}': expected a JSON object")
-        if body.get("version") != FORMAT_VERSION:
+        if type(body.get("version")) is not int or body.get("version") != FORMAT_VERSION:  # not true, not 1.0
             raise ValueError(f"'{file}': expected format version {FORMAT_VERSION}, got {body.get('version')!r}")
         try:
             shards = tuple(ShardEntry(**s) for s in body["shards"])
@@ -90,9 +90,14 @@ class Manifest:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"'{file}': missing or unexpected field ({exc})") from None
         try:
-            _check_vocabulary(manifest.token_dtype, manifest.vocab_size, manifest.eos_id, "field")
+            itemsize = _check_vocabulary(manifest.token_dtype, manifest.vocab_size, manifest.eos_id, "field").itemsize
+            files = set()
             for i, shard in enumerate(shards):
-                _check_shard_entry(shard, i)
+                _check_shard_entry(shard, i, itemsize)
+                if {shard.tokens, shard.index} & files or shard.tokens == shard.index:  # read twice otherwise
+                    raise ValueError(f"field 'shards[{i}]': expected files no other shard names, got {shard.tokens!r}, "
+                                     f"{shard.index!r}")
+                files |= {shard.tokens, shard.index}
             _check_count("num_documents", manifest.num_documents)
             _check_count("num_tokens", manifest.num_tokens)
         except ValueError as exc:
@@ -105,7 +110,7 @@ class Manifest:
 
 def _check_vocabulary(dtype: str, vocab_size: int, eos_id: int, source: str = "argument") -> np.dtype:
     """source: 'argument' (write_tokens) or 'field' (a manifest), for the messages."""
-    if dtype not in TOKEN_DTYPES:
+    if not isinstance(dtype, str) or dtype not in TOKEN_DTYPES:
         name = "dtype" if source == "argument" else "token_dtype"
         raise ValueError(f"{source} '{name}': expected 'uint16' or 'uint32', got {dtype!r}")
     limit = np.iinfo(TOKEN_DTYPES[dtype]).max + 1
@@ -121,7 +126,7 @@ def _check_count(name: str, value) -> None:
         raise ValueError(f"field '{name}': expected an integer in [0, 2^63), got {value!r}")
 
 
-def _check_shard_entry(shard: ShardEntry, i: int) -> None:
+def _check_shard_entry(shard: ShardEntry, i: int, itemsize: int) -> None:
     for name in ("tokens", "index"):  # plain names: a manifest never points outside its directory
         value = getattr(shard, name)
         if not isinstance(value, str) or not value or value != os.path.basename(value) or value in (".", ".."):
@@ -129,6 +134,9 @@ def _check_shard_entry(shard: ShardEntry, i: int) -> None:
                              f"got {value!r}")
     for name in ("num_documents", "num_tokens", "tokens_bytes", "index_bytes"):
         _check_count(f"shards[{i}].{name}", getattr(shard, name))
+    for name, expected in (("tokens_bytes", shard.num_tokens * itemsize), ("index_bytes", (shard.num_documents + 1) * 8)):
+        if getattr(shard, name) != expected:  # as docs/formats.md defines them
+            raise ValueError(f"field 'shards[{i}].{name}': expected {expected}, got {getattr(shard, name)}")
     for name in ("tokens_sha256", "index_sha256"):
         if not isinstance(getattr(shard, name), str):
             raise ValueError(f"field 'shards[{i}].{name}': expected a hex string, got {getattr(shard, name)!r}")
