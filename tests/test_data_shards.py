@@ -424,5 +424,12 @@ def test_cli_build_then_verify(tmp_path, capsys):
     assert cli_main(["data", "build", *files, "--out", str(tmp_path / "ds"), "--shard-bytes", "50000"]) == 0
     assert "4 documents" in capsys.readouterr().out
     assert cli_main(["data", "verify", str(tmp_path / "ds")]) == 0
+    # The command's flags, not build_from_text's Python arguments (overwrite=True, shard_bytes, errors='replace').
     assert cli_main(["data", "build", *files, "--out", str(tmp_path / "ds")]) == 2
-    assert "overwrite" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument '--out': expected a path that does not exist yet" in err and "(pass --overwrite" in err
+    assert cli_main(["data", "build", *files, "--out", str(tmp_path / "ds2"), "--shard-bytes", "1"]) == 2
+    assert "argument '--shard-bytes': expected an integer >= 2" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_bytes(b"\xff")
+    assert cli_main(["data", "build", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "ds3")]) == 2
+    assert "pass --errors replace to write U+FFFD" in capsys.readouterr().err
