@@ -96,6 +96,9 @@ def test_outputs_are_cpu_tensors_whatever_torch_s_default_device():
 def test_set_isa_rejects_unknown_and_unsupported():
     with pytest.raises(ValueError, match="argument 'isa'"):
         pocketml.set_isa("mmx")
+    for bad in (None, 2):  # were pybind's unlabelled "incompatible function arguments"
+        with pytest.raises(TypeError, match="argument 'isa': expected a variant name"):
+            pocketml.set_isa(bad)
     unsupported = [i for i in ("avx2", "avx512", "neon") if i not in pocketml.supported_isas()]
     for name in unsupported:
         with pytest.raises(ValueError, match="variants this machine runs"):
@@ -114,7 +117,8 @@ def test_thread_count_round_trips():
         pocketml.set_num_threads(original)
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (2**40, ValueError), (1.5, TypeError),
+                                        (True, TypeError)])
 def test_thread_count_rejects_bad_values(bad, error):
     with pytest.raises(error, match="num_threads"):
         pocketml.set_num_threads(bad)
@@ -279,3 +283,30 @@ worker.join()
     assert out.returncode == 0, out.stderr
     value, on_torch = out.stdout.split()
     assert abs(float(value) - 512) < 1 and on_torch == "False"
+
+
+@pytest.mark.parametrize("work", ["kernels", "loader"])
+def test_daemon_threads_inside_pocketml_calls_let_the_process_exit(work, tmp_path):
+    # Python ends a daemon thread that takes the GIL back during shutdown with pthread_exit; its
+    # unwind through pybind11's ~gil_scoped_release aborted the process (exit status 134).
+    script = f"""
+import threading, time, numpy as np, pocketml
+if {work!r} == "kernels":
+    x = np.ones(1 << 20, np.float32)
+    def run():
+        while True:
+            pocketml.convert(x, "fp16")
+else:
+    ds = pocketml.data.write_tokens({str(tmp_path / "ds")!r}, [np.arange(5000) % 100] * 64, vocab_size=100, eos_id=0,
+                                   overwrite=True)
+    loader = pocketml.data.TokenLoader(ds, 64, 4, prefetch=4, num_threads=2, return_tensors="np")
+    def run():  # mostly waiting in the loader's native next()
+        while True:
+            for _ in loader:
+                pass
+threading.Thread(target=run, daemon=True).start()
+time.sleep(0.3)
+"""
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "bindings/register.h"
+#include "bindings/released_gil.h"
 #include "bindings/tensor_args.h"
 
 namespace py = pybind11;
@@ -50,7 +51,7 @@ void register_attention(py::module_& m) {
           auto tmask = optional_arg(mask, "attn_mask");
           auto talibi = optional_arg(alibi, "alibi_slopes");
           AttentionBias bias{tmask ? &tmask->view() : nullptr, talibi ? &talibi->view() : nullptr};
-          py::gil_scoped_release release;
+          ReleasedGil release;
           attention_forward(tq, tk, tv, bias, make_options(scale, window_left, window_right, bottom_right, softcap),
                             tout, tlse);
         },
@@ -66,7 +67,7 @@ void register_attention(py::module_& m) {
           auto tmask = optional_arg(mask, "attn_mask");
           auto talibi = optional_arg(alibi, "alibi_slopes");
           AttentionBias bias{tmask ? &tmask->view() : nullptr, talibi ? &talibi->view() : nullptr};
-          py::gil_scoped_release release;
+          ReleasedGil release;
           attention_backward(tq, tk, tv, bias, make_options(scale, window_left, window_right, bottom_right, softcap),
                              tout, tlse, tdout, tdq, tdk, tdv);
         },
@@ -79,7 +80,7 @@ void register_attention(py::module_& m) {
            float scale, int64_t window_left, int64_t window_right, bool bottom_right, float softcap) {
           TensorArg tq(q, "q"), tk(k, "k"), tv(v, "v"), tcq(cu_q, "cu_seqlens_q"), tck(cu_k, "cu_seqlens_k"),
               tout(out, "out"), tlse(lse, "lse");
-          py::gil_scoped_release release;
+          ReleasedGil release;
           varlen_attention_forward(tq, tk, tv, tcq, tck,
                                    make_options(scale, window_left, window_right, bottom_right, softcap), tout, tlse);
         },
@@ -93,7 +94,7 @@ void register_attention(py::module_& m) {
           TensorArg tq(q, "q"), tk(k, "k"), tv(v, "v"), tcq(cu_q, "cu_seqlens_q"), tck(cu_k, "cu_seqlens_k"),
               tout(out, "out"), tlse(lse, "lse"), tdout(dout, "grad_out"), tdq(dq, "dq"), tdk(dk, "dk"),
               tdv(dv, "dv");
-          py::gil_scoped_release release;
+          ReleasedGil release;
           varlen_attention_backward(tq, tk, tv, tcq, tck,
                                     make_options(scale, window_left, window_right, bottom_right, softcap), tout, tlse,
                                     tdout, tdq, tdk, tdv);
@@ -106,7 +107,7 @@ void register_attention(py::module_& m) {
         [](py::handle q, const KVCacheViews& cache, int64_t length, py::handle out, float scale, int64_t window_left,
            int64_t window_right, float softcap) {
           TensorArg tq(q, "q"), tout(out, "out");
-          py::gil_scoped_release release;
+          ReleasedGil release;
           attention_decode(tq, cache.k, cache.v, cache.k_scale ? &cache.k_scale->view() : nullptr,
                            cache.v_scale ? &cache.v_scale->view() : nullptr, length,
                            make_options(scale, window_left, window_right, true, softcap), tout);
@@ -117,7 +118,7 @@ void register_attention(py::module_& m) {
   m.def("kv_quantize_int8",
         [](py::handle src, py::handle dst, py::handle scale, int64_t start) {
           TensorArg tsrc(src, "k"), tdst(dst, "cache"), tscale(scale, "cache scale");
-          py::gil_scoped_release release;
+          ReleasedGil release;
           kv_quantize_int8(tsrc, tdst, tscale, start);
         },
         py::arg("src"), py::arg("dst"), py::arg("scale"), py::arg("start"),

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/register.h"
+#include "bindings/released_gil.h"
 #include "data/batch_prefetcher.h"
 #include "data/epoch_plan.h"
 #include "data/token_store.h"
@@ -58,7 +59,7 @@ void register_data(py::module_& m) {
   py::class_<TokenStore, std::shared_ptr<TokenStore>>(m, "TokenStore",
                                                       "Memory-mapped token shards, structure checked on open.")
       .def(py::init([](const std::vector<data::ShardFiles>& shards, int token_bytes, int64_t eos_id) {
-             py::gil_scoped_release release;
+             ReleasedGil release;
              return std::make_shared<TokenStore>(shards, token_bytes, eos_id);
            }),
            py::arg("shards"), py::arg("token_bytes"), py::arg("eos_id"))
@@ -87,7 +88,7 @@ void register_data(py::module_& m) {
       .def(py::init([](const std::shared_ptr<TokenStore>& store, const std::string& packing, int64_t seq_len,
                        uint64_t seed, uint64_t epoch, bool shuffle, int64_t window) {
              data::PlanOptions options{seq_len, seed, epoch, shuffle, window};
-             py::gil_scoped_release release;
+             ReleasedGil release;
              return std::const_pointer_cast<EpochPlan>(data::build_epoch_plan(*store, packing, options));
            }),
            py::arg("store"), py::arg("packing"), py::arg("seq_len"), py::arg("seed"), py::arg("epoch"),
@@ -129,7 +130,7 @@ void register_data(py::module_& m) {
              while (true) {
                BatchPrefetcher::Status status;
                {
-                 py::gil_scoped_release release;
+                 ReleasedGil release;
                  status = self.next(50, batch);
                }
                if (status == BatchPrefetcher::Status::Ready) return batch_to_arrays(std::move(batch));
@@ -138,7 +139,7 @@ void register_data(py::module_& m) {
              }
            }, "The next batch as a dict of NumPy arrays, or None after the last.")
       .def("close", [](BatchPrefetcher& self) {
-             py::gil_scoped_release release;
+             ReleasedGil release;
              self.close();
            }, "Stops and joins the producer threads and frees batches not taken.")
       .def_property_readonly("num_threads", &BatchPrefetcher::num_threads)

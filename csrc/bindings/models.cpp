@@ -4,6 +4,7 @@
 
 #include "bindings/quantized_args.h"
 #include "bindings/register.h"
+#include "bindings/released_gil.h"
 #include "bindings/tensor_args.h"
 #include "models/transformer_decoder.h"
 
@@ -62,7 +63,7 @@ std::unique_ptr<TransformerDecoder> make_decoder(const py::dict& config, py::han
   const std::unique_ptr<QuantizedArgs> emb = quantized_arg(embedding);
   const TensorArg norm(final_norm, "final_norm");
   const DecoderConfig c = make_config(config);
-  py::gil_scoped_release release;
+  ReleasedGil release;
   return std::make_unique<TransformerDecoder>(c, emb->views, views, norm.view());
 }
 
@@ -85,14 +86,14 @@ void register_models(py::module_& m) {
              if (lv.ndim != 2 || lv.shape[0] != tv.shape[0] || lv.shape[1] != self.config().vocab_size)
                fail_argument(ErrorKind::InvalidArgument, "logits", "shape (" + std::to_string(tv.shape[0]) + ", " +
                              std::to_string(self.config().vocab_size) + ")", lv.shape_string());
-             py::gil_scoped_release release;
+             ReleasedGil release;
              self.forward(tv.ptr<const int32_t>(), tv.shape[0], lv.ptr<float>());
            },
            py::arg("tokens"), py::arg("logits"), "Appends tokens int32 [T]; writes logits fp32 [T, vocab].")
       // Both wait for a forward running on another thread: without the GIL, so Python keeps running.
-      .def("reset", &TransformerDecoder::reset, py::call_guard<py::gil_scoped_release>())
+      .def("reset", &TransformerDecoder::reset, py::call_guard<ReleasedGil>())
       .def_property_readonly("length", [](const TransformerDecoder& self) {
-        py::gil_scoped_release release;
+        ReleasedGil release;
         return self.length();
       });
 }

@@ -3,6 +3,7 @@
 
 #include "bindings/quantized_args.h"
 #include "bindings/register.h"
+#include "bindings/released_gil.h"
 #include "bindings/tensor_args.h"
 #include "quant/quant.h"
 #include "runtime/error.h"
@@ -23,13 +24,13 @@ AffineMethod parse_method(const std::string& method) {
 void register_quant(py::module_& m) {
   m.def("quant_pack", [](py::handle codes, int bits, py::handle packed) {
     TensorArg c(codes, "codes"), p(packed, "packed");
-    py::gil_scoped_release release;
+    ReleasedGil release;
     pack_codes(c, bits, p);
   }, py::arg("codes"), py::arg("bits"), py::arg("packed"), "Packs plain codes uint8 [N, K] into the packed layout.");
 
   m.def("quant_unpack", [](py::handle packed, int bits, py::handle codes) {
     TensorArg p(packed, "packed"), c(codes, "codes");
-    py::gil_scoped_release release;
+    ReleasedGil release;
     unpack_codes(p, bits, c);
   }, py::arg("packed"), py::arg("bits"), py::arg("codes"), "Unpacks the packed layout into plain codes uint8 [N, K].");
 
@@ -43,7 +44,7 @@ void register_quant(py::module_& m) {
     options.group_size = group_size;
     options.symmetric = symmetric;
     options.method = parse_method(method);
-    py::gil_scoped_release release;
+    ReleasedGil release;
     quantize_affine(w, options, imp.view(), p, s, z.view());
   }, py::arg("weight"), py::arg("bits"), py::arg("group_size"), py::arg("symmetric"), py::arg("method"),
      py::arg("importance"), py::arg("packed"), py::arg("scales"), py::arg("zero_points"));
@@ -57,7 +58,7 @@ void register_quant(py::module_& m) {
     options.group_size = group_size;
     options.seed = seed;
     options.max_iterations = max_iterations;
-    py::gil_scoped_release release;
+    ReleasedGil release;
     quantize_lut(w, options, imp.view(), p, l);
   }, py::arg("weight"), py::arg("nbits"), py::arg("group_size"), py::arg("seed"), py::arg("max_iterations"),
      py::arg("importance"), py::arg("packed"), py::arg("lut"));
@@ -66,7 +67,7 @@ void register_quant(py::module_& m) {
                                 py::handle scales, py::handle zero_points, py::handle lut, py::handle out) {
     QuantizedArgs q(kind, bits, cols, group_size, packed, scales, zero_points, lut);
     TensorArg o(out, "out");
-    py::gil_scoped_release release;
+    ReleasedGil release;
     dequantize(q.views, o);
   }, py::arg("kind"), py::arg("bits"), py::arg("cols"), py::arg("group_size"), py::arg("packed"), py::arg("scales"),
      py::arg("zero_points"), py::arg("lut"), py::arg("out"));
@@ -76,7 +77,7 @@ void register_quant(py::module_& m) {
                             int act_bits) {
     TensorArg xa(x, "x"), o(out, "out");
     QuantizedArgs q(kind, bits, cols, group_size, packed, scales, zero_points, lut);
-    py::gil_scoped_release release;
+    ReleasedGil release;
     quantized_matmul(xa, q.views, o, act_bits);
   }, py::arg("x"), py::arg("kind"), py::arg("bits"), py::arg("cols"), py::arg("group_size"), py::arg("packed"),
      py::arg("scales"), py::arg("zero_points"), py::arg("lut"), py::arg("out"), py::arg("act_bits") = 0,

@@ -1,6 +1,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings/register.h"
+#include "bindings/released_gil.h"
 #include "runtime/build_info.h"
 #include "runtime/cpu_features.h"
 #include "runtime/machine_probe.h"
@@ -35,20 +36,20 @@ void register_runtime(py::module_& m) {
     return names;
   });
   m.def("set_num_threads", [](int n) {
-    py::gil_scoped_release release;
+    ReleasedGil release;
     ThreadPool::global().set_num_threads(n);
   }, py::arg("num_threads"));
   m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); });
   m.def("use_openmp_threads", [](const std::string& library) {
-    py::gil_scoped_release release;  // waits for a running job
+    ReleasedGil release;  // waits for a running job
     return ThreadPool::global().use_openmp_threads(library);
   }, py::arg("library"));
   m.def("use_own_threads", [] {
-    py::gil_scoped_release release;
+    ReleasedGil release;
     ThreadPool::global().use_own_threads();
   });
   m.def("on_openmp_threads", [] {
-    py::gil_scoped_release release;  // waits for a running job
+    ReleasedGil release;  // waits for a running job
     return ThreadPool::global().on_openmp_threads();
   });
   py::class_<ThreadPool::KeepWarm>(m, "KeepWarm").def(py::init<>());
@@ -56,7 +57,7 @@ void register_runtime(py::module_& m) {
   m.def("measure_machine", [](int64_t buffer_bytes, int repeats) {
     MachineMeasurement result;
     {
-      py::gil_scoped_release release;
+      ReleasedGil release;
       result = measure_machine(buffer_bytes, repeats);
     }
     py::dict d;

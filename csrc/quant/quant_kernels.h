@@ -60,8 +60,9 @@ using GemvInt8Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t r
 // nibbles (bits 4j .. 4j + 3 of each 16-bit word for pass j); row i of x (ldx
 // elements apart) holds each block's activations in that order
 // (bf16_gemv_position), zeros up to whole blocks. vdpbf16ps reads subnormal
-// inputs as zero and flushes subnormal sums, so x must hold none (the caller
-// routes such activations to gemv); a partial sum below 2^-126 reads as zero.
+// inputs as zero and flushes partial sums below 2^-126, so x must hold no
+// nonzero value below 2^-110 in magnitude (the caller routes such activations
+// to gemv): then no product or partial sum lands in the flushed range.
 using GemvBf16Fn = void (*)(const PackedWeights& w, int64_t row_begin, int64_t row_end, const uint16_t* x, int64_t ldx,
                             int m, float* y, int64_t ldy);
 

@@ -210,13 +210,18 @@ bool zero_points_fit_bf16_table(const PackedWeights& w, int64_t row) {
   return bits < 16;
 }
 
-// vdpbf16ps reads a subnormal bf16 (below 2^-126, not zero) as zero: activations
-// holding one take the fp32 GEMV, which keeps it.
-bool holds_bf16_subnormals(const TensorView& x) {
+// vdpbf16ps reads a subnormal bf16 as zero and flushes a partial sum below
+// 2^-126 to zero (tiny activations of 1e-37 gave 24% errors). With every
+// nonzero |x| at least 2^-110, each product and partial sum is zero or a
+// multiple of 2^-117 (x has 8 significant bits, code - zero is an integer):
+// nothing reaches the flush. Activations holding a smaller one take the fp32
+// GEMV, which keeps them.
+bool holds_bf16_below_exact_range(const TensorView& x) {
+  constexpr uint16_t kSmallestExponent = 127 - 110;  // of 2^-110, in bf16's biased exponent field
   const uint16_t* bits = x.ptr<uint16_t>();
   const int64_t count = x.shape[0] * x.shape[1];
   bool found = false;
-  for (int64_t i = 0; i < count; ++i) found |= (bits[i] & 0x7F80) == 0 && (bits[i] & 0x7F) != 0;
+  for (int64_t i = 0; i < count; ++i) found |= (bits[i] >> 7 & 0xFF) < kSmallestExponent && (bits[i] & 0x7FFF) != 0;
   return found;
 }
 
@@ -461,7 +466,7 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
       int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
     }
   } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && kernels.gemv != nullptr &&
-             bf16_gemv_handles(w) && !holds_bf16_subnormals(x_matrix)) {
+             bf16_gemv_handles(w) && !holds_bf16_below_exact_range(x_matrix)) {
     bf16_activation_gemv(kernels, w, x_matrix, out32);
   } else {
     const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;

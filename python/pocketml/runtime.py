@@ -23,7 +23,7 @@ def set_num_threads(num_threads: int) -> None:
     """Set the size of the native thread pool shared by every kernel (default: usable cores)."""
     from pocketml._arrays import integer_argument  # not at the top: _arrays imports this module
 
-    core.set_num_threads(integer_argument(num_threads, "num_threads"))
+    core.set_num_threads(integer_argument(num_threads, "num_threads", 1, 2**31))
 
 
 def get_num_threads() -> int:
@@ -125,6 +125,8 @@ def supported_isas() -> list[str]:
 
 def set_isa(name: str) -> None:
     """Force a variant (as the POCKETML_ISA environment variable does at start-up)."""
+    if not isinstance(name, str):
+        raise TypeError(f"argument 'isa': expected a variant name such as 'avx512', got {type(name).__name__} {name!r}")
     core.set_active_isa(name)
 
 
