@@ -622,3 +622,21 @@ def test_sizes_the_plan_cannot_hold_are_refused_when_the_loader_is_made(dataset)
                             ({"seq_len": 2**16, "batch_size": 2**15}, r"batch_size \* seq_len < 2\^31")):
         with pytest.raises(ValueError, match=message):
             pm.data.TokenLoader(dataset, **{"seq_len": 32, "batch_size": 2, **kwargs})
+
+
+def test_set_epoch_right_after_a_restore_keeps_the_restored_position(dataset):
+    # The README's DataLoader advice, set_epoch(e) before each epoch, made a resumed run repeat its epoch's start.
+    uninterrupted = [b["input_ids"].numpy() for b in pm.data.TokenLoader(dataset, 40, 3, seed=5)]
+    loader = pm.data.TokenLoader(dataset, 40, 3, seed=5)
+    state = loader.state_dict()
+    state["position"] = 4 * loader.global_batch_size
+    resumed = pm.data.TokenLoader(dataset, 40, 3, seed=5)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(0)  # the restored epoch: its position stays
+    assert_same_batches(dataloader_batches(resumed, 2), uninterrupted[4:])
+    resumed.set_epoch(0)  # no restore since: the epoch starts over
+    assert_same_batches([b["input_ids"].numpy() for b in resumed], uninterrupted)
+    again = pm.data.TokenLoader(dataset, 40, 3, seed=5)
+    again.load_state_dict(state)
+    again.set_epoch(1)  # another epoch: from its start
+    assert (again.epoch, again.position) == (1, 0)

@@ -146,6 +146,7 @@ class TokenLoader(_IterableBase):
         self._plan = None
         self._open_iterator = None  # weakref to the open iterator, which advances the position
         self._counters_pid = os.getpid()
+        self._restored = False  # load_state_dict ran, and no set_epoch or iteration since
 
     epoch = _SharedCounter(0)
     position = _SharedCounter(1)  # samples of this epoch's order consumed by all ranks together
@@ -182,10 +183,14 @@ class TokenLoader(_IterableBase):
         return self._num_steps()
 
     def set_epoch(self, epoch: int) -> None:
-        """Starts `epoch` from its beginning at the next iteration."""
+        """Starts `epoch` from its beginning at the next iteration; right after
+        load_state_dict, the restored epoch keeps its restored position (a resumed
+        run that calls set_epoch(e) before each epoch would repeat its start)."""
         epoch = integer_argument(epoch, "epoch", 0, 2**63)
         self._own_counters()
-        self.epoch, self.position = epoch, 0
+        if not (self._restored and epoch == self.epoch):
+            self.epoch, self.position = epoch, 0
+        self._restored = False
         self._iteration_start = None
 
     def state_dict(self, batches_consumed: int | None = None) -> dict:
@@ -233,6 +238,7 @@ class TokenLoader(_IterableBase):
         position = integer_argument(state["position"], "state['position']", 0, 2**63)
         self.epoch, self.position = epoch, position
         self._iteration_start = None
+        self._restored = True
 
     def _own_counters(self) -> None:
         """In a process forked from the loader's own, other than a DataLoader worker (whose
@@ -250,6 +256,7 @@ class TokenLoader(_IterableBase):
         if previous is not None and previous.is_open() and not _in_dataloader_worker():
             raise RuntimeError("TokenLoader: an iterator of this loader is still open, and both would advance its "
                                "one position; exhaust it or call its close() first")
+        self._restored = False
         plan = self.plan()
         steps = self._num_steps()
         first_step, stride, worker = 0, 1, False
