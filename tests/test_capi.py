@@ -47,7 +47,11 @@ def test_bad_dtype_returns_type_status_and_message(lib):
     x = np.zeros(4, np.float32)
     y = np.zeros(4, np.float32)
     assert lib.pocketml_convert(x.ctypes.data, FP32, y.ctypes.data, INT8, 4) == TYPE
-    assert b"expected dtype fp32, fp16, bf16, got int8" in lib.pocketml_last_error()
+    assert b"argument 'dst_dtype': expected dtype fp32, fp16, bf16, got int8" in lib.pocketml_last_error()
+    assert lib.pocketml_convert(x.ctypes.data, INT8, y.ctypes.data, FP32, 4) == TYPE  # named 'x' before
+    assert b"argument 'src_dtype': expected dtype fp32, fp16, bf16, got int8" in lib.pocketml_last_error()
+    assert lib.pocketml_convert(x.ctypes.data, FP32, y.ctypes.data, FP16, 2**62) == INVALID_ARGUMENT
+    assert b"argument 'count': expected sizes whose byte count fits int64" in lib.pocketml_last_error()
     assert lib.pocketml_convert(x.ctypes.data, 99, y.ctypes.data, FP16, 4) == TYPE
     assert b"argument 'src_dtype': expected a pocketml_dtype value (0..6), got 99" in lib.pocketml_last_error()
 

@@ -62,7 +62,12 @@ def test_matmul_and_dequantize_equal_python(qlib, rng, make):
     # Sizes whose products wrap: m * cols read one row and returned OK; cols near 2^63 segfaulted.
     assert qlib.pocketml_quant_matmul(x.ctypes.data, FP32, 2**58 + 1, ctypes.byref(weight), out.ctypes.data,
                                       FP32) == INVALID_ARGUMENT
-    assert b"too large" in qlib.pocketml_last_error()
+    assert b"argument 'm': expected sizes whose byte count fits int64, got shape (288230376151711745, " in \
+        qlib.pocketml_last_error()
+    huge = describe(qt)
+    huge.rows = 2**62
+    assert qlib.pocketml_quant_dequantize(ctypes.byref(huge), dense.ctypes.data, FP16) == INVALID_ARGUMENT
+    assert b"argument 'weight.rows': expected sizes whose byte count fits int64" in qlib.pocketml_last_error()
     huge = describe(qt)
     huge.cols = 2**63 - 1
     assert qlib.pocketml_quant_dequantize(ctypes.byref(huge), dense.ctypes.data, FP16) == INVALID_ARGUMENT

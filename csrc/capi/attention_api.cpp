@@ -27,7 +27,7 @@ const pocketml_attention_shape& checked_shape(const pocketml_attention_shape* sh
 TensorView view(const void* data, DType dtype, int64_t b, int64_t h, int64_t l, int64_t d, bool writable,
                 const char* arg) {
   capi::require_pointer(data, arg);
-  return contiguous_view(const_cast<void*>(data), dtype, {b, h, l, d}, writable);
+  return contiguous_view(const_cast<void*>(data), dtype, {b, h, l, d}, writable, arg);
 }
 
 }  // namespace

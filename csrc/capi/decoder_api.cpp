@@ -16,7 +16,7 @@ namespace {
 
 TensorView norm_view(const float* data, int64_t size, const std::string& arg) {
   capi::require_pointer(data, arg.c_str());
-  return contiguous_view(const_cast<float*>(data), DType::f32, {size}, false);
+  return contiguous_view(const_cast<float*>(data), DType::f32, {size}, false, arg);
 }
 
 TransformerDecoder& decoder_of(pocketml_decoder handle) {

@@ -47,7 +47,7 @@ QuantizedViews quantized_views(const pocketml_quantized_weight* weight, const st
   if (q.kind == QuantKind::affine) check_affine_bits(w.bits); else check_lut_bits(w.bits);
   require_pointer(w.packed, (arg + ".packed").c_str());
   q.packed = contiguous_view(const_cast<uint8_t*>(w.packed), DType::u8,
-                             {w.rows, checked_packed_row_bytes(w.cols, w.bits, arg + ".cols")}, false);
+                             {w.rows, checked_packed_row_bytes(w.cols, w.bits, arg + ".cols")}, false, arg + ".rows");
   if (q.kind == QuantKind::affine) {
     require_pointer(w.scales, (arg + ".scales").c_str());
     if (w.cols % w.group_size != 0)
@@ -55,16 +55,17 @@ QuantizedViews quantized_views(const pocketml_quantized_weight* weight, const st
                     std::to_string(w.group_size));
     const int64_t groups = w.cols / w.group_size;
     q.scales = contiguous_view(const_cast<void*>(w.scales), to_dtype(w.scale_dtype, (arg + ".scale_dtype").c_str()),
-                               {w.rows, groups}, false);
+                               {w.rows, groups}, false, arg + ".rows");
     if (w.zero_points != nullptr)
-      q.zero_points = contiguous_view(const_cast<uint8_t*>(w.zero_points), DType::u8, {w.rows, groups}, false);
+      q.zero_points = contiguous_view(const_cast<uint8_t*>(w.zero_points), DType::u8, {w.rows, groups}, false,
+                                      arg + ".rows");
   } else {
     require_pointer(w.lut, (arg + ".lut").c_str());
     if (w.rows % w.group_size != 0)
       fail_argument(ErrorKind::InvalidArgument, (arg + ".group_size"), "a divisor of rows = " + std::to_string(w.rows),
                     std::to_string(w.group_size));
     q.lut = contiguous_view(const_cast<void*>(w.lut), to_dtype(w.lut_dtype, (arg + ".lut_dtype").c_str()),
-                            {w.rows / w.group_size, int64_t(1) << w.bits}, false);
+                            {w.rows / w.group_size, int64_t(1) << w.bits}, false, arg + ".rows");
   }
   return q;
 }
@@ -90,8 +91,9 @@ extern "C" pocketml_status pocketml_quant_matmul(const void* x, pocketml_dtype x
     if (m == 0 || weight->rows == 0) return;
     capi::require_pointer(x, "x");
     capi::require_pointer(out, "out");
-    quantized_matmul(contiguous_view(const_cast<void*>(x), capi::to_dtype(x_dtype, "x_dtype"), {m, weight->cols}, false),
-                     q, contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {m, weight->rows}));
+    quantized_matmul(
+        contiguous_view(const_cast<void*>(x), capi::to_dtype(x_dtype, "x_dtype"), {m, weight->cols}, false, "m"), q,
+        contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {m, weight->rows}, true, "m"));
   });
 }
 
@@ -101,6 +103,7 @@ extern "C" pocketml_status pocketml_quant_dequantize(const pocketml_quantized_we
     const QuantizedViews q = capi::quantized_views(weight, "weight");
     if (weight->rows == 0) return;
     capi::require_pointer(out, "out");
-    dequantize(q, contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {weight->rows, weight->cols}));
+    dequantize(q, contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {weight->rows, weight->cols}, true,
+                                  "weight.rows"));
   });
 }

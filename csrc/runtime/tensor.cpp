@@ -36,7 +36,8 @@ bool TensorView::is_contiguous() const {
 std::string TensorView::shape_string() const { return tuple_string(shape, ndim); }
 std::string TensorView::strides_string() const { return tuple_string(strides, ndim); }
 
-TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, bool writable) {
+TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, bool writable,
+                           std::string_view arg) {
   TensorView t;
   t.data = data;
   t.dtype = dtype;
@@ -46,13 +47,16 @@ TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_
   // Sizes come from C callers too: a shape whose byte size wraps would read a few
   // rows of a buffer meant to be huge and report success.
   int64_t stride = 1, bytes = 0;
-  for (int i = t.ndim - 1; i >= 0; --i) {
+  bool fits = true;
+  for (int i = t.ndim - 1; i >= 0 && fits; --i) {
     t.strides[i] = stride;
-    if (t.shape[i] < 0 || __builtin_mul_overflow(stride, t.shape[i], &stride))
-      fail(ErrorKind::InvalidArgument, "a shape of " + t.shape_string() + " elements: negative or too large");
+    fits = t.shape[i] >= 0 && !__builtin_mul_overflow(stride, t.shape[i], &stride);
   }
-  if (__builtin_mul_overflow(stride, static_cast<int64_t>(dtype_size(dtype)), &bytes))
-    fail(ErrorKind::InvalidArgument, "a shape of " + t.shape_string() + " elements: too large");
+  fits = fits && !__builtin_mul_overflow(stride, static_cast<int64_t>(dtype_size(dtype)), &bytes);
+  if (!fits) {
+    if (arg.empty()) fail(ErrorKind::InvalidArgument, "a shape of " + t.shape_string() + " elements: negative or too large");
+    fail_argument(ErrorKind::InvalidArgument, arg, "sizes whose byte count fits int64", "shape " + t.shape_string());
+  }
   return t;
 }
 

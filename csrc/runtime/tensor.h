@@ -30,8 +30,10 @@ struct TensorView {
   std::string strides_string() const;  // "(3, 1)"
 };
 
-// A contiguous view over raw memory, as the C ABI receives it.
-TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, bool writable = true);
+// A contiguous view over raw memory, as the C ABI receives it. `arg` names the
+// caller's argument in the error a shape whose byte size overflows int64 raises.
+TensorView contiguous_view(void* data, DType dtype, std::initializer_list<int64_t> shape, bool writable = true,
+                           std::string_view arg = {});
 
 // Argument checks shared by every kernel entry point. Each throws pocketml::Error
 // naming the argument, what was expected and what was given.
