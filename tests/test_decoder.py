@@ -176,3 +176,12 @@ def test_malformed_gguf_files_raise_clear_errors(tmp_path):
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) - 4096])  # the last tensors' bytes are gone
     with pytest.raises(ValueError, match="GGUF file"):
         decoder.load_smollm2(1, 50, path=tmp_path / "cut.gguf")
+
+
+def test_reference_logits_refuse_the_token_ids_the_decoder_refuses(tmp_path):
+    config, weights = decoder.load_smollm2(1, 50, path=_tiny_gguf(tmp_path / "ok.gguf"))
+    weights = {k: torch.tensor(v, dtype=torch.float64) for k, v in weights.items()}
+    for tokens in ([-1], [1.7], [50], [[1, 2]]):  # -1 read the last row, 1.7 token 1: golden logits of nothing
+        with pytest.raises(ValueError, match=r"argument 'tokens': expected a 1-D list of token ids in \[0, 50\)"):
+            decoder.reference_logits(config, weights, tokens)
+    assert decoder.reference_logits(config, weights, np.array([3, 4], np.uint8)).shape == (2, 50)

@@ -227,3 +227,17 @@ def test_publishing_syncs_every_file_before_the_rename(tmp_path, monkeypatch):
     small_bundle(tmp_path / "b")
     published = events.index(("rename", "b"))
     assert {("sync", "x.bin"), ("sync", "manifest.json")} <= set(events[:published])
+
+
+def test_cli_replaces_earlier_bundles_but_never_other_files(tmp_path, capsys):
+    from pocketml.cli import main
+
+    (tmp_path / "convert").mkdir()
+    (tmp_path / "convert" / "important.txt").write_text("mine")  # was deleted, and the command exited 0
+    assert main(["golden", "--out", str(tmp_path)]) == 2
+    assert "'--out'" in capsys.readouterr().err and (tmp_path / "convert" / "important.txt").read_text() == "mine"
+    (tmp_path / "convert" / "important.txt").unlink()
+    (tmp_path / "convert").rmdir()
+    assert main(["golden", "--out", str(tmp_path)]) == 0
+    assert main(["golden", "--out", str(tmp_path)]) == 0  # its own bundles are regenerated in place
+    assert load_golden(tmp_path / "convert").name

@@ -5,6 +5,7 @@ failures (never a crash) on bundles that are corrupt or inconsistent."""
 import json
 import re
 import shutil
+import sys
 
 import pytest
 
@@ -65,11 +66,24 @@ def test_corrupt_bundles_fail_with_clear_messages(bundles, tmp_path):
     _edit_manifest(past_cache, lambda m: m["checks"][3]["attrs"].update({"length": 49}))
     result = swift_validate(past_cache)
     assert result.returncode == 2 and "argument 'cache.length': expected 1 (the queries, already appended) to 48, got 49" in result.stderr, result
+    assert "check '" in result.stderr.split("argument 'cache.length'")[0], result.stderr  # which check failed
 
     missing_attr = _copy(bundles["quant_matmul"], tmp_path, "missing_attr")
     _edit_manifest(missing_attr, lambda m: m["checks"][0]["attrs"].pop("bits"))
     result = swift_validate(missing_attr)
     assert result.returncode == 2 and "attrs.bits must be an integer, got nothing" in result.stderr, result
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs the check there")
+def test_a_bundle_whose_every_check_is_skipped_is_not_validated(bundles, tmp_path):
+    # Its only check runs on Apple platforms alone: the validator printed one skip line and exited 0.
+    only_skipped = _copy(bundles["quant_matmul"], tmp_path, "only_skipped")
+    (only_skipped / "missing.mlpackage").mkdir()  # present, never opened off Apple platforms
+    _edit_manifest(only_skipped, lambda m: m.update(checks=[dict(m["checks"][0], op="coreml_predict", attrs={
+        "package": "missing.mlpackage", "feature_names": [f"x{i}" for i in range(len(m["checks"][0]["inputs"]))],
+        "output": "y"})]))
+    result = swift_validate(only_skipped)
+    assert result.returncode == 2 and "every check was skipped, nothing validated" in result.stderr, result
 
 
 def test_wrong_expected_logits_fail_the_step(bundles, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -61,8 +62,16 @@ def cmd_selftest(args) -> int:
 
 
 def cmd_golden(args) -> int:
-    from pocketml.export.standard_bundles import write_standard_bundles
+    from pathlib import Path
 
+    from pocketml.export.golden import is_golden_bundle
+    from pocketml.export.standard_bundles import BUILDERS, write_standard_bundles
+
+    for name in BUILDERS:  # regenerating replaces earlier bundles, never other files under those names
+        target = Path(args.out) / name
+        if os.path.lexists(target) and not is_golden_bundle(target):
+            raise FileExistsError(f"argument '--out': {str(target)!r} exists and is not a golden bundle; remove it "
+                                  "or choose another directory")
     for path in write_standard_bundles(args.out, overwrite=True):
         print(f"wrote {path}")
     return 0

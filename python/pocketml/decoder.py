@@ -209,7 +209,13 @@ def reference_logits(config: DecoderConfig, weights: dict, tokens) -> "torch.Ten
     import torch
 
     c = config
-    tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    ids = np.asarray(tokens)
+    # As the decoder does: -1 indexed the last row and 1.7 became 1, in the logits golden bundles compare against.
+    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)) or \
+            (ids.size and not 0 <= int(ids.min()) <= int(ids.max()) < c.vocab_size):
+        raise ValueError(f"argument 'tokens': expected a 1-D list of token ids in [0, {c.vocab_size}), got "
+                         f"{str(ids.tolist())[:80]}")
+    tokens = torch.as_tensor(ids.astype(np.int64))
     t = tokens.shape[0]
 
     def rms_norm(x, weight):

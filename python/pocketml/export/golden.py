@@ -154,6 +154,15 @@ def golden(path, name: str, tensors: dict, checks: list, *, overwrite: bool = Fa
     return path
 
 
+def is_golden_bundle(path) -> bool:
+    """Whether `path` is a directory whose manifest names this format (its files unchecked)."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT and not Path(path).is_symlink()
+
+
 def load_golden(path) -> GoldenBundle:
     """Read and verify a bundle: format and version, every file's size and sha256."""
     path = Path(path)

@@ -44,9 +44,12 @@ public struct QuantizedWeight {
         self.lutType = lutType
     }
 
-    /// Throws unless every array holds the bytes its shape needs: the C ABI trusts
-    /// buffer sizes, so a short array must be caught before the call.
-    public func checkSizes() throws {
+    /// Throws unless every array holds the bytes its shape needs (the C ABI trusts
+    /// buffer sizes, so a short array must be caught before the call), the kind has
+    /// only its own arrays, and every affine scale is finite (a padding code meets
+    /// a zero activation: an infinite scale would make the whole output NaN; the
+    /// C ABI checks LUT entries, Python checks scales when a tensor is built).
+    public func validate() throws {
         guard rows >= 0, cols > 0, groupSize > 0 else {
             throw PocketMLError(kind: .invalidArgument,
                                 message: "weight: expected rows >= 0, cols > 0, group_size > 0, got \(rows), \(cols), \(groupSize)")
@@ -76,9 +79,20 @@ public struct QuantizedWeight {
                 throw PocketMLError(kind: .invalidArgument,
                                     message: "weight.group_size: expected a divisor of cols = \(cols), got \(groupSize)")
             }
+            guard lut == nil else {
+                throw PocketMLError(kind: .invalidArgument, message: "weight.lut: expected none for an affine weight")
+            }
             try require(scales, "scales", [rows, cols / groupSize, scaleType.size])
             if zeroPoints != nil { try require(zeroPoints, "zero_points", [rows, cols / groupSize]) }
+            if let index = try firstNonFinite(scales!, scaleType) {
+                throw PocketMLError(kind: .invalidArgument,
+                                    message: "weight.scales: expected finite values, got NaN or infinity at \(index)")
+            }
         case .lut:
+            guard scales == nil, zeroPoints == nil else {
+                throw PocketMLError(kind: .invalidArgument,
+                                    message: "weight.scales: expected no scales or zero points for a LUT weight")
+            }
             guard rows % groupSize == 0, (1...8).contains(bits) else {
                 throw PocketMLError(kind: .invalidArgument,
                                     message: "weight: expected group_size dividing rows = \(rows) and bits 1...8, "
@@ -91,7 +105,7 @@ public struct QuantizedWeight {
     /// Calls `body` with the C description of this weight (sizes checked first);
     /// its pointers live for the call only.
     public func withCWeight<R>(_ body: (UnsafePointer<pocketml_quantized_weight>) throws -> R) throws -> R {
-        try checkSizes()
+        try validate()
         return try packed.withUnsafeBytes { packedBytes in
             try withOptionalBytes(scales) { scalesPointer in
                 try withOptionalBytes(zeroPoints) { zeroPointer in
@@ -159,6 +173,21 @@ public struct QuantizedWeight {
 }
 
 /// Calls `body` with the array's base address, or nil when there is no array.
+/// The index of the first NaN or infinity among `bytes` read as `type` (fp32, fp16, bf16), or nil.
+func firstNonFinite(_ bytes: [UInt8], _ type: DType) throws -> Int? {
+    switch type {
+    case .fp32:
+        return bytes.withUnsafeBytes { raw in
+            raw.bindMemory(to: UInt32.self).firstIndex { $0 & 0x7F80_0000 == 0x7F80_0000 }
+        }
+    case .fp16, .bf16:
+        let exponent: UInt16 = type == .fp16 ? 0x7C00 : 0x7F80
+        return bytes.withUnsafeBytes { raw in raw.bindMemory(to: UInt16.self).firstIndex { $0 & exponent == exponent } }
+    default:
+        throw PocketMLError(kind: .type, message: "weight.scale_dtype: expected fp32, fp16 or bf16, got \(type.rawValue)")
+    }
+}
+
 func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawPointer?) throws -> R) rethrows -> R {
     guard let bytes else { return try body(nil) }
     return try bytes.withUnsafeBytes { try body($0.baseAddress) }

@@ -1,7 +1,8 @@
 // pocketml-validate BUNDLE_DIR...
 // Recomputes each golden bundle's checks through pocketml's C ABI and prints the
 // errors and latency of each. Exit status: 0 all pass, 1 a check is out of
-// tolerance, 2 a bundle could not be read or run.
+// tolerance, 2 a bundle could not be read or run, or every check of a bundle
+// was skipped (nothing validated must not read as passed).
 import Foundation
 import PocketMLValidation
 
@@ -19,7 +20,13 @@ for path in arguments {
     do {
         let bundle = try GoldenBundle(url: URL(fileURLWithPath: path))
         print("bundle \(bundle.name) (\(bundle.producer)) at \(path)")
-        for result in try Validator.run(bundle) {
+        let results = try Validator.run(bundle)
+        if results.allSatisfy({ $0.skippedBecause != nil }) {
+            FileHandle.standardError.write(
+                "pocketml-validate: error: \(path): every check was skipped, nothing validated\n".data(using: .utf8)!)
+            exitCode = 2
+        }
+        for result in results {
             if let reason = result.skippedBecause {
                 print("  skip \(pad(result.name, 44)) \(pad(result.op, 18)) \(reason)")
                 continue

@@ -96,7 +96,7 @@ extension GoldenCheck {
         }
         let weight = try quantizedWeight(first: first, arrays: arrays, in: bundle, attrPrefix: name + ".")
         do {
-            try weight.checkSizes()
+            try weight.validate()
         } catch let error as PocketMLError {
             throw fail("quantized weight '\(name)': \(error.message)")
         }

@@ -32,7 +32,11 @@ public enum Validator {
             throw GoldenBundleError(message: "\(bundle.url.path): the bundle has no checks")
         }
         return try bundle.checks.flatMap { check -> [CheckResult] in
-            check.op == "transformer_decode" ? try transformerDecode(check, bundle) : [try run(check, in: bundle)]
+            do {
+                return check.op == "transformer_decode" ? try transformerDecode(check, bundle) : [try run(check, in: bundle)]
+            } catch let error as PocketMLError {  // the C ABI's message names an argument, not the check
+                throw GoldenBundleError(message: "check '\(check.name)' (\(check.op)): \(error)")
+            }
         }
     }
 

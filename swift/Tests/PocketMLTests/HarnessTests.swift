@@ -72,8 +72,26 @@ final class HarnessTests: XCTestCase {
         let huge = QuantizedWeight(
             kind: weight.kind, bits: weight.bits, rows: Int.max / 2, cols: weight.cols, groupSize: weight.groupSize,
             packed: weight.packed, scales: weight.scales, scaleType: weight.scaleType, zeroPoints: weight.zeroPoints)
-        XCTAssertThrowsError(try huge.checkSizes()) { error in  // rows * row bytes overflowed Int: a crash
+        XCTAssertThrowsError(try huge.validate()) { error in  // rows * row bytes overflowed Int: a crash
             XCTAssertTrue("\(error)".contains("weight.packed: a size of"), "\(error)")
+        }
+        // Python refuses these when a tensor is built; through Swift an infinite scale gave NaN outputs and a
+        // LUT given to an affine weight was ignored.
+        var infiniteScales = weight.scales!  // the first scale +inf, little-endian
+        let infinity: [UInt8] = [.fp16: [0x00, 0x7C], .bf16: [0x80, 0x7F], .fp32: [0x00, 0x00, 0x80, 0x7F]][weight.scaleType]!
+        infiniteScales.replaceSubrange(0..<infinity.count, with: infinity)
+        let infinite = QuantizedWeight(
+            kind: weight.kind, bits: weight.bits, rows: weight.rows, cols: weight.cols, groupSize: weight.groupSize,
+            packed: weight.packed, scales: infiniteScales, scaleType: weight.scaleType, zeroPoints: weight.zeroPoints)
+        XCTAssertThrowsError(try infinite.dequantize()) {
+            XCTAssertTrue("\($0)".contains("weight.scales: expected finite values"), "\($0)")
+        }
+        let extraLUT = QuantizedWeight(
+            kind: weight.kind, bits: weight.bits, rows: weight.rows, cols: weight.cols, groupSize: weight.groupSize,
+            packed: weight.packed, scales: weight.scales, scaleType: weight.scaleType, zeroPoints: weight.zeroPoints,
+            lut: [0, 0])
+        XCTAssertThrowsError(try extraLUT.dequantize()) {
+            XCTAssertTrue("\($0)".contains("weight.lut: expected none for an affine weight"), "\($0)")
         }
         // Each of these trapped (Int32 conversion, negative array count, overflowing product) before any check.
         let hugeBits = QuantizedWeight(kind: .affine, bits: 1 << 40, rows: 1, cols: 32, groupSize: 32, packed: [], scales: [])
