@@ -77,6 +77,14 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   // take Q, K, V, dO as stored (fp16) and P rounded to fp16 (probabilities in
   // [0, 1]). dS has no bound on its range, so dK and dQ stay fp32 GEMMs.
   const bool f16_products = use_f16_products(p, kernels);
+  // A block of fewer than 16 rows was scored in the forward pass by row dot
+  // products (attend_block: the decode kernel, or dot_rows), whose summation
+  // order differs from the GEMM's: S is recomputed the same way, so that
+  // exp(S - lse) meets the forward's lse exactly (the GEMM's S moved by
+  // |S| * 2^-24, and at scores of ~150 the one-hot P by 2^-16: dV off by 5e-5
+  // where fp32 gives 1e-36).
+  const bool row_dots = n < 16 && !f16_products;
+  const bool direct_rows = row_dots && kernels.decode_scores != nullptr;
   const auto f16_rows = [](const Operand& o, int64_t b, int64_t h, int64_t pos) {
     return reinterpret_cast<const uint16_t*>(o.row(b, h, pos));
   };
@@ -98,10 +106,18 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     const auto* k_rows = reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0));
     const auto* v_rows = reinterpret_cast<const uint16_t*>(p.v.row(b, rows.kv_head, k0 + j0));
     int64_t ldk = 0, ldv = 0;
-    const float* k_tile =
-        bf16_pairs ? nullptr : tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
+    const float* k_tile = bf16_pairs && !(row_dots && !direct_rows)
+                              ? nullptr
+                              : tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
     std::fill(st, st + n_keys * n, 0.0f);
-    if (f16_products) {
+    if (direct_rows) {
+      kernels.decode_scores(p.k.dtype, n, n_keys, dim, q_rows, p.k.row(b, rows.kv_head, k0 + j0), p.k.seq_stride,
+                            nullptr, 0, dst);  // [n][n_keys]: dst is free until dP
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < n_keys; ++j) st[j * n + r] = dst[r * n_keys + j];
+    } else if (row_dots) {
+      kernels.dot_rows(n, n_keys, dim, q_rows, dim, k_tile, ldk, st, 1, n);  // key-major, as the GEMM writes it
+    } else if (f16_products) {
       kernels.gemm_f16(n_keys, n, dim, k_rows, p.k.seq_stride, 1, s.q_f16.data(), n, st, n);
       for (int64_t i = 0; i < n_keys * n; ++i) st[i] *= scale;
     } else if (bf16_pairs) {
