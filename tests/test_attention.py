@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import pocketml
 from pocketml import attention as A
+from pocketml._native import core
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FACTOR = 3.0
@@ -652,6 +653,9 @@ def test_window_bounds_past_any_length_mean_no_bound():
     cache = A.KVCache(1, 2, 8, 8, dtype="fp32")
     cache.append(k, v)
     assert torch.equal(A.decode(q[:, :, -1:], cache, window=(2**63 - 1, 0)), A.decode(q[:, :, -1:], cache))
+    out, lse = torch.empty_like(q), torch.empty(q.shape[:-1] + (2,))  # the core itself, called directly
+    core.attention_forward(q, k, v, None, None, out, lse, 8 ** -0.5, 2**63 - 1, 2**63 - 1, False, 0.0)
+    assert torch.equal(out, free)
 
 
 def test_cache_append_takes_values_not_the_graph():

@@ -82,7 +82,8 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   // order differs from the GEMM's: S is recomputed the same way, so that
   // exp(S - lse) meets the forward's lse exactly (the GEMM's S moved by
   // |S| * 2^-24, and at scores of ~150 the one-hot P by 2^-16: dV off by 5e-5
-  // where fp32 gives 1e-36).
+  // where fp32 gives 1e-36). Not yet for fp16 products (ARM FEAT_FHM), whose
+  // forward uses dot_rows_f16 on row-major fp16 Q: unmeasured there.
   const bool row_dots = n < 16 && !f16_products;
   const bool direct_rows = row_dots && kernels.decode_scores != nullptr;
   const auto f16_rows = [](const Operand& o, int64_t b, int64_t h, int64_t pos) {
@@ -106,9 +107,9 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
     const auto* k_rows = reinterpret_cast<const uint16_t*>(p.k.row(b, rows.kv_head, k0 + j0));
     const auto* v_rows = reinterpret_cast<const uint16_t*>(p.v.row(b, rows.kv_head, k0 + j0));
     int64_t ldk = 0, ldv = 0;
-    const float* k_tile = bf16_pairs && !(row_dots && !direct_rows)
-                              ? nullptr
-                              : tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk);
+    const bool needs_k_tile = !bf16_pairs || (row_dots && !direct_rows);
+    const float* k_tile =
+        needs_k_tile ? tile_f32(p, p.k, nullptr, b, rows.kv_head, k0 + j0, n_keys, s.k_tile.data(), &ldk) : nullptr;
     std::fill(st, st + n_keys * n, 0.0f);
     if (direct_rows) {
       kernels.decode_scores(p.k.dtype, n, n_keys, dim, q_rows, p.k.row(b, rows.kv_head, k0 + j0), p.k.seq_stride,

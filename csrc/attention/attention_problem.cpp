@@ -16,8 +16,11 @@ namespace pocketml::attention_detail {
 KeyBand key_band(const AttentionOptions& options, int64_t pos, int64_t len_q, int64_t len_k) {
   const int64_t diagonal = pos + (options.bottom_right ? len_k - len_q : 0);
   KeyBand band{0, len_k - 1};
-  if (options.window_left >= 0) band.first = std::max(band.first, diagonal - options.window_left);
-  if (options.window_right >= 0) band.last = std::min(band.last, diagonal + options.window_right);
+  // A bound reaching past the keys leaves the band as it is; compared first, as
+  // diagonal -/+ a bound near 2^63 overflowed and masked every key.
+  if (options.window_left >= 0 && options.window_left <= diagonal) band.first = diagonal - options.window_left;
+  if (options.window_right >= 0 && options.window_right < band.last - diagonal)
+    band.last = diagonal + options.window_right;
   return band;
 }
 

@@ -50,7 +50,7 @@ def integer_argument(value, arg: str, low: int | None = None, high: int | None =
     TypeError / ValueError naming `arg`: the native bindings would otherwise answer with an
     unlabelled overload error that prints every argument."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"argument '{arg}': expected an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"argument '{arg}': expected an int, got {type(value).__name__} {repr(value)[:60]}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value >= high):
         expected = f">= {low}" if high is None else f"< {high}" if low is None else f"in [{low}, {high})"
@@ -61,7 +61,7 @@ def integer_argument(value, arg: str, low: int | None = None, high: int | None =
 def bool_argument(value, arg: str) -> bool:
     """`value` as a bool (NumPy's bool too), else a TypeError naming `arg`."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"argument '{arg}': expected a bool, got {type(value).__name__} {value!r}")
+        raise TypeError(f"argument '{arg}': expected a bool, got {type(value).__name__} {repr(value)[:60]}")
     return bool(value)
 
 

@@ -469,5 +469,5 @@ def sdpa_override():
     finally:
         with _override_lock:
             _open_overrides -= 1
-            if _open_overrides == 0:
-                functional.scaled_dot_product_attention, _torch_sdpa = _torch_sdpa, None
+            if _open_overrides == 0:  # _torch_sdpa stays: a reference to the router kept past the block still works
+                functional.scaled_dot_product_attention = _torch_sdpa

@@ -102,7 +102,7 @@ def load_smollm2(num_layers: int = 2, vocab_size: int = 4096, max_seq_len: int =
     path = Path(path or smollm2_gguf_path())
     try:
         reader = gguf.GGUFReader(str(path))
-    except (ValueError, IndexError, KeyError, OverflowError, OSError) as exc:  # what the reader raises on a bad file
+    except (ValueError, IndexError, KeyError, OverflowError) as exc:  # what the reader raises on a malformed file
         raise ValueError(f"argument 'path': expected a readable GGUF file, got {str(path)!r} ({exc})") from None
     file_size = path.stat().st_size
 

@@ -58,6 +58,11 @@ class _SharedCounter:
         loader._cursor[self.index] = value
 
 
+# Native prefetchers inherited by a forked process, kept alive: their destructor
+# would join producer threads that stayed in the parent and wait forever.
+_FORKED_PREFETCHERS: list = []
+
+
 def _worker_info():
     """torch's DataLoader worker info in a worker process, else None."""
     try:
@@ -102,6 +107,12 @@ class TokenLoader(_IterableBase):
     `state_dict(batches_consumed=n)`. The epoch, the position and where the
     latest iteration began live in memory shared with the workers, so this
     holds for `persistent_workers=True` too.
+
+    One iterator at a time advances the loader: a new `iter()` supersedes the
+    previous one (its `next()` then raises). An iterator may be read from
+    several threads (each batch is handed out once). A process forked from this
+    one, other than a DataLoader worker, continues on its own copy of the
+    position and makes its own iterators.
     """
 
     def __init__(self, dataset, seq_len: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
@@ -137,8 +148,8 @@ class TokenLoader(_IterableBase):
         if self.rank >= self.world_size:
             raise ValueError(f"argument 'rank': expected a rank in [0, {self.world_size}), got {self.rank}")
         if num_threads is None:
-            num_threads = max(1, min(self.prefetch, get_num_threads()))
-        self.num_threads = integer_argument(num_threads, "num_threads", 1, 2**10)
+            num_threads = max(1, min(self.prefetch, get_num_threads(), 1024))
+        self.num_threads = integer_argument(num_threads, "num_threads", 1, 1025)
         # epoch, position (samples of the epoch's order consumed by all ranks together),
         # and the (epoch, position) where the latest iteration began
         self._shared, self._cursor = _shared_counters(4)
@@ -188,9 +199,9 @@ class TokenLoader(_IterableBase):
         run that calls set_epoch(e) before each epoch would repeat its start)."""
         epoch = integer_argument(epoch, "epoch", 0, 2**63)
         self._own_counters()
-        if not (self._restored and epoch == self.epoch):
+        if not (self._restored and epoch == self.epoch):  # the restored epoch may be set several times over
             self.epoch, self.position = epoch, 0
-        self._restored = False
+            self._restored = False
         self._iteration_start = None
 
     def state_dict(self, batches_consumed: int | None = None) -> dict:
@@ -252,10 +263,12 @@ class TokenLoader(_IterableBase):
 
     def __iter__(self):
         self._own_counters()
+        # Two open iterators would both advance the loader's one position (a checkpoint then skipped
+        # samples, the epoch moved by 2): the new one supersedes the old, whose next() then raises, as
+        # a training loop that re-creates its iterator after a break expects.
         previous = self._open_iterator() if self._open_iterator is not None else None
-        if previous is not None and previous.is_open() and not _in_dataloader_worker():
-            raise RuntimeError("TokenLoader: an iterator of this loader is still open, and both would advance its "
-                               "one position; exhaust it or call its close() first")
+        if previous is not None and not _in_dataloader_worker():
+            previous.supersede()
         self._restored = False
         plan = self.plan()
         steps = self._num_steps()
@@ -318,15 +331,22 @@ class _BatchIterator:
         self._loader, self._prefetcher, self._advance = loader, prefetcher, advance
         self._pid = os.getpid()
         self._lock = threading.Lock()  # the native prefetcher serves one consumer at a time
+        self._superseded = False
 
     def __iter__(self):
         return self
 
-    def is_open(self) -> bool:
-        return self._prefetcher is not None
+    def supersede(self) -> None:
+        """Closes this iterator for a newer one of its loader: next() then raises."""
+        if self._prefetcher is not None and os.getpid() == self._pid:
+            self._superseded = True
+            self.close()
 
     def __next__(self) -> dict:
-        if os.getpid() != self._pid:  # forked: the prefetch threads stayed in the parent
+        if self._superseded:
+            raise RuntimeError("TokenLoader: a newer iterator of this loader took over its position; "
+                               "read from that one")
+        if self._prefetcher is not None and os.getpid() != self._pid:  # the prefetch threads stayed in the parent
             raise RuntimeError(f"TokenLoader: this iterator's prefetch threads run in process {self._pid}; "
                                "create a new iterator in this process")
         with self._lock:
@@ -351,8 +371,12 @@ class _BatchIterator:
         return self._loader._convert(arrays)
 
     def close(self) -> None:
-        if self._prefetcher is not None and os.getpid() == self._pid:
+        if self._prefetcher is None:
+            return
+        if os.getpid() == self._pid:
             self._prefetcher.close()
+        else:  # a forked copy: freeing it would join producer threads that exist only in the parent
+            _FORKED_PREFETCHERS.append(self._prefetcher)
         self._prefetcher = None
 
     def __del__(self):

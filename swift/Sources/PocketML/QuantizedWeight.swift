@@ -172,22 +172,27 @@ public struct QuantizedWeight {
     }
 }
 
-/// Calls `body` with the array's base address, or nil when there is no array.
 /// The index of the first NaN or infinity among `bytes` read as `type` (fp32, fp16, bf16), or nil.
 func firstNonFinite(_ bytes: [UInt8], _ type: DType) throws -> Int? {
+    let size = type.size
+    let exponent: UInt32
     switch type {
-    case .fp32:
-        return bytes.withUnsafeBytes { raw in
-            raw.bindMemory(to: UInt32.self).firstIndex { $0 & 0x7F80_0000 == 0x7F80_0000 }
-        }
-    case .fp16, .bf16:
-        let exponent: UInt16 = type == .fp16 ? 0x7C00 : 0x7F80
-        return bytes.withUnsafeBytes { raw in raw.bindMemory(to: UInt16.self).firstIndex { $0 & exponent == exponent } }
+    case .fp32: exponent = 0x7F80_0000
+    case .fp16: exponent = 0x7C00
+    case .bf16: exponent = 0x7F80
     default:
         throw PocketMLError(kind: .type, message: "weight.scale_dtype: expected fp32, fp16 or bf16, got \(type.rawValue)")
     }
+    return bytes.withUnsafeBytes { raw in
+        (0..<raw.count / size).first { i in
+            let bits = size == 4 ? raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)
+                : UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
+            return bits & exponent == exponent
+        }
+    }
 }
 
+/// Calls `body` with the array's base address, or nil when there is no array.
 func withOptionalBytes<R>(_ bytes: [UInt8]?, _ body: (UnsafeRawPointer?) throws -> R) rethrows -> R {
     guard let bytes else { return try body(nil) }
     return try bytes.withUnsafeBytes { try body($0.baseAddress) }
