@@ -696,8 +696,9 @@ def test_int8_cache_rounding_bound_holds_for_subnormal_rows():
 
 def test_window_and_varlen_arguments_are_checked():
     q, k, v = make_qkv(1, 1, 1, 4, 4, 8)
-    with pytest.raises(TypeError, match="argument 'window'"):
-        A.scaled_dot_product_attention(q, k, v, window=(1.7, 0))
+    for window in ((1.7, 0), (True, 0), 3, (1, 2, 3)):  # True was read as 1
+        with pytest.raises(TypeError, match="argument 'window'"):
+            A.scaled_dot_product_attention(q, k, v, window=window)
     t = torch.randn(6, 1, 8)
     with pytest.raises(ValueError, match=r"argument 'cu_seqlens_q': expected a 1-D tensor, got shape \(1, 2\)"):
         A.varlen_attention(t, t, t, torch.tensor([[0, 6]]), torch.tensor([0, 6]), 6, 6)

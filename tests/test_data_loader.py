@@ -649,3 +649,13 @@ def test_set_epoch_right_after_a_restore_keeps_the_restored_position(dataset):
     again.load_state_dict(state)
     again.set_epoch(1)  # another epoch: from its start
     assert (again.epoch, again.position) == (1, 0)
+
+
+def test_flags_and_indices_are_bools_and_ints_not_anything_truthy(dataset):
+    for kwargs in ({"shuffle": "no"}, {"drop_last": 0.0}):  # "no" shuffled
+        with pytest.raises(TypeError, match=f"argument '{next(iter(kwargs))}': expected a bool"):
+            pm.data.TokenLoader(dataset, 32, 2, **kwargs)
+    assert pm.data.TokenLoader(dataset, 32, 2, shuffle=np.bool_(False)).shuffle is False
+    with pytest.raises(TypeError, match="argument 'i': expected an int, got bool"):
+        dataset[True]  # read document 1
+    assert np.array_equal(dataset[np.int64(1)], dataset[1])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 import threading
 import warnings
 
@@ -59,10 +58,9 @@ def _window_bounds(window, is_causal):
     if window is None:
         left, right = -1, -1
     else:
-        try:
-            left, right = (operator.index(w) for w in window)  # 1.7 is refused, not truncated
-        except (TypeError, ValueError):
-            raise TypeError(f"argument 'window': expected a pair (left, right) of ints, got {window!r}") from None
+        if not isinstance(window, (tuple, list)) or len(window) != 2:
+            raise TypeError(f"argument 'window': expected a pair (left, right) of ints, got {window!r}")
+        left, right = (integer_argument(w, "window") for w in window)  # 1.7 and True are refused
         if left < -1 or right < -1:
             raise ValueError(f"argument 'window': expected bounds >= 0 or -1 (unbounded), got {window!r}")
         # A bound past any sequence length is no bound; as one it cannot overflow the kernels' int64 band.

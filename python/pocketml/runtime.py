@@ -58,8 +58,9 @@ def use_torch_threads(enabled: bool = True) -> bool:
     OpenMP runtime, in a process forked from one that had its threads, or when
     `enabled` is False (pocketml's own pool).
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"argument 'enabled': expected a bool, got {type(enabled).__name__}")
+    from pocketml._arrays import bool_argument  # not at the top: _arrays imports this module
+
+    enabled = bool_argument(enabled, "enabled")
     global _torch_threads_decided
     _torch_threads_decided = True
     if enabled and not _in_forked_worker():

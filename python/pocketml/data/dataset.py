@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketml._arrays import integer_argument
 from pocketml._native import core
 from pocketml.data.shards import TOKEN_DTYPES, Manifest
 
@@ -48,8 +49,7 @@ class TokenDataset:
         return self.manifest.num_documents
 
     def __getitem__(self, i: int) -> np.ndarray:
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"argument 'i': expected an integer document index, got {type(i).__name__}")
+        i = integer_argument(i, "i")  # ds[True] read document 1
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"argument 'i': expected a document in [{-n}, {n}), got {i}")

@@ -18,7 +18,7 @@ import weakref
 
 import numpy as np
 
-from pocketml._arrays import integer_argument
+from pocketml._arrays import bool_argument, integer_argument
 from pocketml._native import core
 from pocketml.data.dataset import TokenDataset
 from pocketml.runtime import get_num_threads
@@ -133,8 +133,9 @@ class TokenLoader(_IterableBase):
             raise ValueError(f"argument 'packing': expected one of {PACKINGS}, got {packing!r}")
         if return_tensors not in ("pt", "np"):
             raise ValueError(f"argument 'return_tensors': expected 'pt' or 'np', got {return_tensors!r}")
-        self.packing, self.shuffle, self.drop_last = packing, bool(shuffle), bool(drop_last)
-        self.return_tensors, self.pin_memory = return_tensors, bool(pin_memory)
+        self.packing, self.shuffle = packing, bool_argument(shuffle, "shuffle")  # "no" was True
+        self.drop_last = bool_argument(drop_last, "drop_last")
+        self.return_tensors, self.pin_memory = return_tensors, bool_argument(pin_memory, "pin_memory")
         if self.pin_memory:
             import torch
 
