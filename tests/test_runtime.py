@@ -154,6 +154,10 @@ def test_default_threads_follow_the_environment():
     out = run_python("import pocketml; n = pocketml.get_num_threads(); pocketml.set_num_threads(n); print(n)",
                      POCKETML_NUM_THREADS="5000")
     assert out.stdout.strip() == "4096"  # what set_num_threads accepts
+    default = run_python("import pocketml; print(pocketml.get_num_threads())").stdout.strip()
+    for loose in ("4x", "abc", "0"):  # "4x" was read as 4
+        out = run_python("import pocketml; print(pocketml.get_num_threads())", POCKETML_NUM_THREADS=loose)
+        assert out.stdout.strip() == default, loose
 
 
 def test_cli_info_table_and_json():
@@ -172,6 +176,9 @@ def test_cli_selftest_checks_every_variant():
     for isa in pocketml.supported_isas():
         assert isa in out.stdout
     assert "MISMATCH" not in out.stdout
+    out = subprocess.run([sys.executable, "-m", "pocketml", "selftest", "--elements", "99999999999999"],
+                         capture_output=True, text=True)  # a MemoryError traceback and selftest's mismatch status
+    assert out.returncode == 2 and out.stderr.startswith("pocketml: error:") and "Traceback" not in out.stderr
 
 
 def _torch_runs_openmp():

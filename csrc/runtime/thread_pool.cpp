@@ -52,8 +52,10 @@ constexpr int kMaxThreads = 4096;
 
 int default_num_threads() {
   if (const char* env = std::getenv("POCKETML_NUM_THREADS")) {
-    const int n = std::atoi(env);
-    if (n >= 1) return std::min(n, kMaxThreads);  // what set_num_threads accepts
+    // The whole value a count ("4x" was read as 4); anything else keeps the default.
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, kMaxThreads));
   }
 #if defined(__linux__)
   cpu_set_t set;

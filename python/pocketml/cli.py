@@ -216,8 +216,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, RuntimeError, OSError, ImportError) as exc:
-        print(f"pocketml: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError, MemoryError) as exc:
+        print(f"pocketml: error: {exc or type(exc).__name__}", file=sys.stderr)  # MemoryError() reads as ""
         return 2
 
 
