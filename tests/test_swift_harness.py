@@ -86,6 +86,14 @@ def test_a_bundle_whose_every_check_is_skipped_is_not_validated(bundles, tmp_pat
     assert result.returncode == 2 and "every check was skipped, nothing validated" in result.stderr, result
 
 
+def test_options_are_not_taken_for_bundle_paths(bundles):
+    # --bogus was read as a bundle path, and -h among paths skipped validation with status 0.
+    for arguments, message in ((["--bogus", bundles["quant_matmul"]], "unknown option '--bogus'"),
+                               ([bundles["quant_matmul"], "-h"], "unknown option '-h'")):
+        result = swift_validate(*arguments)
+        assert result.returncode == 2 and message in result.stderr, result
+
+
 def test_wrong_expected_logits_fail_the_step(bundles, tmp_path):
     import numpy as np
 

@@ -7,10 +7,18 @@ import Foundation
 import PocketMLValidation
 
 let arguments = Array(CommandLine.arguments.dropFirst())
-if arguments.isEmpty || arguments.contains("--help") || arguments.contains("-h") {
-    print("usage: pocketml-validate BUNDLE_DIR...\n\nRecomputes golden bundles written by `pocketml golden` "
-        + "(or pocketml.export.golden) and compares them with the expected outputs.")
-    exit(arguments.isEmpty ? 2 : 0)
+let usage = "usage: pocketml-validate BUNDLE_DIR...\n\nRecomputes golden bundles written by `pocketml golden` "
+    + "(or pocketml.export.golden) and compares them with the expected outputs."
+if arguments == ["--help"] || arguments == ["-h"] {
+    print(usage)
+    exit(0)
+}
+// Anything else that looks like an option is refused, not read as a path (nor, -h among paths, a help request).
+if arguments.isEmpty || arguments.contains(where: { $0.hasPrefix("-") || $0.isEmpty }) {
+    let bad = arguments.first(where: { $0.hasPrefix("-") || $0.isEmpty })
+        .map { $0.isEmpty ? "an empty path\n" : "unknown option '\($0)'\n" } ?? ""
+    FileHandle.standardError.write("pocketml-validate: error: \(bad)\(usage)\n".data(using: .utf8)!)
+    exit(2)
 }
 
 func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
