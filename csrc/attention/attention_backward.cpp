@@ -77,14 +77,14 @@ void backward_block(const Problem& p, const Gradients& g, const AttentionKernels
   // take Q, K, V, dO as stored (fp16) and P rounded to fp16 (probabilities in
   // [0, 1]). dS has no bound on its range, so dK and dQ stay fp32 GEMMs.
   const bool f16_products = use_f16_products(p, kernels);
-  // A block of fewer than 16 rows was scored in the forward pass by row dot
+  // A block of fewer than kKeyMajorRows rows was scored in the forward pass by row dot
   // products (attend_block: the decode kernel, or dot_rows), whose summation
   // order differs from the GEMM's: S is recomputed the same way, so that
   // exp(S - lse) meets the forward's lse exactly (the GEMM's S moved by
   // |S| * 2^-24, and at scores of ~150 the one-hot P by 2^-16: dV off by 5e-5
   // where fp32 gives 1e-36). Not yet for fp16 products (ARM FEAT_FHM), whose
   // forward uses dot_rows_f16 on row-major fp16 Q: unmeasured there.
-  const bool row_dots = n < 16 && !f16_products;
+  const bool row_dots = n < kKeyMajorRows && !f16_products;
   const bool direct_rows = row_dots && kernels.decode_scores != nullptr;
   const auto f16_rows = [](const Operand& o, int64_t b, int64_t h, int64_t pos) {
     return reinterpret_cast<const uint16_t*>(o.row(b, h, pos));

@@ -257,7 +257,7 @@ void attend_block(const Problem& p, const AttentionKernels& kernels, const RowBl
   // Enough rows to fill a vector: scores as a GEMM against Q transposed, in a
   // key-major tile (query rows along the lanes). Few rows (decode): row dot
   // products into a query-major tile (keys along the lanes).
-  const bool key_major = n >= 16;
+  const bool key_major = n >= kKeyMajorRows;
   // bf16 inputs with AVX512-BF16 or ARM's FEAT_BF16: Q, K, P and V enter
   // vdpbf16ps / BFDOT as bf16 pairs; P is rounded to bf16 as FlashAttention
   // does on GPUs. (The NEON table has the pair kernels only where BFDOT runs.)

@@ -20,6 +20,10 @@ inline constexpr int64_t kBlockK = 64;
 // their storage type): the per-tile work (the online-softmax rescale of the
 // output, the row maxima and sums, the kernel calls) is paid once per 256 keys.
 inline constexpr int64_t kDecodeBlockK = 256;
+// Query rows from which a block's scores are a GEMM against Q transposed (rows
+// along the lanes, a whole AVX-512 vector); fewer are scored by row dot
+// products. The backward recomputes a block's scores the way the forward did.
+inline constexpr int64_t kKeyMajorRows = 16;
 
 inline constexpr float kInfinity = std::numeric_limits<float>::infinity();
 

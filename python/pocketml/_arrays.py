@@ -5,7 +5,6 @@ torch is optional: it is only imported when the caller already passed a torch ob
 
 from __future__ import annotations
 
-import numbers
 import sys
 
 import numpy as np
@@ -43,26 +42,6 @@ def is_torch_tensor(x) -> bool:
 
 def describe_type(x) -> str:
     return type(x).__module__ + "." + type(x).__qualname__ if not isinstance(x, (list, tuple)) else type(x).__name__
-
-
-def integer_argument(value, arg: str, low: int | None = None, high: int | None = None) -> int:
-    """`value` as an int (NumPy integers too; bool and float refused) in [low, high), else a
-    TypeError / ValueError naming `arg`: the native bindings would otherwise answer with an
-    unlabelled overload error that prints every argument."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"argument '{arg}': expected an int, got {type(value).__name__} {repr(value)[:60]}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value >= high):
-        expected = f">= {low}" if high is None else f"< {high}" if low is None else f"in [{low}, {high})"
-        raise ValueError(f"argument '{arg}': expected an integer {expected}, got {value}")
-    return value
-
-
-def bool_argument(value, arg: str) -> bool:
-    """`value` as a bool (NumPy's bool too), else a TypeError naming `arg`."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"argument '{arg}': expected a bool, got {type(value).__name__} {repr(value)[:60]}")
-    return bool(value)
 
 
 def canonical_dtype(dtype, arg: str = "dtype", choices: tuple = ALL_DTYPES) -> str:

@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from pocketml._arrays import integer_argument
+from pocketml._arguments import integer_argument
 from pocketml._native import core
 
 _NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketml._arrays import integer_argument
+from pocketml._arguments import integer_argument
 
 PRESETS = {
     "int8": "8-bit, one symmetric scale per output row",

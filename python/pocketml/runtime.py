@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from pocketml._arguments import bool_argument, integer_argument
 from pocketml._native import core
 
 # Set once pocketml has first met torch loaded (or use_torch_threads was called).
@@ -21,8 +22,6 @@ def info() -> dict:
 
 def set_num_threads(num_threads: int) -> None:
     """Set the size of the native thread pool shared by every kernel (default: usable cores)."""
-    from pocketml._arrays import integer_argument  # not at the top: _arrays imports this module
-
     core.set_num_threads(integer_argument(num_threads, "num_threads", 1, 2**31))
 
 
@@ -58,8 +57,6 @@ def use_torch_threads(enabled: bool = True) -> bool:
     OpenMP runtime, in a process forked from one that had its threads, or when
     `enabled` is False (pocketml's own pool).
     """
-    from pocketml._arrays import bool_argument  # not at the top: _arrays imports this module
-
     enabled = bool_argument(enabled, "enabled")
     global _torch_threads_decided
     _torch_threads_decided = True

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketml._arrays import integer_argument
+from pocketml._arguments import integer_argument
 from pocketml._native import core
 from pocketml.data.shards import TOKEN_DTYPES, Manifest
 

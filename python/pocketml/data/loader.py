@@ -18,7 +18,7 @@ import weakref
 
 import numpy as np
 
-from pocketml._arrays import bool_argument, integer_argument
+from pocketml._arguments import bool_argument, integer_argument
 from pocketml._native import core
 from pocketml.data.dataset import TokenDataset
 from pocketml.runtime import get_num_threads
@@ -70,10 +70,6 @@ def _worker_info():
     except ImportError:  # pragma: no cover - torch is optional
         return None
     return get_worker_info()
-
-
-def _in_dataloader_worker() -> bool:
-    return _worker_info() is not None
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
@@ -258,25 +254,24 @@ class TokenLoader(_IterableBase):
         if os.getpid() == self._counters_pid:
             return
         self._counters_pid = os.getpid()
-        if self._shared is not None and not _in_dataloader_worker():
+        if self._shared is not None and _worker_info() is None:
             self._shared = self._shared.clone()
             self._cursor = self._shared.numpy()
 
     def __iter__(self):
         self._own_counters()
+        info = _worker_info()
+        worker = info is not None
         # Two open iterators would both advance the loader's one position (a checkpoint then skipped
         # samples, the epoch moved by 2): the new one supersedes the old, whose next() then raises, as
         # a training loop that re-creates its iterator after a break expects.
         previous = self._open_iterator() if self._open_iterator is not None else None
-        if previous is not None and not _in_dataloader_worker():
+        if previous is not None and not worker:
             previous.supersede()
         self._restored = False
         plan = self.plan()
         steps = self._num_steps()
-        first_step, stride, worker = 0, 1, False
-        info = _worker_info()
-        if info is not None:
-            first_step, stride, worker = info.id, info.num_workers, True
+        first_step, stride = (info.id, info.num_workers) if worker else (0, 1)
         num_batches = max(0, math.ceil((steps - first_step) / stride))
         self._iteration_start = (self.epoch, self.position)  # every worker writes the same
         prefetcher = core.BatchPrefetcher(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from pocketml._arrays import bool_argument, integer_argument
+from pocketml._arguments import bool_argument, integer_argument
 from pocketml.quant.tensor import AFFINE_BITS, GROUP_SIZES, LUT_BITS
 
 METHODS = ("rtn", "mse", "gptq", "kmeans")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocketml._arrays import (FLOAT_DTYPES, bool_argument, canonical_dtype, describe_type, empty_like,
-                              integer_argument, is_torch_tensor)
+from pocketml._arguments import bool_argument, integer_argument
+from pocketml._arrays import FLOAT_DTYPES, canonical_dtype, describe_type, empty_like, is_torch_tensor
 from pocketml._native import core
 
 AFFINE_BITS = (2, 3, 4, 5, 6, 8)
