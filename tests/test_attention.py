@@ -522,6 +522,27 @@ def test_bad_input_is_rejected_clearly():
         pocketml._native.core.attention_forward(q, k, v, None, None, out, lse[0], 1.0, -1, -1, False, 0.0)
 
 
+@pytest.mark.parametrize("shapes, kwargs", [
+    (((2, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), {}),  # k's batch
+    (((2, 4, 8, 16), (2, 2, 8, 16), (1, 2, 8, 16)), {}),  # v's batch
+    (((1, 4, 8, 16), (1, 2, 8, 16), (1, 1, 8, 16)), {}),  # v's heads
+    (((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 9, 16)), {}),  # v's length
+    (((1, 4, 8, 16), (1, 2, 8, 12), (1, 2, 8, 16)), {}),  # k's head dimension
+    (((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 12)), {}),  # v's head dimension
+    (((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), {"alibi_slopes": torch.ones(4, 1)}),
+    (((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), {"alibi_slopes": torch.ones(1)}),
+])
+def test_float64_refuses_the_shapes_the_kernels_refuse(shapes, kwargs):
+    # float64 runs torch operations, which would broadcast most of these.
+    messages = []
+    for dtype in (torch.float32, torch.float64):
+        q, k, v = (torch.randn(shape, dtype=dtype) for shape in shapes)
+        with pytest.raises(ValueError) as error:
+            A.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
 def test_bad_varlen_and_cache_input():
     q = torch.randn(10, 2, 16)
     with pytest.raises(ValueError, match="argument 'cu_seqlens_q'.*non-decreasing"):

@@ -59,8 +59,10 @@ def test_bad_inputs_raise_clear_errors(smollm2):
         model([5, 4096])
     assert model.length == 0  # nothing was appended
     model(np.zeros(20, np.int32))
-    with pytest.raises(ValueError, match="argument 'count': expected at most 4 tokens"):
+    with pytest.raises(ValueError, match="argument 'tokens': expected at most 4 tokens"):
         model(np.zeros(5, np.int32))
+    with pytest.raises(ValueError, match="argument 'tokens': expected at least one token, got 0"):
+        model([])
     with pytest.raises(ValueError, match="argument 'config.num_kv_heads': expected a divisor of num_heads = 9"):
         decoder.TransformerDecoder(decoder.DecoderConfig(**{**config.to_dict(), "num_kv_heads": 4}), qweights)
     swapped = {**qweights, "layers.1.q_proj": qweights["layers.1.k_proj"]}

@@ -109,7 +109,7 @@ def test_decoder_handle_matches_python_binding(lib, small_decoder):
         assert lib.pocketml_decoder_length(handle, C.byref(length)) == OK and length.value == 5
         assert lib.pocketml_decoder_forward(handle, C.c_void_p(tokens.ctypes.data), C.c_int64(5),
                                             C.c_void_p(logits.ctypes.data)) == INVALID_ARGUMENT
-        assert b"argument 'count': expected at most 3 tokens" in lib.pocketml_last_error()
+        assert b"argument 'tokens': expected at most 3 tokens" in lib.pocketml_last_error()
         assert lib.pocketml_decoder_reset(handle) == OK
         assert lib.pocketml_decoder_length(handle, C.byref(length)) == OK and length.value == 0
     finally:

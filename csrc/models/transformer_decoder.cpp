@@ -155,11 +155,12 @@ void TransformerDecoder::forward(const int32_t* tokens, int64_t count, float* lo
   std::lock_guard<std::mutex> lock(mutex_);  // the cache and the activation buffers are the object's
   ThreadPool::KeepWarm warm;  // dozens of kernels per token, back to back
   const DecoderConfig& c = config_;
-  if (count <= 0) fail_argument(ErrorKind::InvalidArgument, "count", "at least one token", std::to_string(count));
+  // Named 'tokens': the Python and Swift callers' parameter, and the C caller's array that count measures.
+  if (count <= 0) fail_argument(ErrorKind::InvalidArgument, "tokens", "at least one token", std::to_string(count));
   if (tokens == nullptr || logits == nullptr)
     fail_argument(ErrorKind::InvalidArgument, tokens == nullptr ? "tokens" : "logits", "a non-NULL pointer", "NULL");
   if (count > c.max_seq_len - length_)
-    fail_argument(ErrorKind::InvalidArgument, "count", "at most " + std::to_string(c.max_seq_len - length_) +
+    fail_argument(ErrorKind::InvalidArgument, "tokens", "at most " + std::to_string(c.max_seq_len - length_) +
                   " tokens (the KV cache holds max_seq_len = " + std::to_string(c.max_seq_len) + ", " +
                   std::to_string(length_) + " used)", std::to_string(count));
   for (int64_t t = 0; t < count; ++t)

@@ -3,6 +3,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
+#include <string>
 
 #include "runtime/error.h"
 
@@ -105,6 +107,16 @@ bool cpu_has(Isa isa) {
   return false;
 }
 
+constexpr const char* kIsaNames = "scalar, avx2, avx512, neon";
+
+std::optional<Isa> isa_named(const std::string& name) {
+  if (name == "scalar") return Isa::scalar;
+  if (name == "avx2") return Isa::avx2;
+  if (name == "avx512") return Isa::avx512;
+  if (name == "neon") return Isa::neon;
+  return std::nullopt;
+}
+
 std::string supported_list() {
   std::string s;
   for (Isa isa : supported_isas()) s += (s.empty() ? "" : ", ") + std::string(isa_name(isa));
@@ -114,7 +126,12 @@ std::string supported_list() {
 Isa initial_isa() {
   const char* forced = std::getenv("POCKETML_ISA");
   if (forced == nullptr || *forced == '\0') return best_isa();
-  Isa isa = parse_isa(forced);
+  // The message names the variable, not parse_isa's argument: that is what the user has to fix.
+  const std::optional<Isa> named = isa_named(forced);
+  if (!named)
+    fail(ErrorKind::InvalidArgument,
+         std::string("POCKETML_ISA: expected one of ") + kIsaNames + " (or unset), got '" + forced + "'");
+  const Isa isa = *named;
   if (!isa_supported(isa))
     fail(ErrorKind::Runtime, std::string("POCKETML_ISA=") + forced + " is not available on this machine (available: " +
                                  supported_list() + ")");
@@ -142,11 +159,8 @@ const char* isa_name(Isa isa) {
 }
 
 Isa parse_isa(const std::string& name) {
-  if (name == "scalar") return Isa::scalar;
-  if (name == "avx2") return Isa::avx2;
-  if (name == "avx512") return Isa::avx512;
-  if (name == "neon") return Isa::neon;
-  fail_argument(ErrorKind::InvalidArgument, "isa", "one of scalar, avx2, avx512, neon", "'" + name + "'");
+  if (const std::optional<Isa> isa = isa_named(name)) return *isa;
+  fail_argument(ErrorKind::InvalidArgument, "isa", std::string("one of ") + kIsaNames, "'" + name + "'");
 }
 
 bool isa_supported(Isa isa) { return compiled_in(isa) && cpu_has(isa); }

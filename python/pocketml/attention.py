@@ -112,6 +112,19 @@ def _check_dtypes(q, k, v):
         raise TypeError(f"argument 'q': expected float32, float16, bfloat16 or float64, got {q.dtype}")
 
 
+def _check_float64_operands(q, k, v, alibi):
+    """The core's shape rules for 4-D q, k, v and the ALiBi slopes, for the float64 path,
+    which does not reach the core (torch would broadcast a batch of 1 or a slope)."""
+    rules = (("k", k, 0, "the batch of q", q.shape[0]), ("k", k, 3, "the head dimension of q", q.shape[3]),
+             ("v", v, 0, "the batch of k", k.shape[0]), ("v", v, 1, "the heads of k", k.shape[1]),
+             ("v", v, 2, "the length of k", k.shape[2]), ("v", v, 3, "the head dimension of q", q.shape[3]))
+    for arg, x, dim, what, size in rules:
+        if x.shape[dim] != size:
+            raise ValueError(f"argument '{arg}': expected {what} = {size} (dimension {dim}), got shape {tuple(x.shape)}")
+    if alibi is not None and tuple(alibi.shape) != (q.shape[1],):
+        raise ValueError(f"argument 'alibi_slopes': expected shape ({q.shape[1]},), got {tuple(alibi.shape)}")
+
+
 # --- reference (float64 path and tests) -------------------------------------
 
 def reference_attention(q, k, v, attn_mask=None, scale=None, *, window=(-1, -1), bottom_right=False, softcap=None,
@@ -243,6 +256,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         _require_tensor(alibi_slopes, "alibi_slopes")
         alibi = alibi_slopes.to(torch.float32).contiguous()
     if q.dtype == torch.float64:
+        _check_float64_operands(q, k, v, alibi)
         ref_mask = None if mask is None else (mask.bool() if mask.dtype == torch.uint8 else mask)
         out = reference_attention(q, k, v, ref_mask, scale, window=(left, right), bottom_right=bottom_right,
                                   softcap=cap or None, alibi_slopes=alibi)
