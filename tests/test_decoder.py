@@ -65,6 +65,9 @@ def test_bad_inputs_raise_clear_errors(smollm2):
         model([])
     with pytest.raises(ValueError, match="argument 'config.num_kv_heads': expected a divisor of num_heads = 9"):
         decoder.TransformerDecoder(decoder.DecoderConfig(**{**config.to_dict(), "num_kv_heads": 4}), qweights)
+    huge_cache = decoder.DecoderConfig(**{**config.to_dict(), "max_seq_len": 1 << 40})  # petabytes: refused at once
+    with pytest.raises(MemoryError, match="config.max_seq_len = 1099511627776: the KV cache needs"):
+        decoder.TransformerDecoder(huge_cache, qweights)
     swapped = {**qweights, "layers.1.q_proj": qweights["layers.1.k_proj"]}
     with pytest.raises(ValueError, match=r"argument 'layers\[1\].q_proj': expected a weight of shape \(576, 576\)"):
         decoder.TransformerDecoder(config, swapped)

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <mutex>
+#include <new>
 #include <string>
 
 #include "attention/attention.h"
@@ -143,8 +144,16 @@ TransformerDecoder::TransformerDecoder(const DecoderConfig& config, const Quanti
     l.gate_proj = OwnedQuantizedWeight(in.gate_proj, name + "gate_proj", c.intermediate_size, hidden);
     l.up_proj = OwnedQuantizedWeight(in.up_proj, name + "up_proj", c.intermediate_size, hidden);
     l.down_proj = OwnedQuantizedWeight(in.down_proj, name + "down_proj", hidden, c.intermediate_size);
-    l.k_cache.assign(static_cast<size_t>(kv_size * c.max_seq_len), 0.0f);
-    l.v_cache.assign(static_cast<size_t>(kv_size * c.max_seq_len), 0.0f);
+    try {
+      l.k_cache.assign(static_cast<size_t>(kv_size * c.max_seq_len), 0.0f);
+      l.v_cache.assign(static_cast<size_t>(kv_size * c.max_seq_len), 0.0f);
+    } catch (const std::bad_alloc&) {
+      // Name the setting that sized it: a bare "out of memory" gave no hint.
+      fail(ErrorKind::OutOfMemory,
+           "config.max_seq_len = " + std::to_string(c.max_seq_len) + ": the KV cache needs " +
+               std::to_string(2 * c.num_layers * kv_size * c.max_seq_len) +
+               " fp32 values (2 x num_layers x num_kv_heads x head_dim x max_seq_len), more than could be allocated");
+    }
   }
   rope_inv_freq_.resize(static_cast<size_t>(c.head_dim / 2));
   for (int64_t i = 0; i < c.head_dim / 2; ++i)
