@@ -97,7 +97,64 @@ def test_bad_arguments(tmp_path):
         to_coreml(model, x, tmp_path / "exists.mlpackage")
     with pytest.raises(TypeError, match="argument 'example_inputs'"):
         to_coreml(model, (x, 3), tmp_path / "m.mlpackage")
+    with pytest.raises(ValueError, match=r"argument 'input_names': expected one name per example input \(1\), got 2"):
+        to_coreml(model, x, tmp_path / "m.mlpackage", input_names=["a", "b"])
+    with pytest.raises(TypeError, match="argument 'input_names': expected a list of strings, got 'xy'"):
+        to_coreml(model, x, tmp_path / "m.mlpackage", input_names="xy")  # would name the input 'x'
+    with pytest.raises(TypeError, match="argument 'output_names': expected a list of strings"):
+        to_coreml(model, x, tmp_path / "m.mlpackage", output_names=[1])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.mlpackage"]  # nothing half-written
+
+
+def test_deployment_target_by_name_or_coremltools_member(tmp_path):
+    import coremltools as ct
+
+    model = mlp(["int4-g32"])
+    export = to_coreml(model, torch.randn(1, 64), tmp_path / "m.mlpackage", minimum_deployment_target=ct.target.iOS18)
+    assert export.minimum_deployment_target == "iOS18"
+    with pytest.raises(ValueError, match="argument 'minimum_deployment_target'"):
+        to_coreml(model, torch.randn(1, 64), tmp_path / "n.mlpackage", minimum_deployment_target=ct.target.iOS17)
+
+
+class _ConstantMinusLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 32)
+        self.register_buffer("offset", torch.arange(32.0))
+
+    def forward(self, x):
+        return self.offset - self.linear(x)  # coremltools' fuse_linear_bias would negate the weight
+
+
+def test_a_layer_subtracted_from_a_constant_stays_compressed(tmp_path):
+    torch.manual_seed(0)
+    model = _ConstantMinusLayer().eval()
+    quantize_model(model, QuantConfig(bits=4, group_size=32))
+    export = to_coreml(model, torch.randn(2, 64), tmp_path / "m.mlpackage")
+    assert export.compressed_layers == {"linear": "constexpr_blockwise_shift_scale"} and export.unused_layers == []
+    assert_weights_identical(model, tmp_path / "m.mlpackage", "fp32")
+
+
+class _ZeroInitialised(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down, self.up = torch.nn.Linear(64, 32), torch.nn.Linear(32, 64)
+        torch.nn.init.zeros_(self.down.weight)  # zero-initialised projections, as adapters start
+        torch.nn.init.zeros_(self.up.weight)
+
+    def forward(self, x):
+        return x + self.up(torch.relu(self.down(x)))
+
+
+@pytest.mark.parametrize("plain", [None, "up"])
+def test_equal_bytes_of_different_shapes_are_different_weights(tmp_path, plain):
+    # Both weights are zeros: their bytes agree, their shapes (32, 64) and (64, 32) do not.
+    model = _ZeroInitialised().eval()
+    quantize_model(model, QuantConfig(bits=4, group_size=32), skip=lambda name, module: name == plain)
+    export = to_coreml(model, torch.randn(2, 64), tmp_path / "m.mlpackage")
+    quantized = sorted({"down", "up"} - {plain})
+    assert sorted(export.compressed_layers) == quantized and export.unused_layers == []
+    assert_weights_identical(model, tmp_path / "m.mlpackage", "fp32")
 
 
 def test_equal_weights_in_different_compressed_forms_are_refused(tmp_path):

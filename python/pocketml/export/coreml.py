@@ -58,14 +58,17 @@ class _TensorOutputs(nn.Module):
 
 
 def _weight_key(weight: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(weight).tobytes()).hexdigest()
+    # Shape and dtype too: zero-initialised layers of different shapes have equal bytes.
+    weight = np.ascontiguousarray(weight)
+    return hashlib.sha256(f"{weight.dtype.str}{weight.shape}".encode() + weight.tobytes()).hexdigest()
 
 
 def _dequantized_copy(model: nn.Module, precision: str):
     """A copy of `model` in fp32 (Core ML's inputs are fp32; compute_precision sets its
     arithmetic) with QuantizedLinear layers as nn.Linear, and the layers by the key of
-    their weight as coremltools will hold it (fp32, or fp16 after its cast). A layer
-    reachable under several names becomes one nn.Linear under all of them."""
+    their weight as coremltools will hold it (fp32, or fp16 after its cast), and the keys
+    of the other 2-D parameters as held. A layer reachable under several names becomes
+    one nn.Linear under all of them."""
     export = copy.deepcopy(model).eval().float()
     by_key, stand_ins = {}, {}
     for name, module in list(export.named_modules(remove_duplicate=False)):
@@ -88,7 +91,12 @@ def _dequantized_copy(model: nn.Module, precision: str):
             raise ValueError(f"argument 'model': layers {sharing[0][0]!r} and {name!r} hold equal weights in "
                              "different compressed forms, which one Core ML constant cannot carry both of")
         sharing.append((name, qweight))
-    return export, by_key
+    # The plain 2-D weights as coremltools will hold them, which must not pass for a
+    # quantized weight's transposed or negated copy (zero-initialised layers do).
+    held_dtype = torch.float32 if precision == "fp32" else torch.float16
+    plain_keys = {_weight_key(p.detach().to(held_dtype).numpy()) for p in export.parameters()
+                  if p.ndim == 2 and not any(p is linear.weight for linear in stand_ins.values())}
+    return export, by_key, plain_keys
 
 
 def _same_compressed_form(a, b) -> bool:
@@ -152,16 +160,40 @@ def _inject_weights(prog, by_key: dict, dst_dtype) -> dict:
     return replaced
 
 
-def _refuse_uncompressed_copies(prog, by_key: dict) -> None:
-    """A quantized weight must not survive in plain form, e.g. transposed by a graph pass."""
+def _refuse_uncompressed_copies(prog, by_key: dict, plain_keys: set) -> None:
+    """A quantized weight must not survive in plain form, e.g. transposed or negated by a graph pass."""
     for function in prog.functions.values():
         for op in function.operations:
             value = op.outputs[0].val if op.op_type == "const" else None
-            if isinstance(value, np.ndarray) and value.ndim == 2:
-                layers = by_key.get(_weight_key(value)) or by_key.get(_weight_key(value.T))
+            if isinstance(value, np.ndarray) and value.ndim == 2 and _weight_key(value) not in plain_keys:
+                layers = next((by_key[key] for form in (value, value.T, -value, -value.T)
+                               if (key := _weight_key(form)) in by_key), None)
                 if layers:
                     raise RuntimeError(f"Core ML export: the weight of {layers[0][0]} reached the program in a "
                                        f"form pocketml cannot replace (const {op.name}, shape {value.shape})")
+
+
+def _feature_names(names, arg: str, count=None):
+    """`names` as a list of strings (None: coremltools' defaults), `count` of them when given."""
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"argument '{arg}': expected a list of strings, got {names!r}")
+    names = list(names)
+    if count is not None and len(names) != count:
+        raise ValueError(f"argument '{arg}': expected one name per example input ({count}), got {len(names)}")
+    return names
+
+
+def _deployment_target(ct, target):
+    """A coremltools target from its name ('iOS18') or the ct.target member itself."""
+    found = target if isinstance(target, ct.target) else None
+    if isinstance(target, str):
+        found = ct.target.__members__.get(target)
+    if found is None or found.value < ct.target.iOS18.value:
+        raise ValueError(f"argument 'minimum_deployment_target': expected iOS18 or later (compressed ops need it), "
+                         f"got {target!r}")
+    return found
 
 
 def _input_types(ct, example_inputs, input_names):
@@ -185,6 +217,9 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
     fp16 / bf16 model is traced from an fp32 copy). compute_precision
     "fp32" keeps every decompressed weight equal to ``qt.dequantize('fp32')``;
     "fp16" decompresses to fp16 (equal to ``qt.dequantize('fp16')``).
+    minimum_deployment_target: a name ("iOS18", "macOS15", ...) or a ``ct.target``
+    member, iOS18 or later. input_names: one per example input; output_names: one per
+    output (coremltools' names when None).
     """
     import coremltools as ct
 
@@ -196,33 +231,37 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
     if compute_precision not in _PRECISIONS:
         raise ValueError(f"argument 'compute_precision': expected one of {', '.join(_PRECISIONS)}, "
                          f"got {compute_precision!r}")
-    target = getattr(ct.target, minimum_deployment_target, None)
-    if target is None or target.value < ct.target.iOS18.value:
-        raise ValueError(f"argument 'minimum_deployment_target': expected iOS18 or later (compressed ops need it), "
-                         f"got {minimum_deployment_target!r}")
+    target = _deployment_target(ct, minimum_deployment_target)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    input_names = _feature_names(input_names, "input_names", len(example_inputs))
+    output_names = _feature_names(output_names, "output_names")
     input_types = _input_types(ct, example_inputs, input_names)
 
-    export, by_key = _dequantized_copy(model, compute_precision)
+    export, by_key, plain_keys = _dequantized_copy(model, compute_precision)
     quantized_names = {name for layers in by_key.values() for name, _ in layers}
     with torch.no_grad():  # float inputs as Core ML declares them: fp32
         traced = torch.jit.trace(_TensorOutputs(export).eval(),
                                  tuple(x.float() if x.is_floating_point() else x for x in example_inputs), strict=False)
     precision = ct.precision.FLOAT32 if compute_precision == "fp32" else ct.precision.FLOAT16
     outputs = [ct.TensorType(name=name) for name in output_names] if output_names else None
+    # fuse_linear_bias folds `c - linear(x)` into a linear with the negated weight,
+    # which no compressed constant carries: the layer would ship uncompressed.
+    passes = ct.PassPipeline.DEFAULT
+    passes.remove_passes(["common::fuse_linear_bias"])
     prog = ct.convert(traced, inputs=input_types, outputs=outputs, convert_to="milinternal",
-                      minimum_deployment_target=target, compute_precision=precision)
+                      minimum_deployment_target=target, compute_precision=precision, pass_pipeline=passes)
     replaced = _inject_weights(prog, by_key, np.float32 if compute_precision == "fp32" else np.float16)
-    _refuse_uncompressed_copies(prog, by_key)
-    mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision)
+    _refuse_uncompressed_copies(prog, by_key, plain_keys)
+    mlmodel = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target, compute_precision=precision,
+                         pass_pipeline=passes)
 
     with staged_directory(path, path.stem) as staging:
         mlmodel.save(str(staging / path.name))
         publish(staging / path.name, path)
     description = mlmodel.get_spec().description
-    return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), minimum_deployment_target,
+    return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), target.name,
                         compute_precision, [f.name for f in description.input], [f.name for f in description.output])
 
 
