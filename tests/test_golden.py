@@ -55,8 +55,14 @@ def test_failed_write_leaves_nothing(tmp_path):
     class Exploding:
         shape = (2,)
 
-    with pytest.raises(TypeError, match="tensors: expected NumPy arrays or torch tensors"):
+    with pytest.raises(TypeError, match="argument 'tensors': expected NumPy arrays or torch tensors, got Exploding"):
         golden(tmp_path / "b", "bad", {"x": np.zeros(2, np.float32), "boom": Exploding()}, [])
+    with pytest.raises(TypeError, match=r"argument 'tensors\['d'\]': expected one of fp32, .*, got dtype\('float64'\)"):
+        golden(tmp_path / "b", "bad", {"d": np.zeros(2)}, [])
+    with pytest.raises(ValueError, match="argument 'tensors': expected names of letters, digits, '_' and '.', got 3"):
+        golden(tmp_path / "b", "bad", {3: np.zeros(2, np.float32)}, [])
+    with pytest.raises(ValueError, match="argument 'tensors': expected dict, got list"):
+        golden(tmp_path / "b", "bad", [np.zeros(2, np.float32)], [])
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="tensor 'missing' is not in the bundle"):
         golden(tmp_path / "b", "bad", {"x": np.zeros(2, np.float32)},
@@ -92,7 +98,13 @@ def test_bundles_that_could_not_fail_or_be_read_are_refused(tmp_path):
         (lambda m: m["tensors"]["x"].update(shape=[2**32, 2**32]), "needs 73786976294838206464 bytes"),
         (lambda m: m["tensors"]["x"].update(file="../x.bin"), "file '../x.bin' is not a file of the bundle"),
         (lambda m: m.pop("checks"), "missing field 'checks'"),
-        (lambda m: m["checks"][0].update(tolerance={"max_abs": -1}), "tolerance max_abs must be finite"),
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": -1, "max_rel": 0}), "tolerance max_abs must be finite"),
+        # Keys the format lists are required, as Swift requires them: a misspelt one must not become a default.
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": 0, "maxrel": 0.1}),
+         r"expected tolerance keys max_abs and max_rel, got \['max_abs', 'maxrel'\]"),
+        (lambda m: m["checks"][0].pop("attrs"), "expected keys attrs and tolerance"),
+        (lambda m: m.pop("producer"), "missing field 'producer'"),
+        (lambda m: m.update(producer=None), "producer: expected str, got NoneType"),
         # What Swift's decoder refuses, Python's reader refuses too (it took true / 1.0 for 1, split "x" into
         # ['x']), and malformed values are BundleErrors, not AttributeError / OverflowError.
         (lambda m: m.update(version=True), "version True"),
@@ -101,8 +113,10 @@ def test_bundles_that_could_not_fail_or_be_read_are_refused(tmp_path):
         (lambda m: m.update(tensors=[]), "tensors: expected dict, got list"),
         (lambda m: m["checks"][0].update(inputs="x"), r"inputs: expected list or tuple, got str"),
         (lambda m: m["checks"][0].update(tolerance="tight"), "tolerance: expected dict, got str"),
-        (lambda m: m["checks"][0].update(tolerance={"max_abs": True}), "tolerance max_abs: expected int or float"),
-        (lambda m: m["checks"][0].update(tolerance={"max_abs": 10**400}), "tolerance max_abs must be finite"),
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": True, "max_rel": 0}),
+         "tolerance max_abs: expected int or float"),
+        (lambda m: m["checks"][0].update(tolerance={"max_abs": 10**400, "max_rel": 0}),
+         "tolerance max_abs must be finite"),
         (lambda m: m["checks"][0].update(attrs={"n": 10**400}), r"attrs\['n'\] must be"),
         (lambda m: m["tensors"]["x"].update(shape=[1] * 33), "is not a list of at most 32 sizes"),
     ]:
@@ -117,6 +131,25 @@ def test_bundles_that_could_not_fail_or_be_read_are_refused(tmp_path):
             load_golden(path)
     (path / "manifest.json").write_bytes(b"\xff\xfe{}")
     with pytest.raises(BundleError, match="invalid JSON"):
+        load_golden(path)
+    # Python's json keeps the last of equal keys, Swift's decoder the first: they would check different tensors.
+    duplicated = json.dumps(manifest).replace('"tensors": {', '"tensors": {"x": {"file": "y.bin"}, ', 1)
+    (path / "manifest.json").write_text(duplicated)
+    with pytest.raises(BundleError, match="invalid JSON .*duplicate key 'x'"):
+        load_golden(path)
+
+
+def test_reader_refuses_a_symlinked_manifest_and_names_non_regular_tensor_files(tmp_path):
+    path = small_bundle(tmp_path / "b")
+    (path / "manifest.json").rename(tmp_path / "manifest.json")
+    (path / "manifest.json").symlink_to(tmp_path / "manifest.json")
+    with pytest.raises(BundleError, match="manifest.json: is a symbolic link"):
+        load_golden(path)
+    (path / "manifest.json").unlink()
+    (tmp_path / "manifest.json").rename(path / "manifest.json")
+    (path / "x.bin").unlink()
+    (path / "x.bin").mkdir()
+    with pytest.raises(BundleError, match="file x.bin is not a regular file"):
         load_golden(path)
 
 
@@ -241,3 +274,6 @@ def test_cli_replaces_earlier_bundles_but_never_other_files(tmp_path, capsys):
     assert main(["golden", "--out", str(tmp_path)]) == 0
     assert main(["golden", "--out", str(tmp_path)]) == 0  # its own bundles are regenerated in place
     assert load_golden(tmp_path / "convert").name
+    (tmp_path / "file").write_text("")  # the error named an internal staging directory under it
+    assert main(["golden", "--out", str(tmp_path / "file")]) == 2
+    assert f"argument '--out': expected a directory, got the file '{tmp_path / 'file'}'" in capsys.readouterr().err

@@ -64,13 +64,13 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "argument 'model': expected a Hugging Face model directory" in capsys.readouterr().err
     (tmp_path / "file").write_text("")  # refused before any quantizing, not minutes later
     assert main(["optimize", "--out", str(tmp_path / "file")]) == 2
-    assert "argument 'out_dir': expected a directory, got the file" in capsys.readouterr().err
+    assert "argument '--out': expected a directory, got the file" in capsys.readouterr().err
     assert main(["optimize", "--min-cosine", "nan", "--out", str(tmp_path / "o")]) == 2
-    assert "argument 'min_cosine': expected a cosine from 0 to 1, got nan" in capsys.readouterr().err
+    assert "argument '--min-cosine': expected a cosine from 0 to 1, got nan" in capsys.readouterr().err
     assert main(["optimize", "--configs", "int8,int7", "--out", str(tmp_path)]) == 2
     assert "argument '--configs': expected names from" in capsys.readouterr().err
     assert main(["optimize", "--configs", ",", "--out", str(tmp_path / "out")]) == 2
-    assert "argument 'configs': expected at least one preset name" in capsys.readouterr().err
+    assert "argument '--configs': expected at least one preset name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     for command in (["optimize", "--repeats", "0"], ["selftest", "--repeats", "0"]):
         with pytest.raises(SystemExit):

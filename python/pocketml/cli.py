@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -67,6 +68,8 @@ def cmd_golden(args) -> int:
     from pocketml.export.golden import is_golden_bundle
     from pocketml.export.standard_bundles import BUILDERS, write_standard_bundles
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise NotADirectoryError(f"argument '--out': expected a directory, got the file {args.out!r}")
     for name in BUILDERS:  # regenerating replaces earlier bundles, never other files under those names
         target = Path(args.out) / name
         if os.path.lexists(target) and not is_golden_bundle(target):
@@ -94,8 +97,9 @@ def cmd_optimize(args) -> int:
     # The command owns its process: transformers' notes on being traced for Core ML
     # ("loss_type=None ... unrecognized") say nothing about an encoder's export.
     hf_logging.set_verbosity_error()
-    report = optimize(args.model, configs, args.out, min_cosine=args.min_cosine, repeats=args.repeats,
-                      progress=not args.quiet)
+    with _flag_names(_OPTIMIZE_FLAGS):
+        report = optimize(args.model, configs, args.out, min_cosine=args.min_cosine, repeats=args.repeats,
+                          progress=not args.quiet)
     print(markdown(report))
     print(f"\nwrote {args.out}/report.md, report.json, accuracy_vs_size.png, model.mlpackage, golden/")
     succeeded = (report.chosen_meets_min_cosine and report.coreml_weights_identical
@@ -118,23 +122,34 @@ def cmd_data_verify(args) -> int:
     return 0
 
 
-# build_from_text's argument spellings in its messages, as this command's flags.
+# The API's argument spellings in its messages, as the commands' flags.
 _DATA_BUILD_FLAGS = {"argument 'path'": "argument '--out'", "overwrite=True": "--overwrite",
                      "errors='replace'": "--errors replace", "argument 'shard_bytes'": "argument '--shard-bytes'",
                      "argument 'eos_id'": "argument '--eos-id'", "argument 'tokenizer'": "argument '--tokenizer'"}
+_OPTIMIZE_FLAGS = {"argument 'configs'": "argument '--configs'", "argument 'out_dir'": "argument '--out'",
+                   "argument 'min_cosine'": "argument '--min-cosine'", "argument 'repeats'": "argument '--repeats'"}
+
+
+@contextlib.contextmanager
+def _flag_names(spellings: dict):
+    """Re-raises an argument error with the API's argument names spelt as the command's flags."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        message = str(exc)
+        for spelling, flag in spellings.items():
+            message = message.replace(spelling, flag)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None
 
 
 def cmd_data_build(args) -> int:
     from pocketml.data import build_from_text
 
-    try:
+    with _flag_names(_DATA_BUILD_FLAGS):
         ds = build_from_text(args.files, args.out, tokenizer=args.tokenizer, eos_id=args.eos_id,
                              shard_bytes=args.shard_bytes, overwrite=args.overwrite, errors=args.errors)
-    except (ValueError, FileExistsError) as exc:
-        message = str(exc)
-        for spelling, flag in _DATA_BUILD_FLAGS.items():
-            message = message.replace(spelling, flag)
-        raise type(exc)(message) from None
     print(f"{args.out}: {len(ds):,} documents, {ds.num_tokens:,} {ds.manifest.token_dtype} tokens in "
           f"{len(ds.manifest.shards)} shard(s)")
     return 0

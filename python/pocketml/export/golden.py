@@ -41,18 +41,18 @@ class GoldenBundle:
     path: Path | None = field(default=None, repr=False)
 
 
-def _tensor_bytes(value) -> tuple[str, tuple[int, ...], bytes]:
+def _tensor_bytes(tensor_name: str, value) -> tuple[str, tuple[int, ...], bytes]:
+    if not (is_torch_tensor(value) or isinstance(value, np.ndarray)):
+        raise TypeError(f"argument 'tensors': expected NumPy arrays or torch tensors, got {type(value).__name__} "
+                        f"for {tensor_name!r}")
+    dtype = canonical_dtype(value.dtype, f"tensors[{tensor_name!r}]", tuple(_ITEM_SIZE))
     if is_torch_tensor(value):
         import torch
 
         value = value.detach().cpu().contiguous()
-        dtype = canonical_dtype(value.dtype)
         array = (value.view(torch.int16) if dtype == "bf16" else value).numpy()
-    elif isinstance(value, np.ndarray):
-        dtype = canonical_dtype(value.dtype)
-        array = value
     else:
-        raise TypeError(f"tensors: expected NumPy arrays or torch tensors, got {type(value).__name__}")
+        array = value
     return dtype, tuple(int(d) for d in array.shape), np.ascontiguousarray(array).astype(_STORAGE[dtype]).tobytes()
 
 
@@ -86,9 +86,12 @@ def _tolerance_bound(tolerance: dict, key: str, what: str) -> float:
     return bound
 
 
-def _validate_checks(checks, sizes: dict) -> list:
+def _validate_checks(checks, sizes: dict, *, written: bool) -> list:
     """sizes: tensor name -> element count. A bundle must ask something, and each
-    check must compare at least one element: nothing compared would read as passed."""
+    check must compare at least one element: nothing compared would read as passed.
+    A manifest read back (`written`) must hold attrs and both tolerance bounds, as
+    Swift's reader requires: a misspelt key must not become a default; golden()'s
+    callers may leave them out (no attrs, tolerance 0)."""
     if not checks:
         raise ValueError("checks: expected at least one check, got none")
     validated = []
@@ -106,12 +109,16 @@ def _validate_checks(checks, sizes: dict) -> list:
                 raise ValueError(f"{what}: tensor {ref!r} is not in the bundle")
         if sizes[check["expected"]] == 0:
             raise ValueError(f"{what}: expected tensor {check['expected']!r} is empty")
+        if written and not {"attrs", "tolerance"} <= set(check):
+            raise ValueError(f"{what}: expected keys attrs and tolerance, got {sorted(check)}")
         attrs = dict(_require(check.get("attrs", {}), (dict,), f"{what}: attrs"))
         for key, value in attrs.items():
             if not _is_attribute_value(value):
                 raise ValueError(f"{what}: attrs[{key!r}] must be a string, a finite number, a bool or a list of "
                                  f"them, got {value!r}")
         tolerance = _require(check.get("tolerance", {}), (dict,), f"{what}: tolerance")
+        if written and not {"max_abs", "max_rel"} <= set(tolerance):
+            raise ValueError(f"{what}: expected tolerance keys max_abs and max_rel, got {sorted(tolerance)}")
         bounds = {key: _tolerance_bound(tolerance, key, what) for key in ("max_abs", "max_rel")}
         validated.append({"name": check["name"], "op": check["op"], "inputs": inputs, "attrs": attrs,
                           "expected": check["expected"], "tolerance": bounds})
@@ -132,10 +139,12 @@ def golden(path, name: str, tensors: dict, checks: list, *, overwrite: bool = Fa
         raise FileExistsError(f"argument 'path': expected a new directory, got existing {str(path)!r} "
                               "(pass overwrite=True to replace it)")
     entries, blobs = {}, {}
+    _require(tensors, (dict,), "argument 'tensors'")
     for tensor_name, value in tensors.items():
-        if not tensor_name.replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"tensors: expected names of letters, digits, '_' and '.', got {tensor_name!r}")
-        dtype, shape, data = _tensor_bytes(value)
+        if not (isinstance(tensor_name, str) and tensor_name.replace("_", "").replace(".", "").isalnum()):
+            raise ValueError(f"argument 'tensors': expected names of letters, digits, '_' and '.', "
+                             f"got {tensor_name!r}")
+        dtype, shape, data = _tensor_bytes(tensor_name, value)
         file = f"{tensor_name}.bin"
         entries[tensor_name] = {"file": file, "dtype": dtype, "shape": list(shape),
                                 "sha256": hashlib.sha256(data).hexdigest()}
@@ -144,7 +153,7 @@ def golden(path, name: str, tensors: dict, checks: list, *, overwrite: bool = Fa
 
     sizes = {tensor_name: math.prod(entry["shape"]) for tensor_name, entry in entries.items()}
     manifest = {"format": FORMAT, "version": VERSION, "name": name, "producer": f"pocketml {__version__}",
-                "tensors": entries, "checks": _validate_checks(checks, sizes)}
+                "tensors": entries, "checks": _validate_checks(checks, sizes, written=False)}
 
     with staged_directory(path, path.name) as staging:
         for file, data in blobs.items():
@@ -163,14 +172,26 @@ def is_golden_bundle(path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT and not Path(path).is_symlink()
 
 
+def _unique_keys(pairs) -> dict:
+    """A JSON object whose keys are distinct: json keeps the last of equal keys and
+    Swift's decoder the first, so the two readers would check different tensors."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise json.JSONDecodeError(f"duplicate key {duplicate!r}", "", 0)
+    return dict(pairs)
+
+
 def load_golden(path) -> GoldenBundle:
     """Read and verify a bundle: format and version, every file's size and sha256."""
     path = Path(path)
     manifest_path = path / MANIFEST
+    if manifest_path.is_symlink():  # as a tensor file's: its target may lie outside the bundle
+        raise BundleError(f"{manifest_path}: is a symbolic link")
     if not manifest_path.is_file():
         raise BundleError(f"{path}: not a golden bundle (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BundleError(f"{manifest_path}: invalid JSON ({str(exc)[:200]})") from None
     if not isinstance(manifest, dict):
@@ -191,7 +212,7 @@ def load_golden(path) -> GoldenBundle:
 
 def _read_bundle(path: Path, manifest: dict) -> GoldenBundle:
     name = _require(manifest["name"], (str,), "name")
-    producer = _require(manifest.get("producer", ""), (str,), "producer")
+    producer = _require(manifest["producer"], (str,), "producer")
     tensors, dtypes = {}, {}
     for tensor_name, entry in _require(manifest["tensors"], (dict,), "tensors").items():
         what = f"tensors[{tensor_name!r}]"
@@ -207,8 +228,11 @@ def _read_bundle(path: Path, manifest: dict) -> GoldenBundle:
         file = path / file_name
         if file.is_symlink():  # its target may lie outside the bundle
             raise BundleError(f"{path}: tensor {tensor_name!r}: file {file_name} is a symbolic link")
-        if not file.is_file():
+        if not file.exists():
             raise BundleError(f"{path}: tensor {tensor_name!r}: missing file {file_name}")
+        if not file.is_file():
+            raise BundleError(f"{path}: tensor {tensor_name!r}: file {file_name} is not a regular file "
+                              "(a directory, a FIFO or a device)")
         if len(shape) > _MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise BundleError(f"{path}: tensor {tensor_name!r}: shape {str(shape)[:80]} is not a list of at most "
                               f"{_MAX_DIMS} sizes")
@@ -222,5 +246,5 @@ def _read_bundle(path: Path, manifest: dict) -> GoldenBundle:
             raise BundleError(f"{path}: tensor {tensor_name!r}: sha256 mismatch for {file_name} (corrupt file)")
         tensors[tensor_name] = np.frombuffer(data, dtype=_STORAGE[dtype]).reshape(shape)
         dtypes[tensor_name] = dtype
-    checks = _validate_checks(manifest["checks"], {name: array.size for name, array in tensors.items()})
+    checks = _validate_checks(manifest["checks"], {name: array.size for name, array in tensors.items()}, written=True)
     return GoldenBundle(name, tensors, dtypes, checks, producer, path)

@@ -104,7 +104,7 @@ public struct GoldenBundle {
         let format: String
         let version: Int
         let name: String
-        let producer: String?
+        let producer: String
         let tensors: [String: Entry]
         let checks: [GoldenCheck]
     }
@@ -112,12 +112,27 @@ public struct GoldenBundle {
     public init(url: URL) throws {
         self.url = url
         let manifestURL = url.appendingPathComponent("manifest.json")
+        // attributesOfItem does not follow a symbolic link: a linked manifest is refused like a linked tensor file.
+        if let attributes = try? FileManager.default.attributesOfItem(atPath: manifestURL.path),
+            attributes[.type] as? FileAttributeType == .typeSymbolicLink
+        {
+            throw GoldenBundleError(message: "\(manifestURL.path): is a symbolic link")
+        }
         guard let data = FileManager.default.contents(atPath: manifestURL.path) else {
             throw GoldenBundleError(message: "\(url.path): not a golden bundle (no manifest.json)")
+        }
+        // JSON text carries no byte order mark (RFC 8259), and Python's reader refuses one.
+        if data.starts(with: [0xEF, 0xBB, 0xBF]) {
+            throw GoldenBundleError(message: "\(manifestURL.path): invalid manifest (starts with a byte order mark)")
         }
         let manifest: Manifest
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
+            try Self.requireIntegerLiterals(data)
+        } catch let error as DecodingError {
+            throw GoldenBundleError(message: "\(manifestURL.path): invalid manifest (\(Self.describe(error)))")
+        } catch let error as GoldenBundleError {
+            throw GoldenBundleError(message: "\(manifestURL.path): invalid manifest (\(error.message))")
         } catch {
             throw GoldenBundleError(message: "\(manifestURL.path): invalid manifest (\(error))")
         }
@@ -180,8 +195,48 @@ public struct GoldenBundle {
             }
         }
         self.name = manifest.name
-        self.producer = manifest.producer ?? ""
+        self.producer = manifest.producer
         self.tensors = tensors
         self.checks = manifest.checks
+    }
+
+    /// `version` and every shape entry written as integers: JSONDecoder reads 1.0 as the Int 1,
+    /// which the format (and Python's reader) refuses.
+    private static func requireIntegerLiterals(_ data: Data) throws {
+        guard let manifest = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { return }
+        // An integer JSON number parses to an NSNumber of an integer type; 1.0 and 1e0 to a double, true to a char.
+        func isInteger(_ value: Any?) -> Bool {
+            guard let number = value as? NSNumber else { return false }
+            return ["i", "s", "l", "q", "I", "S", "L", "Q"].contains(String(cString: number.objCType))
+        }
+        guard isInteger(manifest["version"]) else {
+            throw GoldenBundleError(message: "version must be the integer 1, got \(manifest["version"] ?? "nothing")")
+        }
+        for case let (name, entry as [String: Any]) in manifest["tensors"] as? [String: Any] ?? [:] {
+            let shape = entry["shape"] as? [Any] ?? []
+            guard shape.allSatisfy(isInteger) else {
+                throw GoldenBundleError(message: "tensor '\(name)': shape \(shape) is not a list of integers")
+            }
+        }
+    }
+
+    /// A decoding error as the key path it is about and what was wrong there.
+    private static func describe(_ error: DecodingError) -> String {
+        func path(_ keys: [CodingKey]) -> String {
+            let text = keys.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined()
+            return text.isEmpty ? "the top level" : String(text.drop(while: { $0 == "." }))
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            return "missing key '\(key.stringValue)' in \(path(context.codingPath))"
+        case .typeMismatch(let type, let context):
+            return "expected \(type) at \(path(context.codingPath))"
+        case .valueNotFound(let type, let context):
+            return "expected \(type) at \(path(context.codingPath)), got null"
+        case .dataCorrupted(let context):
+            return "\(context.debugDescription) at \(path(context.codingPath))"
+        @unknown default:
+            return "\(error)"
+        }
     }
 }

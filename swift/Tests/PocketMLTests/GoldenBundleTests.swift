@@ -143,6 +143,45 @@ final class GoldenBundleTests: XCTestCase {
         }
     }
 
+    /// What Python's reader refuses, Swift's refuses too: JSONDecoder alone reads 1.0 as 1,
+    /// skips a byte order mark and takes null for a missing producer.
+    func testManifestsPythonRefusesAreRefused() throws {
+        func editedText(_ edit: (String) -> String) throws -> URL {
+            let bundle = try copyOfConvertBundle()
+            let url = bundle.appendingPathComponent("manifest.json")
+            let text = try String(contentsOf: url, encoding: .utf8)
+            let changed = edit(text)
+            XCTAssertNotEqual(changed, text, "the edit changed nothing")
+            try Data(changed.utf8).write(to: url)
+            return bundle
+        }
+        let cases: [(String, (String) -> String)] = [
+            ("version must be the integer 1", { $0.replacingOccurrences(of: "\"version\": 1,", with: "\"version\": 1.0,") }),
+            ("shape [1009.0] is not a list of integers", { $0.replacingOccurrences(of: "1009", with: "1009.0") }),
+            ("starts with a byte order mark", { "\u{FEFF}" + $0 }),
+            ("expected String at producer, got null", {
+                $0.replacingOccurrences(of: #""producer": "pocketml"#, with: #""producer": null, "was": "pocketml"#)
+            }),
+            ("missing key 'max_rel' in checks[0].tolerance", {
+                $0.replacingOccurrences(of: "\"max_rel\"", with: "\"maxrel\"")
+            }),
+        ]
+        for (message, edit) in cases {
+            XCTAssertThrowsError(try GoldenBundle(url: try editedText(edit))) { error in
+                XCTAssertTrue("\(error)".contains(message), "\(error)")
+            }
+        }
+        let linked = try copyOfConvertBundle()
+        let manifest = linked.appendingPathComponent("manifest.json")
+        let outside = linked.deletingLastPathComponent().appendingPathComponent("\(linked.lastPathComponent).json")
+        try FileManager.default.moveItem(at: manifest, to: outside)
+        addTeardownBlock { try? FileManager.default.removeItem(at: outside) }
+        try FileManager.default.createSymbolicLink(at: manifest, withDestinationURL: outside)
+        XCTAssertThrowsError(try GoldenBundle(url: linked)) { error in
+            XCTAssertTrue("\(error)".contains("manifest.json: is a symbolic link"), "\(error)")
+        }
+    }
+
     func testNotABundle() {
         XCTAssertThrowsError(try GoldenBundle(url: URL(fileURLWithPath: "/nonexistent/bundle"))) { error in
             XCTAssertTrue("\(error)".contains("not a golden bundle"), "\(error)")
