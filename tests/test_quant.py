@@ -576,6 +576,19 @@ def test_quantized_linear_gradient_flows_to_input_and_bias():
     torch.nn.functional.linear(x_ref, w, linear.bias.detach()).square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
     assert layer.bias.grad is not None and layer.packed.grad is None
+    # New arrays between forward and backward: refused when written in place (the gradient would use them,
+    # nn.Linear's backward refuses too); reassigned buffers leave the forward's weight to the backward.
+    other = quant.QuantizedLinear.from_linear(torch.nn.Linear(64, 24), quant.QuantConfig(bits=4, group_size=32))
+    y = layer(x)
+    layer.load_state_dict(other.state_dict())
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    layer = quant.QuantizedLinear.from_linear(linear, quant.QuantConfig(bits=4, group_size=32))
+    x.grad = None
+    y = layer(x)
+    layer.scales = layer.scales * 2
+    y.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_quantize_model_reports_sizes_and_respects_skip():
@@ -709,6 +722,8 @@ def test_save_load_round_trip_is_exact(tmp_path, config):
     x = torch.randn(5, 96)
     assert torch.equal(model(x), loaded(x))
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+    frozen = build().requires_grad_(False)  # as load_state_dict, load keeps a frozen bias frozen
+    assert not quant.load(frozen, path)[0].bias.requires_grad and quant.load(build(), path)[0].bias.requires_grad
 
 
 def test_quant_config_validates_and_round_trips_json():
@@ -882,9 +897,16 @@ def test_extreme_finite_weights_get_the_scales_the_format_specifies():
         assert np.isfinite(values).all() and np.all(np.sign(values) == np.sign(huge))
         assert np.abs(values - huge).max() <= qt.scales.max()
     # At 2 bits the rounded zero point puts -3e38 on the grid point -4e38: refused, not decoded as -inf.
-    with pytest.raises(ValueError, match=r"argument 'weight': expected values whose 2-bit codes decode within "
+    with pytest.raises(ValueError, match=r"argument 'weight': expected values whose 2-bit codes all decode within "
                                          r"fp32's range, got a group spanning \[-3e\+38, 3e\+38\]"):
         quant.quantize(huge, 2, 32, scale_dtype="fp32")
+    # Symmetric 8-bit at 3.39e38: the weights decode finite, code 0 (-128 scales) does not. Padding (K = 33)
+    # and the int8-activation path's zero-point term read it: NaN for every output. Refused.
+    edge = np.zeros((1, 33), np.float32)
+    edge[0, 0] = 3.39e38
+    with pytest.raises(ValueError, match=r"8-bit codes all decode within fp32's range, got a group spanning "
+                                         r"\[0, 3.39e\+38\], whose grid reaches infinity"):
+        quant.quantize(edge, 8, None, symmetric=True, scale_dtype="fp32")
     with pytest.raises(ValueError, match="argument 'scale_dtype'.*overflow.*use fp32 or bf16 scales"):
         quant.quantize(huge, 4, 32, scale_dtype="fp16")
     # A scale that underflows to 0 becomes the dtype's smallest positive value (docs/formats.md), not 1.
@@ -894,6 +916,25 @@ def test_extreme_finite_weights_get_the_scales_the_format_specifies():
     assert qt.scales[0, 0] == np.float32(2.0 ** -149)
     np.testing.assert_array_equal(qt.dequantize(), tiny)
     assert quant.quantize(np.zeros((1, 32), np.float32), 8, 32, scale_dtype="fp32").scales[0, 0] == 1.0
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_huge_activations_give_the_finite_results_of_the_decoded_weights(isa, bits, dtype):
+    # The GEMVs that scale per group sum x * (code - zero) first: up to 2^bits * 32 * 1e37, past fp32's range,
+    # where every product of x and a decoded weight (and the result) is finite. AVX-512 gave inf and NaN.
+    top = (1 << bits) - 1
+    codes = np.zeros((2, 64), np.uint8)
+    codes[:, :32] = top
+    qt = quant.QuantizedTensor.from_coreml({"data": codes, "scale": np.full((2, 2), 2.0 ** -10, np.float16),
+                                            "offset": np.array([[0, 0], [0, top]], np.uint8)}, bits)
+    x = torch.full((1, 64), 1e37).to(dtype)
+    reference = torch.from_numpy(x.double().numpy() @ qt.dequantize().astype(np.float64).T)
+    got = quant.matmul(x, qt)
+    assert torch.isfinite(got).all()
+    tolerance = 1e-6 if dtype == torch.float32 else 2.0 ** -8  # fp32 accumulation; the bf16 output's rounding
+    assert abs(got[0, 0].item() / reference[0, 0].item() - 1) <= tolerance
+    assert abs(got[0, 1].item()) <= 1e-6 * reference[0, 0].item()  # +-top * 32 cancel: 0 up to rounding
+
 
 def test_non_finite_scales_and_tables_are_refused():
     # K = 33 pads each row with code 0 against zero activations: an infinite value for
@@ -917,6 +958,12 @@ def test_non_finite_scales_and_tables_are_refused():
         with pytest.raises(ValueError, match="argument 'scales': expected finite values"):
             quant.QuantizedTensor("affine", 4, (2, 33), 33, np.zeros((2, 32), np.uint8),
                                   scales=torch.tensor([[bad], [1.0]], dtype=torch.bfloat16))
+    # Finite scales whose code 0 decodes to -inf: codes 200 decode finite, padding code 0 to -200 * 2e36.
+    with pytest.raises(ValueError, match="argument 'scales': expected scales whose 8-bit codes all decode within "
+                                         "fp32's range, got 2e\\+36 for row 1, group 0"):
+        quant.QuantizedTensor.from_coreml({"data": np.full((2, 33), 200, np.uint8),
+                                           "scale": np.array([[1.0], [2e36]], np.float32),
+                                           "offset": np.full((2, 1), 200, np.uint8)}, bits=8)
 
 
 # --- quantize_model on real model structures -----------------------------------
@@ -959,6 +1006,31 @@ def test_quantize_model_handles_shared_tied_and_attention_layers(tmp_path):
     assert fresh.lm_head.weight is fresh.emb.weight and torch.equal(fresh(tokens), lm(tokens))
     with pytest.raises(ValueError, match="got a Linear itself"):
         quant.quantize_model(torch.nn.Linear(64, 64), quant.QuantConfig(group_size=32))
+
+
+def test_an_encoder_with_a_padding_mask_runs_its_nested_batch_through_the_quantized_layers():
+    # Eval, no_grad and src_key_padding_mask: nn.TransformerEncoder packs the batch into a nested tensor,
+    # which QuantizedLinear read as a plain one ("NestedTensorImpl doesn't support sizes").
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    quant.quantize_model(encoder, quant.QuantConfig(bits=8, group_size=32))
+    plain = copy.deepcopy(encoder)  # the same weights, decoded, in nn.Linear
+    for name, module in list(plain.named_modules()):
+        if isinstance(module, quant.QuantizedLinear):
+            linear = torch.nn.Linear(module.in_features, module.out_features)
+            linear.weight.data, linear.bias.data = torch.from_numpy(module.qweight().dequantize()), module.bias.data
+            parent, _, child = name.rpartition(".")
+            setattr(plain.get_submodule(parent), child, linear)
+    x, mask = torch.randn(2, 7, 64), torch.zeros(2, 7, dtype=torch.bool)
+    mask[1, 5:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x, src_key_padding_mask=mask), plain(x, src_key_padding_mask=mask))
+        nested = torch.nested.nested_tensor([torch.randn(7, 64), torch.randn(5, 64)])
+        out = encoder.layers[0].linear1(nested)
+    assert out.is_nested and [part.shape for part in out.unbind()] == [(7, 128), (5, 128)]
+    for part, source in zip(out.unbind(), nested.unbind()):
+        torch.testing.assert_close(part, plain.layers[0].linear1(source))
 
 
 def test_quantize_model_and_load_leave_the_model_untouched_on_error(tmp_path):
@@ -1229,7 +1301,9 @@ def test_bad_calibration_raises_clear_errors_and_leaves_the_model_untouched():
         (42, TypeError, "an iterable of examples .* or a callable that runs the model, got int"),
         ([], ValueError, "at least one example, got an empty iterable"),
         ([torch.ones(2, 64), "a sentence"], TypeError, "got str at index 1"),
-        ([torch.ones(2, 63)], ValueError, "examples the model accepts, got example 0 on which it raised RuntimeError"),
+        # The layer's own message: the hook's arithmetic failed first and blamed the model for its broadcast.
+        ([torch.ones(2, 63)], ValueError, "examples the model accepts, got example 0 on which it raised RuntimeError: "
+                                          "mat1 and mat2 shapes cannot be multiplied"),
         ([torch.full((2, 64), float("nan"))], ValueError, "inputs giving finite activations, got non-finite input to "
                                                          "layer '0'"),
         ("a sentence", TypeError, "an iterable of examples .* got str$"),
@@ -1241,6 +1315,9 @@ def test_bad_calibration_raises_clear_errors_and_leaves_the_model_untouched():
             quant.quantize_model(model, config, calibration=calibration)
         assert all(type(m) is not quant.QuantizedLinear for m in model.modules())
         assert all(not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
+        quant.quantize_model(small_model(), quant.QuantConfig(bits=4, group_size=32, method="gptq"),
+                             calibration=[torch.ones(2, 63)])
     with pytest.raises(ValueError, match="argument 'calibration': expected None with method 'rtn'"):
         quant.quantize_model(small_model(), quant.QuantConfig(bits=4, group_size=32), calibration=[torch.ones(2, 64)])
     # A skipped layer needs no calibration data.

@@ -97,11 +97,14 @@ class GroupQuantizer {
         }
       }
     }
-    // Near fp32's maximum the grid's rounded zero point can put the extreme code past it.
-    if (std::isinf(dequantized(lo, best)) || std::isinf(dequantized(hi, best)))
+    // Near fp32's maximum the grid's rounded zero point can put an extreme code past
+    // it. Every code counts, not only the weights': padding and the int8-activation
+    // path's zero-point term read codes 0 and 2^bits - 1 too (inf * 0 is NaN).
+    if (std::isinf(best.scale * static_cast<float>(-best.zero)) ||
+        std::isinf(best.scale * static_cast<float>(max_code_ - best.zero)))
       fail_argument(ErrorKind::InvalidArgument, "weight", "values whose " + std::to_string(options_.bits) +
-                    "-bit codes decode within fp32's range", "a group spanning [" + shortest_text(lo) + ", " +
-                    shortest_text(hi) + "], whose extreme rounds to infinity");
+                    "-bit codes all decode within fp32's range", "a group spanning [" + shortest_text(lo) + ", " +
+                    shortest_text(hi) + "], whose grid reaches infinity");
     return best;
   }
 

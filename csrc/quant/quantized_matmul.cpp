@@ -22,6 +22,7 @@
 #include "quant/weight_rows.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/error.h"
+#include "runtime/half.h"
 #include "runtime/thread_pool.h"
 
 namespace pocketml {
@@ -223,6 +224,30 @@ bool holds_bf16_below_exact_range(const TensorView& x) {
   bool found = false;
   for (int64_t i = 0; i < count; ++i) found |= (bits[i] >> 7 & 0xFF) < kSmallestExponent && (bits[i] & 0x7FFF) != 0;
   return found;
+}
+
+// The GEMVs that scale per group (8-bit codes with fp32 activations, the bf16
+// GEMV) sum x * (code - zero) over a group before multiplying by its scale: a
+// sum up to 2^bits times the group's length times max|x|, larger than any
+// product of x and a decoded weight. Activations large enough to overflow it
+// (|x| near 1e35 for 4-bit groups of 64) take the tiled path, which multiplies
+// decoded weights, as the float64 reference does (AVX-512 gave inf and NaN for
+// finite results). Non-finite x make NaN or inf on every path alike.
+bool group_sums_could_overflow(const PackedWeights& w, const TensorView& x) {
+  if (w.kind != QuantKind::affine) return false;  // LUT GEMVs read the table's final values
+  const int64_t count = x.shape[0] * x.shape[1];
+  float largest = 0.0f;
+  for (int64_t i = 0; i < count; ++i) {
+    float value;
+    switch (x.dtype) {
+      case DType::f16: value = fp16_to_fp32(x.ptr<uint16_t>()[i]); break;
+      case DType::bf16: value = bf16_to_fp32(x.ptr<uint16_t>()[i]); break;
+      default: value = x.ptr<float>()[i]; break;
+    }
+    if (std::isfinite(value)) largest = std::max(largest, std::fabs(value));
+  }
+  const double group_length = w.group_size > 0 ? double(w.group_size) : double(w.cols);
+  return double(largest) * std::ldexp(group_length, w.bits) >= 0x1p127;
 }
 
 // The bf16 GEMV for m <= kMaxBf16GemvRows bf16 activation rows, placed at
@@ -466,10 +491,11 @@ void quantized_matmul(const TensorView& x, const QuantizedViews& q, const Tensor
       int8_activation_matmul(w, x32.data(), m, padded_cols, out32);
     }
   } else if (x.dtype == DType::bf16 && m <= kMaxBf16GemvRows && kernels.gemv_bf16 != nullptr && kernels.gemv != nullptr &&
-             bf16_gemv_handles(w) && !holds_bf16_below_exact_range(x_matrix)) {
+             bf16_gemv_handles(w) && !holds_bf16_below_exact_range(x_matrix) &&
+             !group_sums_could_overflow(w, x_matrix)) {
     bf16_activation_gemv(kernels, w, x_matrix, out32);
   } else {
-    const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr;
+    const bool fused = m <= kMaxGemvRows && kernels.gemv != nullptr && !group_sums_could_overflow(w, x_matrix);
     const int64_t x_rows = fused ? gemv_padded_rows(static_cast<int>(m)) : m;
     const AlignedBuffer<float> x32 = widened_rows(x_matrix, m, x_rows, w.cols, padded_cols);
     if (fused) {

@@ -70,9 +70,13 @@ def _run(model: nn.Module, calibration) -> None:
         raise ValueError("argument 'calibration': expected at least one example, got an empty iterable")
 
 
-def _linear_input(args, kwargs) -> torch.Tensor:
-    """A Linear's input as float64 rows [-, in_features], called as fc(x) or fc(input=x)."""
+def _linear_input(args, kwargs, in_features: int) -> torch.Tensor | None:
+    """A Linear's input as float64 rows [-, in_features], called as fc(x) or fc(input=x);
+    None for an input of another width, which the layer's own forward then refuses
+    with its message (the hook's arithmetic would fail first, with a misleading one)."""
     x = (args[0] if args else kwargs["input"]).detach()
+    if x.ndim == 0 or x.shape[-1] != in_features:
+        return None
     return x.reshape(-1, x.shape[-1]).to(torch.float64)
 
 
@@ -85,7 +89,9 @@ class _SquaredActivations:
         self.rows = 0
 
     def __call__(self, module: nn.Module, args, kwargs) -> None:
-        rows = _linear_input(args, kwargs)
+        rows = _linear_input(args, kwargs, self.sum.shape[0])
+        if rows is None:
+            return
         squares = rows.square().sum(0)
         if not torch.isfinite(squares).all():
             raise _NonFiniteActivations(f"argument 'calibration': expected inputs giving finite activations, "
@@ -112,7 +118,9 @@ class _SecondMoment:
         self.rows = 0
 
     def __call__(self, module: nn.Module, args, kwargs) -> None:
-        rows = _linear_input(args, kwargs)
+        rows = _linear_input(args, kwargs, self.sum.shape[0])
+        if rows is None:
+            return
         if not torch.isfinite(rows).all():
             raise _NonFiniteActivations(f"argument 'calibration': expected inputs giving finite activations, "
                                         f"got non-finite input to layer {self.name!r}")

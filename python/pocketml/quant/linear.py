@@ -31,12 +31,16 @@ class _QuantizedMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layer):
-        ctx.layer = layer
-        return matmul(x, layer.qweight(), act_bits=layer.config.act_bits)
+        ctx.qweight = layer.qweight()
+        # Saved so that autograd refuses a backward after the arrays changed in place
+        # (load_state_dict), as nn.Linear's does: the gradient would use the new weight.
+        ctx.save_for_backward(*(layer._buffers[name] for name in _ARRAYS if layer._buffers[name] is not None))
+        return matmul(x, ctx.qweight, act_bits=layer.config.act_bits)
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _input_grad(grad_out, torch.from_numpy(ctx.layer.qweight().dequantize("fp32"))), None
+        ctx.saved_tensors  # noqa: B018 - the version check
+        return _input_grad(grad_out, torch.from_numpy(ctx.qweight.dequantize("fp32"))), None
 
 
 def _check_matches(linear: nn.Linear, config: QuantConfig, qweight: QuantizedTensor) -> None:
@@ -209,6 +213,8 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
+        if x.is_nested:  # as nn.Linear: nn.TransformerEncoder packs a padded batch so (eval, padding mask)
+            return torch.nested.as_nested_tensor([self(part) for part in x.unbind()], layout=x.layout)
         if x.dtype not in _DTYPES:
             raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
         if x.ndim == 0 or x.shape[-1] != self.in_features:

@@ -252,6 +252,8 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         originals[name] = current
         if current not in built:  # one layer under several names stays one layer
             built[current] = QuantizedLinear.empty(*shape, QuantConfig.from_json(spec["config"]))
+            if current.bias is not None:  # a frozen bias stays frozen, as load_state_dict leaves it
+                built[current].bias.requires_grad_(current.bias.requires_grad)
         replacements[name] = built[current]
     aliases = info.get("aliases", {})
     stored.update({alias: stored[name] for alias, name in aliases.items() if name in stored})

@@ -155,10 +155,25 @@ class QuantizedTensor:
         # Padding codes meet zero activations: a non-finite scale would turn them into NaN.
         # The kernels check the (small) LUT on every call; scales only here, once.
         if self.scales is not None:
-            finite = (self.scales.isfinite().all() if is_torch_tensor(self.scales)
-                      else np.isfinite(self.scales).all())
-            if not finite:
-                raise ValueError("argument 'scales': expected finite values, got NaN or infinity")
+            self._check_grids()
+
+    def _check_grids(self):
+        """Every code of every group decodes to a finite fp32 value: padding (code 0 against
+        zero activations) and the int8-activation path's zero-point term read codes that
+        no weight uses, and inf * 0 is NaN."""
+        scales = self.scales
+        scales = scales.detach().cpu().float().numpy() if is_torch_tensor(scales) else np.asarray(scales, np.float32)
+        if not np.isfinite(scales).all():
+            raise ValueError("argument 'scales': expected finite values, got NaN or infinity")
+        zeros = (np.float32(1 << (self.bits - 1)) if self.zero_points is None
+                 else np.asarray(self.zero_points.cpu() if is_torch_tensor(self.zero_points) else self.zero_points,
+                                 np.float32))
+        with np.errstate(over="ignore"):
+            extremes = np.maximum(np.abs(scales * -zeros), np.abs(scales * (np.float32((1 << self.bits) - 1) - zeros)))
+        if not np.isfinite(extremes).all():
+            row, group = np.argwhere(~np.isfinite(extremes))[0]
+            raise ValueError(f"argument 'scales': expected scales whose {self.bits}-bit codes all decode within "
+                             f"fp32's range, got {scales[row, group]:g} for row {row}, group {group}")
 
     @property
     def symmetric(self) -> bool:
