@@ -88,6 +88,11 @@ public struct QuantizedWeight {
                 throw PocketMLError(kind: .invalidArgument,
                                     message: "weight.scales: expected finite values, got NaN or infinity at \(index)")
             }
+            if let index = firstOverflowingGrid(scales!, scaleType, zeroPoints, bits: bits) {
+                throw PocketMLError(kind: .invalidArgument,
+                                    message: "weight.scales: expected scales whose \(bits)-bit codes all decode within "
+                                        + "fp32's range, got an overflowing one at \(index)")
+            }
         case .lut:
             guard scales == nil, zeroPoints == nil else {
                 throw PocketMLError(kind: .invalidArgument,
@@ -188,6 +193,22 @@ func firstNonFinite(_ bytes: [UInt8], _ type: DType) throws -> Int? {
             let bits = size == 4 ? raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)
                 : UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
             return bits & exponent == exponent
+        }
+    }
+}
+
+/// The first group some code 0 ..< 2^bits of which decodes to infinity, scale * (code - zero)
+/// in fp32 (as Python's QuantizedTensor refuses: padding codes and the int8 path read them all);
+/// fp16 scales cannot overflow so.
+func firstOverflowingGrid(_ scales: [UInt8], _ type: DType, _ zeroPoints: [UInt8]?, bits: Int) -> Int? {
+    guard type == .fp32 || type == .bf16 else { return nil }
+    let top = Float((1 << bits) - 1), symmetricZero = UInt8(1 << (bits - 1))
+    return scales.withUnsafeBytes { raw in
+        (0..<raw.count / type.size).first { i in
+            let bits = type == .fp32 ? raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)
+                : UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) << 16
+            let scale = Float(bitPattern: bits), zero = Float(zeroPoints?[i] ?? symmetricZero)
+            return !(scale * -zero).isFinite || !(scale * (top - zero)).isFinite
         }
     }
 }

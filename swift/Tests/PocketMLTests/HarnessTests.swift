@@ -86,6 +86,13 @@ final class HarnessTests: XCTestCase {
         XCTAssertThrowsError(try infinite.dequantize()) {
             XCTAssertTrue("\($0)".contains("weight.scales: expected finite values"), "\($0)")
         }
+        // A finite fp32 scale of 3e36 for 8-bit symmetric codes: code 0 decodes to -128 * 3e36, past fp32.
+        let overflowing = QuantizedWeight(
+            kind: .affine, bits: 8, rows: 1, cols: 32, groupSize: 32, packed: [UInt8](repeating: 200, count: 32),
+            scales: withUnsafeBytes(of: Float(3e36).bitPattern.littleEndian, Array.init), scaleType: .fp32)
+        XCTAssertThrowsError(try overflowing.dequantize()) {
+            XCTAssertTrue("\($0)".contains("8-bit codes all decode within fp32's range"), "\($0)")
+        }
         let extraLUT = QuantizedWeight(
             kind: weight.kind, bits: weight.bits, rows: weight.rows, cols: weight.cols, groupSize: weight.groupSize,
             packed: weight.packed, scales: weight.scales, scaleType: weight.scaleType, zeroPoints: weight.zeroPoints,
