@@ -562,6 +562,103 @@ def test_one_iterator_read_by_two_threads_hands_out_each_batch_once(dataset):
     assert sorted(taken) == sorted(expected) and loader.epoch == 1
 
 
+def test_a_new_iterator_waits_for_a_batch_being_taken_in_another_thread(tmp_path):
+    # A reader thread inside next() while iter() superseded its iterator: both joined one native thread
+    # (a hang), the closed prefetcher's None read as the end of the epoch (an epoch skipped), or the
+    # position moved after the new iterator had started from it (a batch handed out twice).
+    # Batches of 4 M tokens (a few ms each, 4 per epoch): the reader spends its time in the native next().
+    ds = pm.data.write_tokens(tmp_path / "big", [np.full(1 << 20, 5, np.uint16) for _ in range(16)], vocab_size=10,
+                              eos_id=0)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # the main thread gets the GIL back promptly
+    try:
+        for prefetch in (1, 0):
+            loader = pm.data.TokenLoader(ds, 1 << 16, 64, prefetch=prefetch, num_threads=1, shuffle=False,
+                                         return_tensors="np")
+            steps, old, taken, outcome, go = len(loader), iter(loader), [], [], threading.Event()
+
+            def read():
+                try:
+                    for _ in range(2):
+                        taken.append(next(old))
+                    go.wait()
+                    while True:  # into next() as the new iterator takes over
+                        taken.append(next(old))
+                except (RuntimeError, StopIteration) as exc:
+                    outcome.append(repr(exc))
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            while len(taken) < 2:
+                time.sleep(0.0005)
+            go.set()
+            time.sleep(0.002)  # the reader is inside next(), most often waiting for the batch being built
+            new = iter(loader)
+            reader.join(timeout=30)
+            assert not reader.is_alive() and outcome and "a newer iterator" in outcome[0], outcome
+            rest = [int(b["sample_ids"][0]) for b in new]  # the epoch's other batches, once each
+            assert len(rest) == steps - len(taken) and rest[0] == 64 * len(taken)
+            assert (loader.epoch, loader.position) == (1, 0)
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+
+def test_set_epoch_during_an_iteration_applies_to_the_next(dataset):
+    # As torch's DistributedSampler.set_epoch: the open iterator keeps its epoch's batches and stops moving
+    # the position; it had gone on moving it (an epoch skipped, or a checkpoint past samples never read).
+    loader = pm.data.TokenLoader(dataset, 32, 2, return_tensors="np")
+    probe = pm.data.TokenLoader(dataset, 32, 2, return_tensors="np")
+    probe.set_epoch(1)
+    epoch_one = [b["sample_ids"].tolist() for b in probe]
+    epoch_zero = []
+    for i, batch in enumerate(loader):
+        epoch_zero.append(batch["sample_ids"].tolist())
+        if i == len(loader) - 1:
+            loader.set_epoch(1)  # the last batch of epoch 0
+    assert (loader.epoch, loader.position) == (1, 0)
+    assert [b["sample_ids"].tolist() for b in loader] == epoch_one
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it), next(it)
+    loader.set_epoch(1)
+    assert [batch["sample_ids"].tolist() for batch in it] == epoch_zero[2:]  # its own epoch, to the end
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
+    with pytest.raises(ValueError, match=r"argument 'epoch': expected an integer in \[0, 9223372036854775807\)"):
+        loader.set_epoch(2**63 - 1)  # its end would be epoch 2^63, past the int64 counter
+
+
+def test_a_forked_child_with_an_open_iterator_exits_normally(dataset):
+    # The child's copies of the parent's prefetchers were destroyed at its exit: joining producer threads
+    # that stayed in the parent hung, or threw ESRCH out of a destructor (abort).
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        import pocketml as pm
+        loader = pm.data.TokenLoader({str(dataset.path)!r}, 16, 2, return_tensors="np")
+        it = iter(loader)
+        next(it)
+        for mode in ("exit", "new iteration"):
+            pid = os.fork()
+            if pid == 0:
+                if mode == "new iteration":
+                    sum(1 for _ in loader)
+                sys.exit(0)
+            start = time.time()
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.time() - start > 20:
+                    os.kill(pid, 9)
+                    sys.exit(f"{{mode}}: the child hung")
+                time.sleep(0.05)
+            if os.waitstatus_to_exitcode(status) != 0:
+                sys.exit(f"{{mode}}: the child ended with {{os.waitstatus_to_exitcode(status)}}")
+        print("parent", sum(1 for _ in it) + 1 == len(pm.data.TokenLoader({str(dataset.path)!r}, 16, 2)))
+    """)
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.strip() == "parent True", result.stderr[-2000:]
+
+
 def test_a_forked_child_keeps_its_own_position_and_leaves_live_iterators_alone(dataset):
     loader = pm.data.TokenLoader(dataset, 32, 2, prefetch=2, return_tensors="np")
     first = iter(loader)
@@ -610,7 +707,7 @@ def test_load_state_dict_checks_everything_before_changing_anything(dataset):
     good = loader.state_dict()
     cases = [
         (dict(good, epoch=7, position=-1), ValueError, r"state\['position'\]"),  # the epoch was applied first
-        (dict(good, epoch=2**63), ValueError, r"state\['epoch'\]': expected an integer in \[0, 9223372036854775808\)"),
+        (dict(good, epoch=2**63), ValueError, r"state\['epoch'\]': expected an integer in \[0, 9223372036854775807\)"),
         ({k: v for k, v in good.items() if k != "epoch"}, ValueError, "expected keys epoch and position"),
         (dict(good, shuffle=1), ValueError, "expected shuffle=True"),
         (dict(good, version=2.0), ValueError, "expected version 2, got 2.0"),

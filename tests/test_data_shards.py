@@ -273,6 +273,8 @@ def _edit_manifest(root: Path, edit) -> None:
      r"field 'shards\[0\].num_documents': expected an integer in \[0, 2\^63\)"),
     (lambda m: m["shards"][1].update(tokens=None), r"field 'shards\[1\].tokens': expected a file name"),
     (lambda m: m["shards"][0].update(index="../elsewhere.index"), r"field 'shards\[0\].index'"),
+    # The native reader's C string ends at the NUL: it opened shard-00000.tokens, which verify() did not check.
+    (lambda m: m["shards"][0].update(tokens=m["shards"][0]["tokens"] + "\0x"), r"field 'shards\[0\].tokens'"),
     (lambda m: m["shards"][0].update(tokens_sha256=7), r"field 'shards\[0\].tokens_sha256'"),
 ])
 def test_manifest_fields_are_checked_on_open_and_by_verify(dataset_path, edit, message):

@@ -113,14 +113,15 @@ void register_data(py::module_& m) {
 
   m.def("live_batches", &data::live_batches, "Native batches currently allocated (built and not yet freed).");
 
-  py::class_<BatchPrefetcher>(m, "BatchPrefetcher", "Builds a schedule's batches on native threads.")
+  py::class_<BatchPrefetcher, std::unique_ptr<BatchPrefetcher, data::DeleteUnlessForked>>(
+      m, "BatchPrefetcher", "Builds a schedule's batches on native threads.")
       .def(py::init([](std::shared_ptr<TokenStore> store, std::shared_ptr<EpochPlan> plan, int64_t first_step,
                        int64_t step_stride, int64_t num_batches, int64_t global_batch, int64_t row_offset,
                        int64_t batch_size, int capacity, int num_threads, int64_t origin) {
              const BatchSchedule schedule{origin, first_step, step_stride, num_batches, global_batch, row_offset,
                                           batch_size};
-             return std::make_unique<BatchPrefetcher>(std::move(store), std::move(plan), schedule, capacity,
-                                                      num_threads);
+             return std::unique_ptr<BatchPrefetcher, data::DeleteUnlessForked>(
+                 new BatchPrefetcher(std::move(store), std::move(plan), schedule, capacity, num_threads));
            }),
            py::arg("store"), py::arg("plan"), py::arg("first_step"), py::arg("step_stride"), py::arg("num_batches"),
            py::arg("global_batch"), py::arg("row_offset"), py::arg("batch_size"), py::arg("capacity"),

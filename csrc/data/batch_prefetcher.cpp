@@ -6,6 +6,8 @@
 #include <string>
 #include <system_error>
 
+#include <unistd.h>
+
 #include "runtime/error.h"
 
 namespace pocketml::data {
@@ -52,10 +54,19 @@ void BatchPrefetcher::close() {
   }
   slot_free_.notify_all();
   batch_ready_.notify_all();
-  for (std::thread& t : threads_)
-    if (t.joinable()) t.join();
+  {
+    std::lock_guard<std::mutex> joining(close_mutex_);
+    for (std::thread& t : threads_)
+      if (t.joinable()) t.join();
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto& slot : slots_) slot.reset();  // memory of batches never taken goes back now
+}
+
+long DeleteUnlessForked::current_process_id() { return static_cast<long>(getpid()); }
+
+void DeleteUnlessForked::operator()(BatchPrefetcher* prefetcher) const {
+  if (current_process_id() == owner_pid) delete prefetcher;
 }
 
 int64_t BatchPrefetcher::consumed() const {
@@ -90,9 +101,15 @@ void BatchPrefetcher::produce() {
 }
 
 BatchPrefetcher::Status BatchPrefetcher::next(int timeout_ms, std::unique_ptr<Batch>& out) {
-  if (capacity_ == 0) {
-    if (stopping_ || consumed_ >= schedule_.num_batches) return Status::Exhausted;
-    out = build_batch(*store_, *plan_, schedule_, consumed_, pool_);
+  if (capacity_ == 0) {  // one consumer builds; close() may come from another thread
+    int64_t j;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stopping_ || consumed_ >= schedule_.num_batches) return Status::Exhausted;
+      j = consumed_;
+    }
+    out = build_batch(*store_, *plan_, schedule_, j, pool_);
+    std::lock_guard<std::mutex> lock(mutex_);
     ++consumed_;
     return Status::Ready;
   }

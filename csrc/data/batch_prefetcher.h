@@ -34,7 +34,9 @@ class BatchPrefetcher {
   int64_t consumed() const;
   int num_threads() const { return static_cast<int>(threads_.size()); }
 
-  void close();  // stops and joins the producers; next() then reports Exhausted
+  // Stops and joins the producers; next() then reports Exhausted. Safe to call
+  // from several threads at once (the first joins, the others wait for it).
+  void close();
 
  private:
   void produce();
@@ -46,12 +48,24 @@ class BatchPrefetcher {
   std::shared_ptr<BufferPool> pool_;
 
   mutable std::mutex mutex_;
+  std::mutex close_mutex_;  // one joiner: two threads joining one std::thread is undefined
   std::condition_variable slot_free_, batch_ready_;
   std::vector<std::unique_ptr<Batch>> slots_;  // batch j lives in slots_[j % capacity_]
   std::vector<std::exception_ptr> errors_;
   int64_t next_to_build_ = 0, consumed_ = 0;
   bool stopping_ = false;
   std::vector<std::thread> threads_;
+};
+
+// The deleter of a prefetcher held by Python: in a process forked from the one
+// that made it, the prefetcher is left allocated, never destroyed. Its producer
+// threads stayed in the parent: joining them hangs or throws (ESRCH, then
+// std::terminate), its mutex may have been copied locked and its condition
+// variables with waiters that no longer exist, whose destruction waits for them.
+struct DeleteUnlessForked {
+  long owner_pid = current_process_id();
+  void operator()(BatchPrefetcher* prefetcher) const;
+  static long current_process_id();
 };
 
 }  // namespace pocketml::data

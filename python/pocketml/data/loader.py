@@ -58,11 +58,6 @@ class _SharedCounter:
         loader._cursor[self.index] = value
 
 
-# Native prefetchers inherited by a forked process, kept alive: their destructor
-# would join producer threads that stayed in the parent and wait forever.
-_FORKED_PREFETCHERS: list = []
-
-
 def _worker_info():
     """torch's DataLoader worker info in a worker process, else None."""
     try:
@@ -105,10 +100,12 @@ class TokenLoader(_IterableBase):
     holds for `persistent_workers=True` too.
 
     One iterator at a time advances the loader: a new `iter()` supersedes the
-    previous one (its `next()` then raises). An iterator may be read from
-    several threads (each batch is handed out once). A process forked from this
-    one, other than a DataLoader worker, continues on its own copy of the
-    position and makes its own iterators.
+    previous one (its `next()` then raises, also in a thread that was waiting in
+    it). `set_epoch` and `load_state_dict` set where the next iteration starts:
+    an open iterator goes on with its batches but no longer moves the position.
+    An iterator may be read from several threads (each batch is handed out
+    once). A process forked from this one, other than a DataLoader worker,
+    continues on its own copy of the position and makes its own iterators.
     """
 
     def __init__(self, dataset, seq_len: int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
@@ -153,6 +150,7 @@ class TokenLoader(_IterableBase):
         self._iteration_start = None
         self._plan = None
         self._open_iterator = None  # weakref to the open iterator, which advances the position
+        self._generation = 0  # bumped by set_epoch / load_state_dict: older iterators stop advancing
         self._counters_pid = os.getpid()
         self._restored = False  # load_state_dict ran, and no set_epoch or iteration since
 
@@ -194,8 +192,9 @@ class TokenLoader(_IterableBase):
         """Starts `epoch` from its beginning at the next iteration; right after
         load_state_dict, the restored epoch keeps its restored position (a resumed
         run that calls set_epoch(e) before each epoch would repeat its start)."""
-        epoch = integer_argument(epoch, "epoch", 0, 2**63)
+        epoch = integer_argument(epoch, "epoch", 0, 2**63 - 1)  # its end moves to epoch + 1, an int64 too
         self._own_counters()
+        self._generation += 1  # an open iterator goes on without moving the position set here
         if not (self._restored and epoch == self.epoch):  # the restored epoch may be set several times over
             self.epoch, self.position = epoch, 0
             self._restored = False
@@ -242,8 +241,9 @@ class TokenLoader(_IterableBase):
         missing = [key for key in ("epoch", "position") if key not in state]
         if missing:
             raise ValueError(f"argument 'state': expected keys epoch and position, got none for {missing}")
-        epoch = integer_argument(state["epoch"], "state['epoch']", 0, 2**63)
+        epoch = integer_argument(state["epoch"], "state['epoch']", 0, 2**63 - 1)
         position = integer_argument(state["position"], "state['position']", 0, 2**63)
+        self._generation += 1
         self.epoch, self.position = epoch, position
         self._iteration_start = None
         self._restored = True
@@ -325,23 +325,27 @@ class _BatchIterator:
 
     def __init__(self, loader: TokenLoader, prefetcher, advance: bool):
         self._loader, self._prefetcher, self._advance = loader, prefetcher, advance
+        self._generation = loader._generation
         self._pid = os.getpid()
-        self._lock = threading.Lock()  # the native prefetcher serves one consumer at a time
+        # One consumer at a time for the native prefetcher, and closing waits for a
+        # batch being taken: the loader's position moves with each batch handed out.
+        self._lock = threading.Lock()
         self._superseded = False
 
     def __iter__(self):
         return self
 
     def supersede(self) -> None:
-        """Closes this iterator for a newer one of its loader: next() then raises."""
-        if self._prefetcher is not None and os.getpid() == self._pid:
-            self._superseded = True
+        """Closes this iterator for a newer one of its loader: next() then raises. A batch
+        being taken in another thread is handed out first, so the newer iterator starts
+        after it; the flag goes up before the wait, so that thread cannot take more."""
+        if os.getpid() != self._pid or self._prefetcher is None:
+            return
+        self._superseded = True
+        with self._lock:
             self.close()
 
     def __next__(self) -> dict:
-        if self._superseded:
-            raise RuntimeError("TokenLoader: a newer iterator of this loader took over its position; "
-                               "read from that one")
         if self._prefetcher is not None and os.getpid() != self._pid:  # the prefetch threads stayed in the parent
             raise RuntimeError(f"TokenLoader: this iterator's prefetch threads run in process {self._pid}; "
                                "create a new iterator in this process")
@@ -349,6 +353,9 @@ class _BatchIterator:
             return self._next_batch()
 
     def _next_batch(self) -> dict:
+        if self._superseded:
+            raise RuntimeError("TokenLoader: a newer iterator of this loader took over its position; "
+                               "read from that one")
         if self._prefetcher is None:
             raise StopIteration
         try:
@@ -356,13 +363,14 @@ class _BatchIterator:
         except BaseException:
             self.close()
             raise
+        advance = self._advance and self._generation == self._loader._generation
         if arrays is None:
-            if self._advance:
+            if advance:
                 self._loader.epoch += 1
                 self._loader.position = 0
             self.close()
             raise StopIteration
-        if self._advance:
+        if advance:
             self._loader.position += self._loader.global_batch_size
         return self._loader._convert(arrays)
 
@@ -371,8 +379,8 @@ class _BatchIterator:
             return
         if os.getpid() == self._pid:
             self._prefetcher.close()
-        else:  # a forked copy: freeing it would join producer threads that exist only in the parent
-            _FORKED_PREFETCHERS.append(self._prefetcher)
+        # In a forked copy the producer threads stayed in the parent: the native
+        # object is then left allocated when dropped (DeleteUnlessForked).
         self._prefetcher = None
 
     def __del__(self):
