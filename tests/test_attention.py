@@ -498,7 +498,7 @@ def test_bad_input_is_rejected_clearly():
         sdpa(q, k, v, attn_mask=torch.ones(3, 8, dtype=torch.bool), enable_gqa=True)
     with pytest.raises(ValueError, match="head dimension D > 0"):
         sdpa(*make_qkv(1, 2, 2, 8, 8, 0))
-    with pytest.raises(TypeError, match="argument 'k', 'v'.*dtype of q"):
+    with pytest.raises(TypeError, match=r"argument 'key': expected the dtype of query \(torch.float32\), got torch.float16"):
         sdpa(q, k.half(), v, enable_gqa=True)
     with pytest.raises(TypeError, match="float32, float16"):
         sdpa(*(x.to(torch.int32) for x in (q, q, q)))
@@ -514,12 +514,70 @@ def test_bad_input_is_rejected_clearly():
         sdpa(q, k, v, enable_gqa=True, is_causal=True, attn_mask=torch.ones(8, 8, dtype=torch.bool))
     with pytest.raises(TypeError, match="argument 'query'"):
         sdpa(q.numpy(), k, v)
+    # Flags and numbers as torch takes them: "no" was true, "0.5" a scale, True a softcap of 1.
+    for kwargs, error, message in [({"is_causal": "no"}, TypeError, "argument 'is_causal': expected a bool"),
+                                   ({"enable_gqa": 1}, TypeError, "argument 'enable_gqa': expected a bool"),
+                                   ({"scale": "0.5"}, TypeError, "argument 'scale': expected a number"),
+                                   ({"softcap": True}, TypeError, "argument 'softcap': expected a number"),
+                                   ({"scale": float("nan")}, ValueError, "argument 'scale': expected a finite number"),
+                                   ({"scale": 1e39}, ValueError, r"within fp32's range, got 1e\+39")]:
+        for dtype in (torch.float32, torch.float64):  # the float64 path took nan and 1e39
+            with pytest.raises(error, match=message):
+                sdpa(*(x.to(dtype) for x in (q, k, v)), **{"enable_gqa": True, **kwargs})
+    cu = torch.tensor([0, 8])
+    with pytest.raises(TypeError, match="argument 'causal': expected a bool"):
+        A.varlen_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu, 8, 8, causal="no")
     # The native entry points check too, naming the argument.
     out, lse = torch.empty(1, 4, 8, 16), torch.empty(1, 4, 8, 2)
     with pytest.raises(ValueError, match="argument 'q'.*4 dimensions"):
         pocketml._native.core.attention_forward(q[0], k, v, None, None, out, lse, 1.0, -1, -1, False, 0.0)
     with pytest.raises(ValueError, match="argument 'lse'"):
         pocketml._native.core.attention_forward(q, k, v, None, None, out, lse[0], 1.0, -1, -1, False, 0.0)
+
+
+def test_double_backward_is_refused_even_when_the_incoming_gradient_needs_none():
+    # A gradient penalty over out.sum(): torch's once_differentiable let create_graph=True through, and the
+    # penalty's second-order term was silently lost (0.33 off torch in q.grad).
+    q, k, v = (torch.randn(1, 2, 5, 8, requires_grad=True) for _ in range(3))
+    out = A.scaled_dot_product_attention(q, k, v)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+    cu = torch.tensor([0, 5])
+    out = A.varlen_attention(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, cu, 5, 5)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+    (g,) = torch.autograd.grad(A.scaled_dot_product_attention(q, k, v).sum(), q)  # first order as before
+    assert g.shape == q.shape
+
+
+def test_float64_path_tracks_gradients_without_keys_and_treats_alibi_slopes_as_constants():
+    q = torch.randn(1, 4, 3, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, 2, 0, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out = A.scaled_dot_product_attention(q, k, v, enable_gqa=True)  # no keys: zeros, still in the graph
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(q.grad, torch.zeros_like(q))
+    slopes = torch.tensor([0.5, 0.25], requires_grad=True)
+    for dtype in (torch.float32, torch.float64):  # float64 computed a gradient for the slopes, fp32 none
+        x = torch.randn(1, 2, 4, 8, dtype=dtype, requires_grad=True)
+        A.scaled_dot_product_attention(x, x, x, alibi_slopes=slopes).sum().backward()
+        assert slopes.grad is None and x.grad is not None
+
+
+def test_decode_reads_the_cache_storage_it_holds_now():
+    # The exported views were reused while cache.k was the same object: share_memory_(), set_() or .data =
+    # swapped its storage and decode read the freed one (errors of 1e26, or a segfault).
+    torch.manual_seed(0)
+    cache = A.KVCache(1, 2, 64, 16, dtype="fp32")
+    k, v = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    cache.append(k[:, :, :20], v[:, :, :20])
+    q = torch.randn(1, 2, 1, 16)
+    A.decode(q, cache)
+    for swap in (lambda t: t.share_memory_(), lambda t: t.set_(t.clone()), lambda t: setattr(t, "data", t.clone())):
+        swap(cache.k)
+        swap(cache.v)
+    cache.append(k[:, :, 20:], v[:, :, 20:])
+    expected = A.reference_attention(q.double(), k.double(), v.double(), bottom_right=True, window=(-1, 0))
+    torch.testing.assert_close(A.decode(q, cache).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shapes, kwargs", [

@@ -112,6 +112,8 @@ def test_deployment_target_by_name_or_coremltools_member(tmp_path):
     model = mlp(["int4-g32"])
     export = to_coreml(model, torch.randn(1, 64), tmp_path / "m.mlpackage", minimum_deployment_target=ct.target.iOS18)
     assert export.minimum_deployment_target == "iOS18"
+    export = to_coreml(model, torch.randn(1, 64), tmp_path / "mac.mlpackage", minimum_deployment_target="macOS15")
+    assert export.minimum_deployment_target == "macOS15"  # an alias of the member named iOS18
     with pytest.raises(ValueError, match="argument 'minimum_deployment_target'"):
         to_coreml(model, torch.randn(1, 64), tmp_path / "n.mlpackage", minimum_deployment_target=ct.target.iOS17)
 

@@ -622,8 +622,15 @@ def test_set_epoch_during_an_iteration_applies_to_the_next(dataset):
     loader.set_epoch(1)
     assert [batch["sample_ids"].tolist() for batch in it] == epoch_zero[2:]  # its own epoch, to the end
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
-    with pytest.raises(ValueError, match=r"argument 'epoch': expected an integer in \[0, 9223372036854775807\)"):
-        loader.set_epoch(2**63 - 1)  # its end would be epoch 2^63, past the int64 counter
+    # The last epoch an int64 holds: set or restored, it is refused when an iteration would start it (its end
+    # would be epoch 2^63; reading it to the end raised OverflowError), after 2^63 - 2 ended at it.
+    loader.set_epoch(2**63 - 2)
+    assert sum(1 for _ in loader) == len(epoch_zero) and loader.epoch == 2**63 - 1
+    restored = pm.data.TokenLoader(dataset, 32, 2, return_tensors="np")
+    restored.load_state_dict(loader.state_dict())
+    for stuck in (loader, restored):
+        with pytest.raises(ValueError, match="epoch 9223372036854775807 is the last value of the int64 epoch counter"):
+            iter(stuck)
 
 
 def test_a_forked_child_with_an_open_iterator_exits_normally(dataset):
@@ -707,7 +714,7 @@ def test_load_state_dict_checks_everything_before_changing_anything(dataset):
     good = loader.state_dict()
     cases = [
         (dict(good, epoch=7, position=-1), ValueError, r"state\['position'\]"),  # the epoch was applied first
-        (dict(good, epoch=2**63), ValueError, r"state\['epoch'\]': expected an integer in \[0, 9223372036854775807\)"),
+        (dict(good, epoch=2**63), ValueError, r"state\['epoch'\]': expected an integer in \[0, 9223372036854775808\)"),
         ({k: v for k, v in good.items() if k != "epoch"}, ValueError, "expected keys epoch and position"),
         (dict(good, shuffle=1), ValueError, "expected shuffle=True"),
         (dict(good, version=2.0), ValueError, "expected version 2, got 2.0"),

@@ -1031,6 +1031,18 @@ def test_an_encoder_with_a_padding_mask_runs_its_nested_batch_through_the_quanti
     assert out.is_nested and [part.shape for part in out.unbind()] == [(7, 128), (5, 128)]
     for part, source in zip(out.unbind(), nested.unbind()):
         torch.testing.assert_close(part, plain.layers[0].linear1(source))
+    # As nn.Linear: the call's hooks run once for the whole, and a jagged result keeps the input's ragged
+    # dimension (each part went through __call__, and x + layer(x) could not add).
+    layer = encoder.layers[0].linear2
+    calls = []
+    handle = layer.register_forward_hook(lambda module, args, output: calls.append(output.is_nested))
+    jagged = torch.nested.nested_tensor([torch.randn(7, 128), torch.randn(5, 128)], layout=torch.jagged)
+    with torch.no_grad():
+        summed = layer(jagged) + torch.nested.nested_tensor_from_jagged(torch.ones(12, 64), jagged.offsets())
+    handle.remove()
+    assert calls == [True] and summed.shape[0] == 2
+    for part, source in zip(summed.unbind(), jagged.unbind()):
+        torch.testing.assert_close(part, plain.layers[0].linear2(source) + 1)
 
 
 def test_quantize_model_and_load_leave_the_model_untouched_on_error(tmp_path):

@@ -27,3 +27,14 @@ def bool_argument(value, arg: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"argument '{arg}': expected a bool, got {type(value).__name__} {repr(value)[:60]}")
     return bool(value)
+
+
+def real_argument(value, arg: str) -> float:
+    """`value` as a float that stays finite in fp32, where the kernels use it (ints and
+    NumPy numbers too; bool and strings refused), else a TypeError / ValueError naming `arg`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"argument '{arg}': expected a number, got {type(value).__name__} {repr(value)[:60]}")
+    number = float(value)
+    if not np.isfinite(np.float32(number)):
+        raise ValueError(f"argument '{arg}': expected a finite number within fp32's range, got {value!r}")
+    return number

@@ -26,13 +26,14 @@ at fp32 accumulation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 import warnings
 
 import torch
 
-from pocketml._arguments import integer_argument
+from pocketml._arguments import bool_argument, integer_argument, real_argument
 from pocketml._native import core
 
 _NATIVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -73,8 +74,8 @@ def _window_bounds(window, is_causal):
 def _softcap_value(softcap):
     if softcap is None:
         return 0.0
-    softcap = float(softcap)
-    if not softcap > 0 or not math.isfinite(softcap):
+    softcap = real_argument(softcap, "softcap")  # True was softcap 1.0
+    if not softcap > 0:
         raise ValueError(f"argument 'softcap': expected a finite number > 0, got {softcap!r}")
     return softcap
 
@@ -83,7 +84,7 @@ def _scale_value(scale, q, arg: str) -> float:
     """The softmax scale: 1 / sqrt(D) unless given; D = 0 is refused before that divides by it."""
     if q.shape[-1] == 0:
         raise ValueError(f"argument '{arg}': expected a head dimension D > 0, got shape {tuple(q.shape)}")
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else real_argument(scale, "scale")  # not "0.5"
 
 
 def _last_dim_contiguous(x):
@@ -106,10 +107,11 @@ def _prepare_mask(attn_mask, q, target_shape):
 
 
 def _check_dtypes(q, k, v):
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"argument 'k', 'v': expected the dtype of q ({q.dtype}), got {k.dtype} and {v.dtype}")
     if q.dtype not in _NATIVE_DTYPES + (torch.float64,):
-        raise TypeError(f"argument 'q': expected float32, float16, bfloat16 or float64, got {q.dtype}")
+        raise TypeError(f"argument 'query': expected float32, float16, bfloat16 or float64, got {q.dtype}")
+    for x, arg in ((k, "key"), (v, "value")):
+        if x.dtype != q.dtype:
+            raise TypeError(f"argument '{arg}': expected the dtype of query ({q.dtype}), got {x.dtype}")
 
 
 def _check_float64_operands(q, k, v, alibi):
@@ -132,11 +134,11 @@ def reference_attention(q, k, v, attn_mask=None, scale=None, *, window=(-1, -1),
     """Naive attention with pocketml's semantics in q's dtype: [B, Hq, Lq, D] -> [B, Hq, Lq, D].
 
     ``attn_mask`` must already broadcast to [B, Hq, Lq, Lk]; fully masked rows give zeros."""
-    if k.shape[-2] == 0:  # no keys: every row is fully masked
-        return q.new_zeros(q.shape[:-1] + (v.shape[-1],))
     group = q.shape[1] // k.shape[1] if k.shape[1] else 1  # no heads: an empty result
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
+    if k.shape[-2] == 0:  # no keys: every row is fully masked; zeros that autograd still tracks (to q, k, v)
+        return (q @ k.transpose(-2, -1)) @ v
     lq, lk = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = (q @ k.transpose(-1, -2)) * scale
@@ -166,6 +168,19 @@ def reference_attention(q, k, v, attn_mask=None, scale=None, *, window=(-1, -1),
 
 # --- dense SDPA ---------------------------------------------------------------
 
+def _first_order_only(backward):
+    """A backward that refuses create_graph=True: the kernel is not differentiable.
+    (torch's once_differentiable refuses only when the incoming gradient needs one, so
+    a gradient penalty over out.sum() silently lost its second-order term.)"""
+    @functools.wraps(backward)
+    def first_order(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("pocketml attention has no double backward (create_graph=True): its backward "
+                               "kernel is not differentiable; use torch's SDPA for higher-order gradients")
+        return backward(ctx, *grads)
+    return first_order
+
+
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, alibi, scale, left, right, bottom_right, softcap):
@@ -179,7 +194,7 @@ class _FusedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
+    @_first_order_only
     def backward(ctx, grad_out):
         q, k, v, out, lse, mask, alibi = ctx.saved_tensors
         scale, left, right, bottom_right, softcap = ctx.extras
@@ -220,9 +235,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     ``softcap``, ``alibi_slopes`` (fp32 [Hq]) and ``causal_alignment``
     ('top_left' as torch, or 'bottom_right') for the causal mask, window and
     ALiBi. Differentiable in q, k, v and a float ``attn_mask`` (its gradient comes
-    from the naive reference, O(B * H * Lq * Lk) memory); ALiBi slopes are constants."""
+    from the naive reference, O(B * H * Lq * Lk) memory); ALiBi slopes are constants (detached)."""
     for x, arg in ((query, "query"), (key, "key"), (value, "value")):
         _require_tensor(x, arg)
+    is_causal, enable_gqa = bool_argument(is_causal, "is_causal"), bool_argument(enable_gqa, "enable_gqa")  # not "no"
     if dropout_p != 0.0:
         raise NotImplementedError(f"argument 'dropout_p': pocketml attention has no dropout; expected 0.0, "
                                   f"got {dropout_p}")
@@ -254,7 +270,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     alibi = None
     if alibi_slopes is not None:
         _require_tensor(alibi_slopes, "alibi_slopes")
-        alibi = alibi_slopes.to(torch.float32).contiguous()
+        alibi = alibi_slopes.detach().to(torch.float32).contiguous()  # constants on every path (float64 too)
     if q.dtype == torch.float64:
         _check_float64_operands(q, k, v, alibi)
         ref_mask = None if mask is None else (mask.bool() if mask.dtype == torch.uint8 else mask)
@@ -279,7 +295,7 @@ class _VarlenAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # no double backward: the kernel is not differentiable
+    @_first_order_only
     def backward(ctx, grad_out):
         q, k, v, cu_q, cu_k, out, lse = ctx.saved_tensors
         scale, left, right, softcap = ctx.extras
@@ -321,7 +337,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
         if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
             raise ValueError(f"argument '{arg}': expected at least the longest sequence "
                              f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
-    left, right = _window_bounds(window, causal)
+    left, right = _window_bounds(window, bool_argument(causal, "causal"))
     cap = _softcap_value(softcap)
     scale = _scale_value(scale, q, "q")
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
@@ -353,7 +369,7 @@ class KVCache:
         self.k_scale = torch.zeros(shape[:3], dtype=torch.float32) if quantized else None
         self.v_scale = torch.zeros(shape[:3], dtype=torch.float32) if quantized else None
         self.length = 0
-        self._views, self._views_of = None, ()
+        self._views, self._views_of, self._views_layout = None, (), ()
 
     @property
     def max_len(self):
@@ -389,15 +405,19 @@ class KVCache:
 
     def __getstate__(self):  # copies and pickles carry the tensors, not their native export
         state = dict(self.__dict__)
-        state["_views"], state["_views_of"] = None, ()
+        state["_views"], state["_views_of"], state["_views_layout"] = None, (), ()
         return state
 
     def _native_views(self):
         # The tensors exported to the native core once, not on every decode step
-        # (exports cost microseconds each); again if one was replaced.
+        # (exports cost microseconds each); again if one was replaced, or its memory
+        # was (share_memory_(), set_(), .data =): the export holds a pointer into
+        # the storage it saw, which such a swap frees (a segfault, or garbage read).
         tensors = (self.k, self.v, self.k_scale, self.v_scale)
-        if self._views is None or any(a is not b for a, b in zip(tensors, self._views_of)):
-            self._views, self._views_of = core.KVCacheViews(*tensors), tensors
+        layout = tuple(None if t is None else (t.data_ptr(), t.dtype, t.shape, t.stride()) for t in tensors)
+        if (self._views is None or layout != self._views_layout
+                or any(a is not b for a, b in zip(tensors, self._views_of))):
+            self._views, self._views_of, self._views_layout = core.KVCacheViews(*tensors), tensors, layout
         return self._views
 
 

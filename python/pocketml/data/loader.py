@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - torch is optional
 PACKINGS = ("concat", "best_fit")
 STATE_VERSION = 2
 _NO_ITERATION = -1
+_LAST_EPOCH = 2**63 - 1  # its end would be epoch 2^63, past the int64 counter
 
 
 def _shared_counters(count: int):
@@ -192,7 +193,7 @@ class TokenLoader(_IterableBase):
         """Starts `epoch` from its beginning at the next iteration; right after
         load_state_dict, the restored epoch keeps its restored position (a resumed
         run that calls set_epoch(e) before each epoch would repeat its start)."""
-        epoch = integer_argument(epoch, "epoch", 0, 2**63 - 1)  # its end moves to epoch + 1, an int64 too
+        epoch = integer_argument(epoch, "epoch", 0, 2**63)
         self._own_counters()
         self._generation += 1  # an open iterator goes on without moving the position set here
         if not (self._restored and epoch == self.epoch):  # the restored epoch may be set several times over
@@ -241,7 +242,7 @@ class TokenLoader(_IterableBase):
         missing = [key for key in ("epoch", "position") if key not in state]
         if missing:
             raise ValueError(f"argument 'state': expected keys epoch and position, got none for {missing}")
-        epoch = integer_argument(state["epoch"], "state['epoch']", 0, 2**63 - 1)
+        epoch = integer_argument(state["epoch"], "state['epoch']", 0, 2**63)
         position = integer_argument(state["position"], "state['position']", 0, 2**63)
         self._generation += 1
         self.epoch, self.position = epoch, position
@@ -268,6 +269,9 @@ class TokenLoader(_IterableBase):
         previous = self._open_iterator() if self._open_iterator is not None else None
         if previous is not None and not worker:
             previous.supersede()
+        if self.epoch == _LAST_EPOCH and not worker:
+            raise ValueError(f"TokenLoader: epoch {_LAST_EPOCH} is the last value of the int64 epoch counter; an "
+                             "iteration of it could not end (set_epoch to an earlier one)")
         self._restored = False
         plan = self.plan()
         steps = self._num_steps()

@@ -261,7 +261,9 @@ def to_coreml(model: nn.Module, example_inputs, path, *, minimum_deployment_targ
         mlmodel.save(str(staging / path.name))
         publish(staging / path.name, path)
     description = mlmodel.get_spec().description
-    return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), target.name,
+    # The caller's name: macOS15, watchOS11 and tvOS18 are aliases of the member named iOS18.
+    target_name = minimum_deployment_target if isinstance(minimum_deployment_target, str) else target.name
+    return CoreMLExport(path, replaced, sorted(quantized_names - set(replaced)), target_name,
                         compute_precision, [f.name for f in description.input], [f.name for f in description.output])
 
 

@@ -178,7 +178,7 @@ def _unique_keys(pairs) -> dict:
     keys = [key for key, _ in pairs]
     if len(set(keys)) != len(keys):
         duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise json.JSONDecodeError(f"duplicate key {duplicate!r}", "", 0)
+        raise ValueError(f"duplicate key {duplicate!r}")
     return dict(pairs)
 
 
@@ -192,7 +192,7 @@ def load_golden(path) -> GoldenBundle:
         raise BundleError(f"{path}: not a golden bundle (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError, UnicodeDecodeError, a duplicate key
         raise BundleError(f"{manifest_path}: invalid JSON ({str(exc)[:200]})") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")

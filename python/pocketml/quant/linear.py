@@ -210,11 +210,19 @@ class QuantizedLinear(nn.Module):
             self._qweight_key = key
         return self._qweight
 
+    def _forward_nested(self, x: torch.Tensor) -> torch.Tensor:
+        """forward on each part (this call's hooks run once, for the whole). A jagged tensor
+        keeps its offsets, hence its ragged dimension: x + layer(x) still adds."""
+        if x.layout == torch.jagged:
+            return torch.nested.nested_tensor_from_jagged(self.forward(x.values()), offsets=x.offsets(),
+                                                          lengths=x.lengths(), jagged_dim=x._ragged_idx)
+        return torch.nested.as_nested_tensor([self.forward(part) for part in x.unbind()])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"argument 'input': expected a torch.Tensor, got {type(x).__name__}")
         if x.is_nested:  # as nn.Linear: nn.TransformerEncoder packs a padded batch so (eval, padding mask)
-            return torch.nested.as_nested_tensor([self(part) for part in x.unbind()], layout=x.layout)
+            return self._forward_nested(x)
         if x.dtype not in _DTYPES:
             raise TypeError(f"argument 'input': expected dtype float32, float16 or bfloat16, got {x.dtype}")
         if x.ndim == 0 or x.shape[-1] != self.in_features:

@@ -129,6 +129,9 @@ public struct GoldenBundle {
         do {
             manifest = try JSONDecoder().decode(Manifest.self, from: data)
             try Self.requireIntegerLiterals(data)
+            if let key = Self.firstDuplicateKey(in: data) {
+                throw GoldenBundleError(message: "duplicate key '\(key)'")
+            }
         } catch let error as DecodingError {
             throw GoldenBundleError(message: "\(manifestURL.path): invalid manifest (\(Self.describe(error)))")
         } catch let error as GoldenBundleError {
@@ -218,6 +221,36 @@ public struct GoldenBundle {
                 throw GoldenBundleError(message: "tensor '\(name)': shape \(shape) is not a list of integers")
             }
         }
+    }
+
+    /// The first key repeated within one object of valid JSON `data`: JSONDecoder keeps the
+    /// first of equal keys and Python's json the last, so the two readers would check
+    /// different values (Python refuses them). Keys compare as written, escapes and all.
+    static func firstDuplicateKey(in data: Data) -> String? {
+        let bytes = [UInt8](data)
+        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        var objects: [(keys: Set<[UInt8]>, expectingKey: Bool)?] = []  // nil: an array
+        var i = 0
+        while i < bytes.count {
+            switch bytes[i] {
+            case UInt8(ascii: "{"): objects.append((keys: [], expectingKey: true))
+            case UInt8(ascii: "["): objects.append(nil)
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): _ = objects.popLast()
+            case UInt8(ascii: ","): if objects.last??.keys != nil { objects[objects.count - 1]!.expectingKey = true }
+            case quote:
+                var end = i + 1
+                while end < bytes.count, bytes[end] != quote { end += bytes[end] == backslash ? 2 : 1 }
+                if let object = objects.last ?? nil, object.expectingKey {
+                    let key = Array(bytes[(i + 1)..<min(end, bytes.count)])
+                    if object.keys.contains(key) { return String(decoding: key, as: UTF8.self) }
+                    objects[objects.count - 1] = (keys: object.keys.union([key]), expectingKey: false)
+                }
+                i = end
+            default: break
+            }
+            i += 1
+        }
+        return nil
     }
 
     /// A decoding error as the key path it is about and what was wrong there.

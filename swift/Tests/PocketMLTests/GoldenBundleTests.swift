@@ -165,6 +165,10 @@ final class GoldenBundleTests: XCTestCase {
             ("missing key 'max_rel' in checks[0].tolerance", {
                 $0.replacingOccurrences(of: "\"max_rel\"", with: "\"maxrel\"")
             }),
+            // JSONDecoder kept the first of equal keys (a tolerance of 1e9 here), Python the last.
+            ("duplicate key 'max_abs'", {
+                $0.replacingOccurrences(of: "\"max_abs\":", with: "\"max_abs\": 1e9, \"max_abs\":")
+            }),
         ]
         for (message, edit) in cases {
             XCTAssertThrowsError(try GoldenBundle(url: try editedText(edit))) { error in
