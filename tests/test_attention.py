@@ -609,6 +609,8 @@ def test_bad_varlen_and_cache_input():
         A.varlen_attention(q, q, q, torch.tensor([0, 6, 10]), torch.tensor([0, 6, 11]), 10, 10)
     with pytest.raises(ValueError, match="argument 'max_seqlen_q'"):
         A.varlen_attention(q, q, q, torch.tensor([0, 6, 10]), torch.tensor([0, 6, 10]), 5, 10)
+    with pytest.raises(ValueError, match=r"argument 'max_seqlen_k': expected an integer >= 0, got -1"):
+        A.varlen_attention(q[:0], q[:0], q[:0], torch.tensor([0]), torch.tensor([0]), 0, -1)  # no sequences
     cache = A.KVCache(1, 2, 8, 16, dtype="int8")
     with pytest.raises(ValueError, match="argument 'k': expected at most 8"):
         cache.append(torch.randn(1, 2, 9, 16), torch.randn(1, 2, 9, 16))

@@ -333,7 +333,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                             f"{str(cu.dtype).removeprefix('torch.')}")
         if cu.dim() != 1:
             raise ValueError(f"argument 'cu_seqlens_{arg[-1]}': expected a 1-D tensor, got shape {tuple(cu.shape)}")
-        longest = integer_argument(longest, arg)
+        longest = integer_argument(longest, arg, 0)  # also with no sequence to compare it with
         if cu.numel() > 1 and int((cu[1:] - cu[:-1]).max()) > longest:
             raise ValueError(f"argument '{arg}': expected at least the longest sequence "
                              f"({int((cu[1:] - cu[:-1]).max())}), got {longest}")
