@@ -56,6 +56,34 @@ def test_unsupported_model_directories_are_clear(tmp_path):
         models.load_encoder(tmp_path)
 
 
+def _copy_of_default_model(tmp_path, drop=()):
+    import shutil
+
+    target = tmp_path / "model"
+    shutil.copytree(models.default_model_path(), target, ignore=shutil.ignore_patterns(*drop))
+    return target
+
+
+def test_directories_that_would_measure_nothing_are_refused(tmp_path):
+    # Without its vocabulary transformers builds a 5-token tokenizer: every word was [UNK], and each
+    # configuration's embeddings of [UNK]s matched fp32's (an int8 cosine of 0.999, exit 0).
+    path = _copy_of_default_model(tmp_path / "a", drop=("tokenizer.json", "vocab.txt"))
+    with pytest.raises(ValueError, match=r"expected a tokenizer of the model's vocabulary \(30522 tokens\), got one of"):
+        models.load_encoder(path)
+    path = _copy_of_default_model(tmp_path / "b")
+    (path / "model.safetensors").write_bytes(b"")  # safetensors' own error went through as a traceback
+    with pytest.raises(ValueError, match="transformers cannot load .*header"):
+        models.load_encoder(path)
+
+
+def test_causal_language_models_are_not_taken_for_encoders():
+    # GPT-2 and Llama configs set no is_decoder: GPT-2 then failed with 0 / 0 bits per weight, Llama in Core ML.
+    from transformers import BertConfig, DistilBertConfig, GPT2Config, LlamaConfig
+
+    assert models._causal_only(GPT2Config()) and models._causal_only(LlamaConfig())
+    assert not models._causal_only(BertConfig()) and not models._causal_only(DistilBertConfig())
+
+
 def test_loading_leaves_the_process_settings_as_they_were(monkeypatch, tmp_path):
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as hf_logging

@@ -72,6 +72,16 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["optimize", "--configs", ",", "--out", str(tmp_path / "out")]) == 2
     assert "argument '--configs': expected at least one preset name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # What --out would replace must be an earlier run's: golden/ held a user's bundles and notes, deleted.
+    (tmp_path / "proj" / "golden").mkdir(parents=True)
+    (tmp_path / "proj" / "golden" / "notes.txt").write_text("mine")
+    assert main(["optimize", "--configs", "int8", "--out", str(tmp_path / "proj")]) == 2
+    assert "argument '--out': " in capsys.readouterr().err and (tmp_path / "proj" / "golden" / "notes.txt").exists()
+    (tmp_path / "proj2" / "model.mlpackage").mkdir(parents=True)
+    assert main(["optimize", "--configs", "int8", "--out", str(tmp_path / "proj2")]) == 2
+    assert "model.mlpackage' exists and is not a Core ML package" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="argument 'configs': expected a list of preset names, got the string 'int8'"):
+        optimize(None, "int8", tmp_path / "o3")
     for command in (["optimize", "--repeats", "0"], ["selftest", "--repeats", "0"]):
         with pytest.raises(SystemExit):
             main(command)

@@ -1330,6 +1330,22 @@ def test_bad_calibration_raises_clear_errors_and_leaves_the_model_untouched():
     with pytest.raises(ValueError, match="raised RuntimeError: mat1 and mat2 shapes cannot be multiplied"):
         quant.quantize_model(small_model(), quant.QuantConfig(bits=4, group_size=32, method="gptq"),
                              calibration=[torch.ones(2, 63)])
+
+    class OnePass:  # a streaming dataset: GPTQ reruns the data per layer, and the second layer saw none
+        def __init__(self):
+            self.rows = [torch.randn(2, 64) for _ in range(3)]
+
+        def __iter__(self):
+            while self.rows:
+                yield self.rows.pop()
+    report = quant.quantize_model(small_model(), quant.QuantConfig(bits=4, group_size=32, method="gptq"),
+                                  calibration=OnePass())
+    assert report.layers == ["0", "2"]
+    # float64 layers: QuantizedLinear takes fp32 / fp16 / bf16 inputs, so the model could no longer run its own.
+    model = small_model().double()
+    with pytest.raises(TypeError, match="expected float32, float16 or bfloat16 layers, got layer '0' in torch.float64"):
+        quant.quantize_model(model, quant.QuantConfig(bits=4, group_size=32))
+    assert all(type(m) is not quant.QuantizedLinear for m in model.modules())
     with pytest.raises(ValueError, match="argument 'calibration': expected None with method 'rtn'"):
         quant.quantize_model(small_model(), quant.QuantConfig(bits=4, group_size=32), calibration=[torch.ones(2, 64)])
     # A skipped layer needs no calibration data.

@@ -127,6 +127,7 @@ _DATA_BUILD_FLAGS = {"argument 'path'": "argument '--out'", "overwrite=True": "-
                      "errors='replace'": "--errors replace", "argument 'shard_bytes'": "argument '--shard-bytes'",
                      "argument 'eos_id'": "argument '--eos-id'", "argument 'tokenizer'": "argument '--tokenizer'"}
 _OPTIMIZE_FLAGS = {"argument 'configs'": "argument '--configs'", "argument 'out_dir'": "argument '--out'",
+                   "argument 'model_path'": "argument 'model'",
                    "argument 'min_cosine'": "argument '--min-cosine'", "argument 'repeats'": "argument '--repeats'"}
 
 

@@ -112,16 +112,39 @@ def load_encoder(path: str | os.PathLike | None = None):
         with _transformers_quiet():
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa").eval()
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, KeyError, safetensors' own header errors...
         raise ValueError(f"argument 'path': expected a Hugging Face encoder with its tokenizer and safetensors "
                          f"weights, got {str(path)!r} that transformers cannot load ({exc})") from exc
-    if getattr(model.config, "is_decoder", False) or getattr(model.config, "is_encoder_decoder", False):
+    config = model.config
+    if getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False) or _causal_only(config):
         raise ValueError(f"argument 'path': expected an encoder (BERT-style) model, got a "
-                         f"{model.config.model_type!r} decoder in {str(path)!r}")
+                         f"{config.model_type!r} decoder in {str(path)!r}")
+    _require_matching_tokenizer(tokenizer, config, path)
     sentence_config = path / "sentence_bert_config.json"
     if sentence_config.exists():  # sentence-transformers truncates there (256 for MiniLM), not at the tokenizer's 512
         tokenizer.model_max_length = int(json.loads(sentence_config.read_text())["max_seq_length"])
     return model, tokenizer
+
+
+def _causal_only(config) -> bool:
+    """A model type transformers knows as a causal LM and never as a masked one (GPT-2,
+    Llama, Qwen): such configs set no is_decoder, and their base models load as encoders."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    model_type = getattr(config, "model_type", None)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _require_matching_tokenizer(tokenizer, config, path) -> None:
+    """A tokenizer that knows the model's words: without its vocabulary file transformers
+    builds one of a handful of special tokens, every word becomes [UNK], and each
+    configuration's embeddings of [UNK]s agree with fp32's (a run that measured nothing)."""
+    vocabulary = len(tokenizer)
+    if vocabulary < getattr(config, "vocab_size", 0) // 2:
+        raise ValueError(f"argument 'path': expected a tokenizer of the model's vocabulary "
+                         f"({config.vocab_size} tokens), got one of {vocabulary} in {str(path)!r} "
+                         "(is tokenizer.json or vocab.txt missing?)")
 
 
 def export_encoder(model):

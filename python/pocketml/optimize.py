@@ -277,6 +277,8 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
     from pocketml import get_num_threads, models
     from pocketml.export import inspect_coreml, to_coreml
 
+    if isinstance(configs, str):  # iterated, "int8" named the presets 'i', 'n', 't', '8'
+        raise TypeError(f"argument 'configs': expected a list of preset names, got the string {configs!r}")
     if not configs:
         raise ValueError("argument 'configs': expected at least one preset name, got none")
     for name in configs:
@@ -285,8 +287,7 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
     if not 0.0 <= min_cosine <= 1.0:  # NaN too: no config could ever meet it
         raise ValueError(f"argument 'min_cosine': expected a cosine from 0 to 1, got {min_cosine!r}")
     out_dir = Path(out_dir)  # created by the first thing written into it (the Core ML package)
-    if out_dir.exists() and not out_dir.is_dir():  # before minutes of quantizing, not after
-        raise NotADirectoryError(f"argument 'out_dir': expected a directory, got the file {str(out_dir)!r}")
+    _check_out_dir(out_dir)  # before minutes of quantizing, not after
     steps = tqdm(total=len(configs) + 4, desc="optimize", disable=not progress, unit="step")
 
     steps.set_postfix_str("loading model")
@@ -310,6 +311,9 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
         steps.set_postfix_str(f"quantizing {name}")
         model = copy.deepcopy(base)
         layers = _quantize(model, name, calibration)
+        if not layers:  # e.g. transformers' Conv1D projections: nothing to measure, and bits per weight would be 0 / 0
+            raise ValueError(f"argument 'model_path': expected nn.Linear layers for preset {name!r} to quantize, "
+                             "found none")
         cosine = models.embedding_cosine(reference, models.sentence_embeddings(model, tokenizer, sentences))
         stored, count = _weight_bytes(model)
         report.results.append(ConfigResult(
@@ -357,6 +361,26 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
     steps.update()
     steps.close()
     return report
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """out_dir is, or can become, a directory this run may write, and what it replaces
+    there (model.mlpackage, golden/) are earlier runs' outputs, never other files."""
+    from pocketml.export.golden import is_golden_bundle
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"argument 'out_dir': expected a directory, got the file {str(out_dir)!r}")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise PermissionError(f"argument 'out_dir': expected a directory this process may write, got "
+                              f"{str(out_dir)!r} ({str(existing)!r} is not writable)")
+    package, bundle = out_dir / "model.mlpackage", out_dir / "golden"
+    if os.path.lexists(package) and not (package.is_dir() and (package / "Manifest.json").is_file()):
+        raise FileExistsError(f"argument 'out_dir': {str(package)!r} exists and is not a Core ML package; "
+                              "remove it or choose another directory")
+    if os.path.lexists(bundle) and not is_golden_bundle(bundle):
+        raise FileExistsError(f"argument 'out_dir': {str(bundle)!r} exists and is not a golden bundle; remove it "
+                              "or choose another directory")
 
 
 def _display_name(model_path: str) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
@@ -70,6 +71,10 @@ def _quantizable_linears(model: nn.Module) -> dict:
 
 
 def _check_fits(name: str, module: nn.Linear, config: QuantConfig) -> None:
+    if module.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        # QuantizedLinear takes fp32 / fp16 / bf16 inputs: the layer could no longer run on its own ones.
+        raise TypeError(f"argument 'model': expected float32, float16 or bfloat16 layers, got layer {name!r} in "
+                        f"{module.weight.dtype} (convert the model first, e.g. model.float())")
     if config.method == "kmeans":
         size, dim, what = config.lut_group_size, module.out_features, "out_features"
     else:
@@ -116,8 +121,10 @@ def quantize_model(model: nn.Module, config: QuantConfig,
             targets.append((module_names[0], module))
             names[module_names[0]] = module_names
     if config.method == "gptq":
-        if isinstance(calibration, Iterator):
-            calibration = list(calibration)  # GPTQ runs the model once per layer: a generator would run dry
+        if isinstance(calibration, Iterable) and not isinstance(calibration, (list, tuple, str, dict, torch.Tensor)):
+            # GPTQ runs the model once per layer: a generator, or any one-pass iterable (a streaming
+            # dataset), would run dry after the first (the others are refused with their own messages)
+            calibration = list(calibration)
         quantized = gptq_quantize_layers(model, targets, calibration, config)
 
         def replacement(name, module):
