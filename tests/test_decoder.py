@@ -190,3 +190,9 @@ def test_reference_logits_refuse_the_token_ids_the_decoder_refuses(tmp_path):
         with pytest.raises(ValueError, match=r"argument 'tokens': expected a 1-D list of token ids in \[0, 50\)"):
             decoder.reference_logits(config, weights, tokens)
     assert decoder.reference_logits(config, weights, np.array([3, 4], np.uint8)).shape == (2, 50)
+    # load_smollm2's own NumPy arrays, or fp32 tensors, as well (AttributeError 'pow' / a dtype error)
+    numpy_weights = decoder.load_smollm2(1, 50, path=_tiny_gguf(tmp_path / "np.gguf"))[1]
+    expected = decoder.reference_logits(config, weights, [3, 4])
+    assert torch.equal(decoder.reference_logits(config, numpy_weights, [3, 4]), expected)
+    fp32 = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in numpy_weights.items()}
+    assert torch.equal(decoder.reference_logits(config, fp32, [3, 4]), expected)

@@ -1341,6 +1341,12 @@ def test_bad_calibration_raises_clear_errors_and_leaves_the_model_untouched():
     report = quant.quantize_model(small_model(), quant.QuantConfig(bits=4, group_size=32, method="gptq"),
                                   calibration=OnePass())
     assert report.layers == ["0", "2"]
+    # GPT-2's projections are transformers' Conv1D (a transposed Linear): said, not silently left out.
+    from transformers.pytorch_utils import Conv1D
+
+    with pytest.warns(UserWarning, match="1 transformers Conv1D layers \\(e.g. '1'\\) stay in full precision"):
+        quant.quantize_model(torch.nn.Sequential(torch.nn.Linear(64, 64), Conv1D(64, 64)),
+                             quant.QuantConfig(bits=4, group_size=32))
     # float64 layers: QuantizedLinear takes fp32 / fp16 / bf16 inputs, so the model could no longer run its own.
     model = small_model().double()
     with pytest.raises(TypeError, match="expected float32, float16 or bfloat16 layers, got layer '0' in torch.float64"):

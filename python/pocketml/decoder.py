@@ -217,6 +217,8 @@ def reference_logits(config: DecoderConfig, weights: dict, tokens) -> "torch.Ten
                          f"{str(ids.tolist())[:80]}")
     tokens = torch.as_tensor(ids.astype(np.int64))
     t = tokens.shape[0]
+    # In float64 whatever they came in: load_smollm2's NumPy arrays, fp32 tensors or dequantized() ones.
+    weights = {name: torch.as_tensor(value).to(torch.float64) for name, value in weights.items()}
 
     def rms_norm(x, weight):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps) * weight

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +64,15 @@ def _quantizable_linears(model: nn.Module) -> dict:
     if isinstance(model, nn.Linear):
         raise ValueError("argument 'model': expected a model containing Linear layers, got a Linear itself "
                          "(use QuantizedLinear.from_linear)")
-    layers = {}
+    layers, conv1d = {}, []
     for name, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, nn.Linear) and not isinstance(module, NonDynamicallyQuantizableLinear):
             layers.setdefault(module, []).append(name)
+        elif type(module).__name__ == "Conv1D":
+            conv1d.append(name)
+    if conv1d:  # GPT-2's projections: a Linear with its weight transposed, silently left out otherwise
+        warnings.warn(f"quantize_model: {len(conv1d)} transformers Conv1D layers (e.g. {conv1d[0]!r}) stay in full "
+                      "precision: only nn.Linear layers are quantized", stacklevel=3)
     return layers
 
 
