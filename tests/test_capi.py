@@ -2,6 +2,8 @@
 
 import ctypes
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,47 @@ def test_a_handler_calling_pocketml_keeps_the_failing_call_s_message(lib):
         assert b"pocketml_dtype value (0..6), got 42" in lib.pocketml_last_error()  # the handler's success cleared it
     finally:
         lib.pocketml_set_error_handler(None, None)
+
+
+_EXIT_DURING_A_JOB = r"""
+#include <pocketml/pocketml.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+static float src[1 << 20];
+static uint16_t dst[1 << 20];
+static void* convert_forever(void* unused) {
+  for (;;) pocketml_convert(src, POCKETML_FP32, dst, POCKETML_FP16, 1 << 20);
+  return unused;
+}
+int main(void) {
+  pocketml_set_num_threads(3);
+  pthread_t thread;
+  pthread_create(&thread, 0, convert_forever, 0);
+  struct timespec pause = {0, 20 * 1000 * 1000};
+  nanosleep(&pause, 0);
+  return 0; /* exit while the other thread is inside a parallel job */
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_a_host_exits_while_another_thread_is_inside_a_job(lib, tmp_path):
+    # Exit destroyed the thread pool: its workers quit mid-job and the other thread waited forever on a
+    # condition variable the destructor was destroying (8 of 10 runs hung). The pool is never destroyed now.
+    source = tmp_path / "exit.c"
+    source.write_text(_EXIT_DURING_A_JOB)
+    library = Path(lib._name)
+    include = Path(__file__).parents[1] / "csrc" / "include"
+    subprocess.run(["cc", "-O1", f"-I{include}", str(source), f"-L{library.parent}", f"-Wl,-rpath,{library.parent}",
+                    "-lpocketml", "-lpthread", "-o", str(tmp_path / "exit")], check=True)
+    for _ in range(5):
+        assert subprocess.run([str(tmp_path / "exit")], timeout=60).returncode == 0
+
+
+def test_arguments_are_checked_when_there_is_nothing_to_compute(lib):
+    # count 0 returned OK for any dtype, where Python refuses an empty int8 array
+    assert lib.pocketml_convert(None, INT8, None, FP16, 0) == TYPE
+    assert b"argument 'src_dtype': expected dtype fp32, fp16, bf16, got int8" in lib.pocketml_last_error()
+    assert lib.pocketml_convert(None, FP32, None, FP16, 0) == OK
+

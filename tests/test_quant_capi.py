@@ -83,7 +83,19 @@ def test_bad_arguments_return_status_and_message(qlib, rng):
     weight = describe(qt)
     weight.bits = 7
     assert qlib.pocketml_quant_matmul(x.ctypes.data, FP32, 2, ctypes.byref(weight), out.ctypes.data, FP32) == INVALID_ARGUMENT
-    assert b"argument 'bits': expected one of 2, 3, 4, 5, 6, 8, got 7" in qlib.pocketml_last_error()
+    assert b"argument 'weight.bits': expected one of 2, 3, 4, 5, 6, 8, got 7" in qlib.pocketml_last_error()
+    # Scales that Python and Swift refuse: an infinite one, or one whose padding code 0 decodes to -inf,
+    # made every output NaN through the C ABI and the decoder.
+    for bad, message in ((np.inf, b"argument 'weight.scales': expected finite values, got NaN or infinity at 1"),
+                         (3e38, b"argument 'weight.scales': expected scales whose 4-bit codes all decode within "
+                                b"fp32's range, got 3e+38 at 1")):
+        scales = qt.scales.astype(np.float32)
+        scales.flat[1] = bad
+        weight = describe(qt)
+        weight.scales, weight.scale_dtype = scales.ctypes.data, FP32
+        assert qlib.pocketml_quant_matmul(x.ctypes.data, FP32, 2, ctypes.byref(weight), out.ctypes.data,
+                                          FP32) == INVALID_ARGUMENT
+        assert message in qlib.pocketml_last_error()
     weight = describe(qt)
     weight.group_size = 48
     assert qlib.pocketml_quant_matmul(x.ctypes.data, FP32, 2, ctypes.byref(weight), out.ctypes.data, FP32) == INVALID_ARGUMENT

@@ -28,7 +28,10 @@ void clear_error() { t_last_error.clear(); }
 pocketml_status fail(pocketml_status status, const std::string& message) {
   t_last_error = message;
   if (const Handler handler = current_handler(); handler.function != nullptr) {
-    handler.function(status, message.c_str(), handler.user_data);
+    try {
+      handler.function(status, message.c_str(), handler.user_data);
+    } catch (...) {  // a C++ handler that throws: no exception crosses the C ABI (pocketml.h)
+    }
     t_last_error = message;  // a pocketml call made by the handler cleared or replaced it
   }
   return status;

@@ -1,10 +1,12 @@
 // C ABI: quantized matmul and dequantize over caller-owned packed buffers.
+#include <cmath>
 #include <limits>
 #include <string>
 
 #include "capi/guard.h"
 #include "capi/quantized_weight.h"
 #include "quant/quant.h"
+#include "runtime/half.h"
 
 using namespace pocketml;
 
@@ -21,6 +23,30 @@ int64_t checked_packed_row_bytes(int64_t cols, int bits, const std::string& arg)
     fail_argument(ErrorKind::InvalidArgument, arg, "a column count whose packed row fits in int64",
                   std::to_string(cols));
   return packed_row_bytes(cols, bits);
+}
+
+// Every scale finite, and every code of its group decoding within fp32: a padding
+// code (0) meets zero activations, and inf * 0 made every output NaN. Python's
+// QuantizedTensor checks this once when it is built; a C caller's arrays, here.
+void require_finite_grids(const QuantizedViews& q, const std::string& arg) {
+  require_dtype(q.scales, arg + ".scale_dtype", {DType::f32, DType::f16, DType::bf16});
+  const int64_t groups = q.scales.numel();
+  const float top = static_cast<float>((1 << q.bits) - 1), symmetric_zero = static_cast<float>(1 << (q.bits - 1));
+  for (int64_t g = 0; g < groups; ++g) {
+    float scale;
+    switch (q.scales.dtype) {
+      case DType::f16: scale = fp16_to_fp32(q.scales.ptr<uint16_t>()[g]); break;
+      case DType::bf16: scale = bf16_to_fp32(q.scales.ptr<uint16_t>()[g]); break;
+      default: scale = q.scales.ptr<float>()[g]; break;
+    }
+    const float zero = q.zero_points.data ? static_cast<float>(q.zero_points.ptr<uint8_t>()[g]) : symmetric_zero;
+    if (!std::isfinite(scale))
+      fail_argument(ErrorKind::InvalidArgument, arg + ".scales", "finite values", "NaN or infinity at " + std::to_string(g));
+    if (!std::isfinite(scale * -zero) || !std::isfinite(scale * (top - zero)))
+      fail_argument(ErrorKind::InvalidArgument, arg + ".scales",
+                    "scales whose " + std::to_string(q.bits) + "-bit codes all decode within fp32's range",
+                    shortest_text(scale) + " at " + std::to_string(g));
+  }
 }
 
 }  // namespace
@@ -44,7 +70,7 @@ QuantizedViews quantized_views(const pocketml_quantized_weight* weight, const st
   q.bits = w.bits;
   q.cols = w.cols;
   q.group_size = w.group_size;
-  if (q.kind == QuantKind::affine) check_affine_bits(w.bits); else check_lut_bits(w.bits);
+  if (q.kind == QuantKind::affine) check_affine_bits(w.bits, arg + ".bits"); else check_lut_bits(w.bits, arg + ".bits");
   require_pointer(w.packed, (arg + ".packed").c_str());
   q.packed = contiguous_view(const_cast<uint8_t*>(w.packed), DType::u8,
                              {w.rows, checked_packed_row_bytes(w.cols, w.bits, arg + ".cols")}, false, arg + ".rows");
@@ -59,6 +85,7 @@ QuantizedViews quantized_views(const pocketml_quantized_weight* weight, const st
     if (w.zero_points != nullptr)
       q.zero_points = contiguous_view(const_cast<uint8_t*>(w.zero_points), DType::u8, {w.rows, groups}, false,
                                       arg + ".rows");
+    require_finite_grids(q, arg);
   } else {
     require_pointer(w.lut, (arg + ".lut").c_str());
     if (w.rows % w.group_size != 0)
@@ -88,12 +115,12 @@ extern "C" pocketml_status pocketml_quant_matmul(const void* x, pocketml_dtype x
   return capi::guarded([&] {
     const QuantizedViews q = capi::quantized_views(weight, "weight");
     require_range(m, "m", "a non-negative row count");
-    if (m == 0 || weight->rows == 0) return;
+    const DType x_type = capi::to_dtype(x_dtype, "x_dtype"), out_type = capi::to_dtype(out_dtype, "out_dtype");
+    if (m == 0 || weight->rows == 0) return;  // nothing to compute, but every argument checked above
     capi::require_pointer(x, "x");
     capi::require_pointer(out, "out");
-    quantized_matmul(
-        contiguous_view(const_cast<void*>(x), capi::to_dtype(x_dtype, "x_dtype"), {m, weight->cols}, false, "m"), q,
-        contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {m, weight->rows}, true, "m"));
+    quantized_matmul(contiguous_view(const_cast<void*>(x), x_type, {m, weight->cols}, false, "m"), q,
+                     contiguous_view(out, out_type, {m, weight->rows}, true, "m"));
   });
 }
 
@@ -101,9 +128,9 @@ extern "C" pocketml_status pocketml_quant_dequantize(const pocketml_quantized_we
                                                      pocketml_dtype out_dtype) {
   return capi::guarded([&] {
     const QuantizedViews q = capi::quantized_views(weight, "weight");
+    const DType out_type = capi::to_dtype(out_dtype, "out_dtype");
     if (weight->rows == 0) return;
     capi::require_pointer(out, "out");
-    dequantize(q, contiguous_view(out, capi::to_dtype(out_dtype, "out_dtype"), {weight->rows, weight->cols}, true,
-                                  "weight.rows"));
+    dequantize(q, contiguous_view(out, out_type, {weight->rows, weight->cols}, true, "weight.rows"));
   });
 }

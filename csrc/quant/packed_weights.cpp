@@ -28,14 +28,14 @@ int64_t rows_per_chunk(int64_t cols) { return std::max<int64_t>(1, (int64_t(1) <
 
 }  // namespace
 
-void check_affine_bits(int bits) {
+void check_affine_bits(int bits, const std::string& arg) {
   if (bits < 2 || bits > 8 || bits == 7)
-    fail_argument(ErrorKind::InvalidArgument, "bits", "one of 2, 3, 4, 5, 6, 8", std::to_string(bits));
+    fail_argument(ErrorKind::InvalidArgument, arg, "one of 2, 3, 4, 5, 6, 8", std::to_string(bits));
 }
 
-void check_lut_bits(int bits) {
+void check_lut_bits(int bits, const std::string& arg) {
   if (bits < 1 || bits > 8 || bits == 5 || bits == 7)
-    fail_argument(ErrorKind::InvalidArgument, "nbits", "one of 1, 2, 3, 4, 6, 8", std::to_string(bits));
+    fail_argument(ErrorKind::InvalidArgument, arg, "one of 1, 2, 3, 4, 6, 8", std::to_string(bits));
 }
 
 int64_t lut_entries(const QuantizedViews& q) {

@@ -38,8 +38,9 @@ struct LutOptions {
   int max_iterations = 100;
 };
 
-void check_affine_bits(int bits);
-void check_lut_bits(int bits);
+// `arg` names the field in the messages (Python's arguments by default).
+void check_affine_bits(int bits, const std::string& arg = "bits");
+void check_lut_bits(int bits, const std::string& arg = "nbits");
 
 // Checks bits, group size and every array's dtype and shape; returns the views
 // the kernels read. LUT entries are widened to fp32 into `lut_f32` and must be

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <system_error>
 
 #include "runtime/error.h"
 
@@ -65,14 +66,15 @@ int default_num_threads() {
 }
 
 ThreadPool& ThreadPool::global() {
-  static ThreadPool pool;
-  return pool;
+  static ThreadPool* const pool = new ThreadPool;  // leaked on purpose, see ~ThreadPool
+  return *pool;
 }
 
 ThreadPool::ThreadPool() {
-  const int n = default_num_threads();
-  num_threads_ = n;
-  start_workers(n - 1);
+  // Fewer threads than asked where the system refuses more (a container's limit,
+  // POCKETML_NUM_THREADS=4096): the constructor's unwinding hung on its condition
+  // variables, which the started workers were waiting on.
+  num_threads_ = start_workers(default_num_threads() - 1) + 1;
 #if defined(__unix__) || defined(__APPLE__)
   // fork() copies no thread but the caller, and a job or a sleeping worker may
   // hold a lock at that moment: no job runs across a fork, and the child starts
@@ -96,13 +98,15 @@ void ThreadPool::forget_workers_after_fork() {
   run_mutex_.unlock();
 }
 
-ThreadPool::~ThreadPool() { stop_workers(); }
-
-void ThreadPool::start_workers(int count) {
+int ThreadPool::start_workers(int count) {
   stopping_ = false;
   // New workers wait for the next job, not one that finished before they existed.
   const uint64_t current = ticket_.load();
-  for (int i = 0; i < count; ++i) workers_.emplace_back([this, i, current] { worker_loop(i + 1, current); });
+  try {
+    for (int i = 0; i < count; ++i) workers_.emplace_back([this, i, current] { worker_loop(i + 1, current); });
+  } catch (const std::system_error&) {  // out of threads: the ones started serve
+  }
+  return static_cast<int>(workers_.size());
 }
 
 void ThreadPool::stop_workers() {
@@ -121,9 +125,17 @@ void ThreadPool::set_num_threads(int n) {
                   std::to_string(n));
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   if (n == num_threads_) return;
+  const int before = num_threads_;
   stop_workers();
+  const int started = start_workers(n - 1);
+  if (started < n - 1) {  // the system refused threads: back to the count before, and say so
+    stop_workers();
+    num_threads_ = start_workers(before - 1) + 1;
+    fail(ErrorKind::Runtime, "argument 'num_threads': the system started only " + std::to_string(started + 1) +
+                                 " of the " + std::to_string(n) + " threads asked for; kept " +
+                                 std::to_string(num_threads_.load()));
+  }
   num_threads_ = n;
-  start_workers(n - 1);
 }
 
 bool ThreadPool::use_openmp_threads(const std::string& library) {

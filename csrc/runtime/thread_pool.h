@@ -57,11 +57,14 @@ class ThreadPool {
     KeepWarm& operator=(const KeepWarm&) = delete;
   };
 
-  ~ThreadPool();
+  // Never destroyed (global() leaks it): at exit another thread may still be
+  // inside a job, whose workers would quit unfinished and leave it waiting forever.
+  ~ThreadPool() = delete;
 
  private:
   ThreadPool();
-  void start_workers(int count);
+  // Starts up to `count` workers; returns how many started (the system may refuse threads).
+  int start_workers(int count);
   void stop_workers();
   void worker_loop(int index, uint64_t seen_ticket);
   // Runs chunk thread_index (and those of threads a smaller team lacks), then

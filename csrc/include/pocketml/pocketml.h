@@ -53,7 +53,8 @@ POCKETML_API const char* pocketml_last_error(void);
  * failing call's pocketml_last_error(). A call failing on another thread may
  * have read the previous pair just before the change and still call it after
  * this function returns: keep the previous user_data valid until no pocketml
- * call that could fail is running on other threads. */
+ * call that could fail is running on other threads. An exception thrown by a
+ * C++ handler is caught and dropped: none crosses this boundary. */
 typedef void (*pocketml_error_handler)(pocketml_status status, const char* message, void* user_data);
 POCKETML_API void pocketml_set_error_handler(pocketml_error_handler handler, void* user_data);
 

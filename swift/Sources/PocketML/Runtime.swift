@@ -22,6 +22,10 @@ public enum Runtime {
 
     /// Forces a variant this machine supports, e.g. "scalar" to compare against the reference.
     public static func setISA(_ name: String) throws {
+        // The C string would end at a NUL: "scalar\0junk" set scalar, where Python refuses it.
+        guard !name.contains("\0") else {
+            throw PocketMLError(kind: .invalidArgument, message: "argument 'isa': expected a variant name, got \(name.debugDescription)")
+        }
         try check(pocketml_set_isa(name))
     }
 

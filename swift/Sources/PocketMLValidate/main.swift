@@ -9,6 +9,10 @@ import PocketMLValidation
 let arguments = Array(CommandLine.arguments.dropFirst())
 let usage = "usage: pocketml-validate BUNDLE_DIR...\n\nRecomputes golden bundles written by `pocketml golden` "
     + "(or pocketml.export.golden) and compares them with the expected outputs."
+/// To stderr through C stdio: FileHandle.write traps (SIGILL) when stderr is closed or full,
+/// where the documented exit status must still come out.
+func printError(_ message: String) { fputs("pocketml-validate: error: \(message)\n", stderr) }
+
 if arguments == ["--help"] || arguments == ["-h"] {
     print(usage)
     exit(0)
@@ -17,7 +21,7 @@ if arguments == ["--help"] || arguments == ["-h"] {
 if arguments.isEmpty || arguments.contains(where: { $0.hasPrefix("-") || $0.isEmpty }) {
     let bad = arguments.first(where: { $0.hasPrefix("-") || $0.isEmpty })
         .map { $0.isEmpty ? "an empty path\n" : "unknown option '\($0)'\n" } ?? ""
-    FileHandle.standardError.write("pocketml-validate: error: \(bad)\(usage)\n".data(using: .utf8)!)
+    printError("\(bad)\(usage)")
     exit(2)
 }
 
@@ -30,8 +34,7 @@ for path in arguments {
         print("bundle \(bundle.name) (\(bundle.producer)) at \(path)")
         let results = try Validator.run(bundle)
         if results.allSatisfy({ $0.skippedBecause != nil }) {
-            FileHandle.standardError.write(
-                "pocketml-validate: error: \(path): every check was skipped, nothing validated\n".data(using: .utf8)!)
+            printError("\(path): every check was skipped, nothing validated")
             exitCode = 2
         }
         for result in results {
@@ -46,7 +49,7 @@ for path in arguments {
             if !result.passed { exitCode = max(exitCode, 1) }
         }
     } catch {
-        FileHandle.standardError.write("pocketml-validate: error: \(error)\n".data(using: .utf8)!)
+        printError("\(error)")
         exitCode = 2
     }
 }

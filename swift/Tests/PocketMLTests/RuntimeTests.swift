@@ -19,6 +19,10 @@ final class RuntimeTests: XCTestCase {
             XCTAssertEqual((error as? PocketMLError)?.kind, .invalidArgument)
             XCTAssertTrue((error as? PocketMLError)?.message.contains("argument 'isa'") ?? false)
         }
+        // The C string ended at the NUL: this set scalar, where Python refuses it.
+        XCTAssertThrowsError(try Runtime.setISA("scalar\0junk")) { error in
+            XCTAssertTrue("\(error)".contains("expected a variant name"), "\(error)")
+        }
     }
 
     func testThreads() throws {
