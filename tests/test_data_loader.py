@@ -507,6 +507,9 @@ def test_keyboard_interrupt_while_waiting_for_a_batch(tmp_path):
     ds = pm.data.write_tokens(tmp_path / "big", docs, vocab_size=1000, eos_id=0)
     loader = pm.data.TokenLoader(ds, 1 << 15, 64, prefetch=2, num_threads=1, return_tensors="np")
     threads = native_threads()
+    # Python's own SIGINT handler, also where this process inherited SIGINT ignored (a shell's background
+    # job, as CI may start it): Python then installs none, and the signal would not interrupt anything.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     def train():
@@ -521,6 +524,7 @@ def test_keyboard_interrupt_while_waiting_for_a_batch(tmp_path):
         interrupted = True
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous_handler)
     assert interrupted
     gc.collect()
     assert native_threads() == threads and core.live_batches() == 0
