@@ -82,6 +82,10 @@ def test_bad_inputs_raise_clear_errors(smollm2):
 
 def test_configs_and_inputs_that_would_overflow_or_mislead_are_refused(smollm2):
     config, _, qweights, tokens, _ = smollm2
+    # quantize_weights' fixed mix named an argument it does not have, and no weight.
+    narrow = {"layers.0.v_proj": np.ones((32, 64), np.float32)}
+    with pytest.raises(ValueError, match=r"argument 'weights': 'layers.0.v_proj' \(32, 64\) does not fit this mix"):
+        decoder.quantize_weights(config, narrow)
     for change, message in [({"max_seq_len": 2**58}, "max_seq_len \\* .* that fits in 64 bits"),
                             ({"num_heads": 2**62 + 32, "num_kv_heads": 2**62 + 32}, "num_heads \\* head_dim"),
                             ({"rms_norm_eps": float("inf")}, "a finite rms_norm_eps > 0")]:

@@ -117,10 +117,12 @@ def test_thread_count_round_trips():
         pocketml.set_num_threads(original)
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (2**40, ValueError), (1.5, TypeError),
-                                        (True, TypeError)])
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (5000, ValueError), (2**40, ValueError),
+                                        (1.5, TypeError), (True, TypeError)])
 def test_thread_count_rejects_bad_values(bad, error):
-    with pytest.raises(error, match="num_threads"):
+    # One range for every bad count: 0 read [1, 2^31) and 5000 "1 to 4096".
+    message = r"expected an integer in \[1, 4097\)" if error is ValueError else "num_threads"
+    with pytest.raises(error, match=message):
         pocketml.set_num_threads(bad)
 
 

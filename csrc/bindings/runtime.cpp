@@ -40,6 +40,7 @@ void register_runtime(py::module_& m) {
     ThreadPool::global().set_num_threads(n);
   }, py::arg("num_threads"));
   m.def("get_num_threads", [] { return ThreadPool::global().num_threads(); });
+  m.attr("max_threads") = ThreadPool::kMaxThreads;
   m.def("use_openmp_threads", [](const std::string& library) {
     ReleasedGil release;  // waits for a running job
     return ThreadPool::global().use_openmp_threads(library);

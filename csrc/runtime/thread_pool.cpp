@@ -48,15 +48,12 @@ bool spin_until(bool spin, Done done) {
 
 }  // namespace
 
-// More would not help any kernel, and a job's ticket holds the count in 16 bits.
-constexpr int kMaxThreads = 4096;
-
 int default_num_threads() {
   if (const char* env = std::getenv("POCKETML_NUM_THREADS")) {
     // The whole value a count ("4x" was read as 4); anything else keeps the default.
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, kMaxThreads));
+    if (end != env && *end == '\0' && n >= 1) return static_cast<int>(std::min<long>(n, ThreadPool::kMaxThreads));
   }
 #if defined(__linux__)
   cpu_set_t set;

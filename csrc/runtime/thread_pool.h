@@ -32,6 +32,9 @@ class ThreadPool {
 
   static ThreadPool& global();
 
+  // More would not help any kernel, and a job's ticket holds the count in 16 bits.
+  static constexpr int kMaxThreads = 4096;
+
   int num_threads() const { return num_threads_.load(); }  // including the calling thread
   void set_num_threads(int n);
 

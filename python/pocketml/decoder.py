@@ -181,14 +181,17 @@ def quantize_weights(config: DecoderConfig, weights: dict) -> dict:
     out = {}
     for name, w in weights.items():
         kind = name.rsplit(".", 1)[-1]
-        if kind in ("q_proj", "k_proj", "embedding"):
-            out[name] = quantize(w, bits=8, group_size=32)
-        elif kind in ("v_proj", "o_proj"):
-            out[name] = palettize(w, nbits=4, group_size=64)
-        elif kind in ("gate_proj", "up_proj", "down_proj"):
-            out[name] = quantize(w, bits=4, group_size=32)
-        else:
-            out[name] = np.ascontiguousarray(w, dtype=np.float32)
+        try:
+            if kind in ("q_proj", "k_proj", "embedding"):
+                out[name] = quantize(w, bits=8, group_size=32)
+            elif kind in ("v_proj", "o_proj"):
+                out[name] = palettize(w, nbits=4, group_size=64)
+            elif kind in ("gate_proj", "up_proj", "down_proj"):
+                out[name] = quantize(w, bits=4, group_size=32)
+            else:
+                out[name] = np.ascontiguousarray(w, dtype=np.float32)
+        except (ValueError, TypeError) as exc:  # the mix's fixed group sizes do not fit every config
+            raise type(exc)(f"argument 'weights': {name!r} {tuple(np.shape(w))} does not fit this mix: {exc}") from exc
     return out
 
 

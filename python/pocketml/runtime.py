@@ -22,7 +22,7 @@ def info() -> dict:
 
 def set_num_threads(num_threads: int) -> None:
     """Set the size of the native thread pool shared by every kernel (default: usable cores)."""
-    core.set_num_threads(integer_argument(num_threads, "num_threads", 1, 2**31))
+    core.set_num_threads(integer_argument(num_threads, "num_threads", 1, core.max_threads + 1))
 
 
 def get_num_threads() -> int:
