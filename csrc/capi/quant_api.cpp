@@ -6,7 +6,7 @@
 #include "capi/guard.h"
 #include "capi/quantized_weight.h"
 #include "quant/quant.h"
-#include "runtime/half.h"
+#include "quant/quant_format.h"
 
 using namespace pocketml;
 
@@ -33,12 +33,7 @@ void require_finite_grids(const QuantizedViews& q, const std::string& arg) {
   const int64_t groups = q.scales.numel();
   const float top = static_cast<float>((1 << q.bits) - 1), symmetric_zero = static_cast<float>(1 << (q.bits - 1));
   for (int64_t g = 0; g < groups; ++g) {
-    float scale;
-    switch (q.scales.dtype) {
-      case DType::f16: scale = fp16_to_fp32(q.scales.ptr<uint16_t>()[g]); break;
-      case DType::bf16: scale = bf16_to_fp32(q.scales.ptr<uint16_t>()[g]); break;
-      default: scale = q.scales.ptr<float>()[g]; break;
-    }
+    const float scale = load_scale(q.scales.data, q.scales.dtype, g);
     const float zero = q.zero_points.data ? static_cast<float>(q.zero_points.ptr<uint8_t>()[g]) : symmetric_zero;
     if (!std::isfinite(scale))
       fail_argument(ErrorKind::InvalidArgument, arg + ".scales", "finite values", "NaN or infinity at " + std::to_string(g));

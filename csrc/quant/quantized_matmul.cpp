@@ -22,7 +22,6 @@
 #include "quant/weight_rows.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/error.h"
-#include "runtime/half.h"
 #include "runtime/thread_pool.h"
 
 namespace pocketml {
@@ -238,12 +237,7 @@ bool group_sums_could_overflow(const PackedWeights& w, const TensorView& x) {
   const int64_t count = x.shape[0] * x.shape[1];
   float largest = 0.0f;
   for (int64_t i = 0; i < count; ++i) {
-    float value;
-    switch (x.dtype) {
-      case DType::f16: value = fp16_to_fp32(x.ptr<uint16_t>()[i]); break;
-      case DType::bf16: value = bf16_to_fp32(x.ptr<uint16_t>()[i]); break;
-      default: value = x.ptr<float>()[i]; break;
-    }
+    const float value = load_scale(x.data, x.dtype, i);  // widens any fp32 / fp16 / bf16 element, not only scales
     if (std::isfinite(value)) largest = std::max(largest, std::fabs(value));
   }
   const double group_length = w.group_size > 0 ? double(w.group_size) : double(w.cols);

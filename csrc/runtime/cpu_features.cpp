@@ -2,9 +2,11 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "runtime/error.h"
 
@@ -107,21 +109,23 @@ bool cpu_has(Isa isa) {
   return false;
 }
 
-constexpr const char* kIsaNames = "scalar, avx2, avx512, neon";
+constexpr Isa kAllIsas[] = {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon};  // weakest first
 
 std::optional<Isa> isa_named(const std::string& name) {
-  if (name == "scalar") return Isa::scalar;
-  if (name == "avx2") return Isa::avx2;
-  if (name == "avx512") return Isa::avx512;
-  if (name == "neon") return Isa::neon;
+  for (Isa isa : kAllIsas)
+    if (name == isa_name(isa)) return isa;
   return std::nullopt;
 }
 
-std::string supported_list() {
+std::string isa_list(const std::vector<Isa>& isas) {
   std::string s;
-  for (Isa isa : supported_isas()) s += (s.empty() ? "" : ", ") + std::string(isa_name(isa));
+  for (Isa isa : isas) s += (s.empty() ? "" : ", ") + std::string(isa_name(isa));
   return s;
 }
+
+std::string all_isa_names() { return isa_list({std::begin(kAllIsas), std::end(kAllIsas)}); }
+
+std::string supported_list() { return isa_list(supported_isas()); }
 
 Isa initial_isa() {
   const char* forced = std::getenv("POCKETML_ISA");
@@ -130,7 +134,7 @@ Isa initial_isa() {
   const std::optional<Isa> named = isa_named(forced);
   if (!named)
     fail(ErrorKind::InvalidArgument,
-         std::string("POCKETML_ISA: expected one of ") + kIsaNames + " (or unset), got '" + forced + "'");
+         "POCKETML_ISA: expected one of " + all_isa_names() + " (or unset), got '" + forced + "'");
   const Isa isa = *named;
   if (!isa_supported(isa))
     fail(ErrorKind::Runtime, std::string("POCKETML_ISA=") + forced + " is not available on this machine (available: " +
@@ -160,14 +164,14 @@ const char* isa_name(Isa isa) {
 
 Isa parse_isa(const std::string& name) {
   if (const std::optional<Isa> isa = isa_named(name)) return *isa;
-  fail_argument(ErrorKind::InvalidArgument, "isa", std::string("one of ") + kIsaNames, "'" + name + "'");
+  fail_argument(ErrorKind::InvalidArgument, "isa", "one of " + all_isa_names(), "'" + name + "'");
 }
 
 bool isa_supported(Isa isa) { return compiled_in(isa) && cpu_has(isa); }
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon})
+  for (Isa isa : kAllIsas)
     if (isa_supported(isa)) out.push_back(isa);
   return out;
 }

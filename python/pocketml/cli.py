@@ -65,16 +65,13 @@ def cmd_selftest(args) -> int:
 def cmd_golden(args) -> int:
     from pathlib import Path
 
-    from pocketml.export.golden import is_golden_bundle
+    from pocketml.export.golden import require_replaceable_bundle
     from pocketml.export.standard_bundles import BUILDERS, write_standard_bundles
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise NotADirectoryError(f"argument '--out': expected a directory, got the file {args.out!r}")
-    for name in BUILDERS:  # regenerating replaces earlier bundles, never other files under those names
-        target = Path(args.out) / name
-        if os.path.lexists(target) and not is_golden_bundle(target):
-            raise FileExistsError(f"argument '--out': {str(target)!r} exists and is not a golden bundle; remove it "
-                                  "or choose another directory")
+    for name in BUILDERS:
+        require_replaceable_bundle(Path(args.out) / name, "--out")
     for path in write_standard_bundles(args.out, overwrite=True):
         print(f"wrote {path}")
     return 0

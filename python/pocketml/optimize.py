@@ -366,7 +366,7 @@ def optimize(model_path=None, configs=tuple(PRESETS), out_dir="pocketml-optimize
 def _check_out_dir(out_dir: Path) -> None:
     """out_dir is, or can become, a directory this run may write, and what it replaces
     there (model.mlpackage, golden/) are earlier runs' outputs, never other files."""
-    from pocketml.export.golden import is_golden_bundle
+    from pocketml.export.golden import require_replaceable_bundle
 
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"argument 'out_dir': expected a directory, got the file {str(out_dir)!r}")
@@ -374,13 +374,11 @@ def _check_out_dir(out_dir: Path) -> None:
     if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
         raise PermissionError(f"argument 'out_dir': expected a directory this process may write, got "
                               f"{str(out_dir)!r} ({str(existing)!r} is not writable)")
-    package, bundle = out_dir / "model.mlpackage", out_dir / "golden"
+    package = out_dir / "model.mlpackage"
     if os.path.lexists(package) and not (package.is_dir() and (package / "Manifest.json").is_file()):
         raise FileExistsError(f"argument 'out_dir': {str(package)!r} exists and is not a Core ML package; "
                               "remove it or choose another directory")
-    if os.path.lexists(bundle) and not is_golden_bundle(bundle):
-        raise FileExistsError(f"argument 'out_dir': {str(bundle)!r} exists and is not a golden bundle; remove it "
-                              "or choose another directory")
+    require_replaceable_bundle(out_dir / "golden", "out_dir")
 
 
 def _display_name(model_path: str) -> str:

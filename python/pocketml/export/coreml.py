@@ -187,10 +187,8 @@ def _feature_names(names, arg: str, count=None):
 
 def _deployment_target(ct, target):
     """A coremltools target from its name ('iOS18') or the ct.target member itself."""
-    found = target if isinstance(target, ct.target) else None
-    if isinstance(target, str):
-        found = ct.target.__members__.get(target)
-    if found is None or found.value < ct.target.iOS18.value:
+    found = ct.target.__members__.get(target) if isinstance(target, str) else target
+    if not isinstance(found, ct.target) or found.value < ct.target.iOS18.value:
         raise ValueError(f"argument 'minimum_deployment_target': expected iOS18 or later (compressed ops need it), "
                          f"got {target!r}")
     return found

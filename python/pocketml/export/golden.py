@@ -172,6 +172,14 @@ def is_golden_bundle(path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT and not Path(path).is_symlink()
 
 
+def require_replaceable_bundle(path, arg: str) -> None:
+    """A FileExistsError naming `arg` unless `path` is free or an earlier golden bundle: a
+    command that regenerates bundles replaces those, never a user's other files."""
+    if os.path.lexists(path) and not is_golden_bundle(path):
+        raise FileExistsError(f"argument '{arg}': {str(path)!r} exists and is not a golden bundle; remove it or "
+                              "choose another directory")
+
+
 def _unique_keys(pairs) -> dict:
     """A JSON object whose keys are distinct: json keeps the last of equal keys and
     Swift's decoder the first, so the two readers would check different tensors."""

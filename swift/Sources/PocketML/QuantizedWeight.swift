@@ -45,10 +45,10 @@ public struct QuantizedWeight {
     }
 
     /// Throws unless every array holds the bytes its shape needs (the C ABI trusts
-    /// buffer sizes, so a short array must be caught before the call), the kind has
-    /// only its own arrays, and every affine scale is finite (a padding code meets
-    /// a zero activation: an infinite scale would make the whole output NaN; the
-    /// C ABI checks LUT entries, Python checks scales when a tensor is built).
+    /// buffer sizes, so a short array must be caught before the call) and the kind has
+    /// only its own arrays. Values are the C ABI's to check: finite LUT entries, and
+    /// scales whose every code decodes within fp32 (a padding code meets a zero
+    /// activation: an infinite one would make the whole output NaN).
     public func validate() throws {
         guard rows >= 0, cols > 0, groupSize > 0 else {
             throw PocketMLError(kind: .invalidArgument,
@@ -84,15 +84,6 @@ public struct QuantizedWeight {
             }
             try require(scales, "scales", [rows, cols / groupSize, scaleType.size])
             if zeroPoints != nil { try require(zeroPoints, "zero_points", [rows, cols / groupSize]) }
-            if let index = try firstNonFinite(scales!, scaleType) {
-                throw PocketMLError(kind: .invalidArgument,
-                                    message: "weight.scales: expected finite values, got NaN or infinity at \(index)")
-            }
-            if let index = firstOverflowingGrid(scales!, scaleType, zeroPoints, bits: bits) {
-                throw PocketMLError(kind: .invalidArgument,
-                                    message: "weight.scales: expected scales whose \(bits)-bit codes all decode within "
-                                        + "fp32's range, got an overflowing one at \(index)")
-            }
         case .lut:
             guard scales == nil, zeroPoints == nil else {
                 throw PocketMLError(kind: .invalidArgument,
@@ -173,42 +164,6 @@ public struct QuantizedWeight {
                 try check(pocketml_quant_dequantize(weight, outBytes.baseAddress, POCKETML_FP32))
             }
             return out
-        }
-    }
-}
-
-/// The index of the first NaN or infinity among `bytes` read as `type` (fp32, fp16, bf16), or nil.
-func firstNonFinite(_ bytes: [UInt8], _ type: DType) throws -> Int? {
-    let size = type.size
-    let exponent: UInt32
-    switch type {
-    case .fp32: exponent = 0x7F80_0000
-    case .fp16: exponent = 0x7C00
-    case .bf16: exponent = 0x7F80
-    default:
-        throw PocketMLError(kind: .type, message: "weight.scale_dtype: expected fp32, fp16 or bf16, got \(type.rawValue)")
-    }
-    return bytes.withUnsafeBytes { raw in
-        (0..<raw.count / size).first { i in
-            let bits = size == 4 ? raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)
-                : UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
-            return bits & exponent == exponent
-        }
-    }
-}
-
-/// The first group some code 0 ..< 2^bits of which decodes to infinity, scale * (code - zero)
-/// in fp32 (as Python's QuantizedTensor refuses: padding codes and the int8 path read them all);
-/// fp16 scales cannot overflow so.
-func firstOverflowingGrid(_ scales: [UInt8], _ type: DType, _ zeroPoints: [UInt8]?, bits: Int) -> Int? {
-    guard type == .fp32 || type == .bf16 else { return nil }
-    let top = Float((1 << bits) - 1), symmetricZero = UInt8(1 << (bits - 1))
-    return scales.withUnsafeBytes { raw in
-        (0..<raw.count / type.size).first { i in
-            let bits = type == .fp32 ? raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)
-                : UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)) << 16
-            let scale = Float(bitPattern: bits), zero = Float(zeroPoints?[i] ?? symmetricZero)
-            return !(scale * -zero).isFinite || !(scale * (top - zero)).isFinite
         }
     }
 }

@@ -75,8 +75,8 @@ final class HarnessTests: XCTestCase {
         XCTAssertThrowsError(try huge.validate()) { error in  // rows * row bytes overflowed Int: a crash
             XCTAssertTrue("\(error)".contains("weight.packed: a size of"), "\(error)")
         }
-        // Python refuses these when a tensor is built; through Swift an infinite scale gave NaN outputs and a
-        // LUT given to an affine weight was ignored.
+        // Python and the C ABI refuse these (QuantizedWeight leaves values to the C ABI); an infinite scale gave
+        // NaN outputs and a LUT given to an affine weight was ignored.
         var infiniteScales = weight.scales!  // the first scale +inf, little-endian
         let infinity: [UInt8] = [.fp16: [0x00, 0x7C], .bf16: [0x80, 0x7F], .fp32: [0x00, 0x00, 0x80, 0x7F]][weight.scaleType]!
         infiniteScales.replaceSubrange(0..<infinity.count, with: infinity)
@@ -84,7 +84,7 @@ final class HarnessTests: XCTestCase {
             kind: weight.kind, bits: weight.bits, rows: weight.rows, cols: weight.cols, groupSize: weight.groupSize,
             packed: weight.packed, scales: infiniteScales, scaleType: weight.scaleType, zeroPoints: weight.zeroPoints)
         XCTAssertThrowsError(try infinite.dequantize()) {
-            XCTAssertTrue("\($0)".contains("weight.scales: expected finite values"), "\($0)")
+            XCTAssertTrue("\($0)".contains("argument 'weight.scales': expected finite values"), "\($0)")
         }
         // A finite fp32 scale of 3e36 for 8-bit symmetric codes: code 0 decodes to -128 * 3e36, past fp32.
         let overflowing = QuantizedWeight(
