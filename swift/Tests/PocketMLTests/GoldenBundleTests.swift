@@ -22,6 +22,17 @@ final class GoldenBundleTests: XCTestCase {
         return copy
     }
 
+    /// Moves the bundle's file `name` out of the bundle and leaves a symbolic link to it in its place.
+    @discardableResult
+    func linkedOutside(_ bundle: URL, _ name: String) throws -> URL {
+        let file = bundle.appendingPathComponent(name)
+        let outside = bundle.deletingLastPathComponent().appendingPathComponent("outside-\(UUID().uuidString)-\(name)")
+        try FileManager.default.moveItem(at: file, to: outside)
+        addTeardownBlock { try? FileManager.default.removeItem(at: outside) }
+        try FileManager.default.createSymbolicLink(at: file, withDestinationURL: outside)
+        return file
+    }
+
     func testPythonBundlesPass() throws {
         let dir = try goldenDirectory()
         let names = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { !$0.hasPrefix(".") }
@@ -67,11 +78,7 @@ final class GoldenBundleTests: XCTestCase {
 
     func testSymbolicLinkAndHugeFileAreRefusedUnread() throws {
         let bundle = try copyOfConvertBundle()
-        let file = bundle.appendingPathComponent("x.bin")
-        let outside = bundle.deletingLastPathComponent().appendingPathComponent("outside-\(UUID().uuidString).bin")
-        try FileManager.default.moveItem(at: file, to: outside)
-        addTeardownBlock { try? FileManager.default.removeItem(at: outside) }
-        try FileManager.default.createSymbolicLink(at: file, withDestinationURL: outside)
+        let file = try linkedOutside(bundle, "x.bin")
         XCTAssertThrowsError(try GoldenBundle(url: bundle)) { error in
             XCTAssertTrue("\(error)".contains("x.bin is not a regular file"), "\(error)")
         }
@@ -176,11 +183,7 @@ final class GoldenBundleTests: XCTestCase {
             }
         }
         let linked = try copyOfConvertBundle()
-        let manifest = linked.appendingPathComponent("manifest.json")
-        let outside = linked.deletingLastPathComponent().appendingPathComponent("\(linked.lastPathComponent).json")
-        try FileManager.default.moveItem(at: manifest, to: outside)
-        addTeardownBlock { try? FileManager.default.removeItem(at: outside) }
-        try FileManager.default.createSymbolicLink(at: manifest, withDestinationURL: outside)
+        try linkedOutside(linked, "manifest.json")
         XCTAssertThrowsError(try GoldenBundle(url: linked)) { error in
             XCTAssertTrue("\(error)".contains("manifest.json: is a symbolic link"), "\(error)")
         }
